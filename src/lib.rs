@@ -1,0 +1,10 @@
+//! flexrun: a hybrid plan/execute engine.
+
+pub mod catalog;
+pub mod diagnostics;
+pub mod fsm;
+pub mod graph;
+mod ids;
+pub mod policy;
+
+pub use ids::{RunId, Timestamp};
