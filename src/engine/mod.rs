@@ -1,1 +1,503 @@
-//! engine
+//! The execution driver: owns each run, performs the machine's commands, commits every
+//! transition to the store and publishes events only after the commit.
+//!
+//! One tokio task (a *run actor*) owns each live run. It feeds inputs to the sans-IO
+//! [`RunMachine`](crate::fsm::RunMachine), gathers the events of one input into one commit
+//! batch, commits it through the group-committing [`Committer`], publishes, and only then
+//! calls planners and executors.
+
+mod actor;
+mod catalog_state;
+mod executor;
+mod validation;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::catalog::{Capability, CapabilityStatus, Facet};
+use crate::envelope::RunEnvelope;
+use crate::fsm::{EventKind, HitlDecision, RunEvent, RunOutcome};
+use crate::ids::RunId;
+use crate::planner::Planner;
+use crate::store::{Committer, RunHead, RunStatus, Store, StoreError};
+
+pub use catalog_state::CatalogState;
+pub use executor::{BuiltinHandler, ExecError, Executors, NodeCall, NodeExecutor};
+
+use actor::{Control, Msg, RunActor};
+
+/// Errors of the engine's public API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The envelope is invalid; `field` names the offending field (a JSON path).
+    #[error("invalid envelope field `{field}`: {message}")]
+    InvalidEnvelope {
+        /// JSON path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No run has this id.
+    #[error("run {0} not found")]
+    RunNotFound(RunId),
+    /// The run exists but the request does not fit its state (e.g. resuming a running run,
+    /// answering an unknown or resolved HITL request).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The run has ended.
+    #[error("run {0} has ended")]
+    RunEnded(RunId),
+    /// A catalog registration was refused.
+    #[error("invalid catalog entry: {0}")]
+    Catalog(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// A human's answer to a HITL request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HitlAnswer {
+    /// approve, reject, option or freeform.
+    pub decision: HitlDecision,
+    /// Chosen option, for `option`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option_id: Option<String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Who answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responder: Option<String>,
+}
+
+impl HitlAnswer {
+    /// A plain decision.
+    pub fn new(decision: HitlDecision) -> Self {
+        Self {
+            decision,
+            option_id: None,
+            text: None,
+            responder: None,
+        }
+    }
+
+    /// With free text.
+    pub fn with_text(mut self, text: impl Into<String>) -> Self {
+        self.text = Some(text.into());
+        self
+    }
+}
+
+/// Counters the engine keeps (exported as metrics by the server).
+#[derive(Debug, Default)]
+pub struct EngineMetrics {
+    events: [AtomicU64; EventKind::ALL.len()],
+    /// Planner calls made.
+    pub planner_calls: AtomicU64,
+    /// Node attempts finished.
+    pub node_attempts: AtomicU64,
+    /// Total node attempt wall time in microseconds.
+    pub node_micros: AtomicU64,
+}
+
+impl EngineMetrics {
+    fn count(&self, kind: EventKind) {
+        if let Some(i) = EventKind::ALL.iter().position(|k| *k == kind) {
+            self.events[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events committed so far, by kind.
+    pub fn events_by_kind(&self) -> Vec<(EventKind, u64)> {
+        EventKind::ALL
+            .iter()
+            .zip(&self.events)
+            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// How to build an [`Engine`].
+pub struct EngineConfig {
+    /// The store (redb by default).
+    pub store: Arc<dyn Store>,
+    /// The planner used for every run.
+    pub planner: Arc<dyn Planner>,
+    /// Executors for node capabilities.
+    pub executors: Executors,
+    /// Facets registered at startup (in addition to those persisted in the store).
+    pub facets: Vec<Facet>,
+    /// Capabilities registered at startup (in addition to those persisted in the store).
+    pub capabilities: Vec<Capability>,
+    /// Capacity of the live event channel; a subscriber that lags further behind gets
+    /// `Lagged` and must read the missed events from the store.
+    pub event_buffer: usize,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("planner", &self.planner.name())
+            .field("executors", &self.executors)
+            .field("facets", &self.facets.len())
+            .field("capabilities", &self.capabilities.len())
+            .finish()
+    }
+}
+
+impl EngineConfig {
+    /// A config with the given store and planner, no executors and an empty catalog.
+    pub fn new(store: Arc<dyn Store>, planner: Arc<dyn Planner>) -> Self {
+        Self {
+            store,
+            planner,
+            executors: Executors::new(),
+            facets: Vec::new(),
+            capabilities: Vec::new(),
+            event_buffer: 4096,
+        }
+    }
+}
+
+struct RunSlot {
+    tx: mpsc::UnboundedSender<Msg>,
+    task: JoinHandle<()>,
+}
+
+pub(crate) struct Inner {
+    store: Arc<dyn Store>,
+    committer: Committer,
+    planner: Arc<dyn Planner>,
+    executors: Executors,
+    catalog: RwLock<Arc<CatalogState>>,
+    events: broadcast::Sender<Arc<RunEvent>>,
+    runs: Mutex<HashMap<RunId, RunSlot>>,
+    metrics: EngineMetrics,
+}
+
+impl Inner {
+    pub(crate) fn catalog(&self) -> Arc<CatalogState> {
+        self.catalog.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn publish(&self, event: &RunEvent) {
+        self.metrics.count(event.kind());
+        tracing::info!(
+            run_id = %event.run_id,
+            seq = event.seq,
+            kind = %event.kind(),
+            node_id = event.node_id.as_deref().unwrap_or(""),
+            plan_version = event.plan_version,
+            "run event"
+        );
+        let _ = self.events.send(Arc::new(event.clone()));
+    }
+}
+
+/// The engine: submit runs, follow their events, steer them.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use flexrun::{demo, Engine, RedbStore, Durability, RunEnvelope};
+///
+/// let store = Arc::new(RedbStore::open("flexrun.redb", Durability::Fsync)?);
+/// let engine = Engine::open(demo::config(store)).await?;
+/// let envelope: RunEnvelope = serde_json::from_str(r#"{"objective":"a tagline",
+///     "inputs":{"objectiveBrief":"a tagline for a bakery"},
+///     "outputContract":{"mode":"facets","facets":["copyVariants"]}}"#)?;
+/// let run = engine.submit(envelope).await?;
+/// let outcome = engine.wait(run).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("planner", &self.inner.planner.name()).finish()
+    }
+}
+
+impl Engine {
+    /// Opens the engine over its store: loads the catalog and resumes every non-terminal run.
+    ///
+    /// # Errors
+    /// Store errors, and [`EngineError::Catalog`] when a configured facet or capability is invalid.
+    pub async fn open(config: EngineConfig) -> Result<Self, EngineError> {
+        let store = config.store.clone();
+        let mut catalog = CatalogState::default();
+        for facet in store.facets()?.into_iter().chain(config.facets) {
+            catalog.facets.register(facet).map_err(|e| EngineError::Catalog(e.to_string()))?;
+        }
+        for cap in store.capabilities()?.into_iter().chain(config.capabilities) {
+            catalog.registry.register(cap).map_err(|e| EngineError::Catalog(e.to_string()))?;
+        }
+        let (events, _) = broadcast::channel(config.event_buffer.max(16));
+        let inner = Arc::new(Inner {
+            committer: Committer::new(store.clone()),
+            store,
+            planner: config.planner,
+            executors: config.executors,
+            catalog: RwLock::new(Arc::new(catalog)),
+            events,
+            runs: Mutex::new(HashMap::new()),
+            metrics: EngineMetrics::default(),
+        });
+        let engine = Self { inner };
+        for run_id in engine.inner.store.non_terminal_runs()? {
+            match RunActor::recover(engine.inner.clone(), run_id).await {
+                Ok(actor) => engine.spawn(actor),
+                Err(e) => tracing::error!(run_id = %run_id, error = %e, "run could not be recovered"),
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Validates the envelope, creates the run (committing its first event) and starts it.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidEnvelope`] naming the offending field; store errors.
+    pub async fn submit(&self, envelope: RunEnvelope) -> Result<RunId, EngineError> {
+        let actor = RunActor::create(self.inner.clone(), envelope).await?;
+        let run_id = actor.run_id();
+        self.spawn(actor);
+        Ok(run_id)
+    }
+
+    fn spawn(&self, actor: RunActor) {
+        let run_id = actor.run_id();
+        let tx = actor.sender();
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            actor.run().await;
+            inner.runs.lock().unwrap_or_else(PoisonError::into_inner).remove(&run_id);
+        });
+        self.inner
+            .runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(run_id, RunSlot { tx, task });
+    }
+
+    /// Live events of every run, published after commit.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RunEvent>> {
+        self.inner.events.subscribe()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.inner.metrics
+    }
+
+    /// The current catalog.
+    pub fn catalog(&self) -> Arc<CatalogState> {
+        self.inner.catalog()
+    }
+
+    /// Registers (or replaces) a facet, persisting it.
+    ///
+    /// # Errors
+    /// [`EngineError::Catalog`] when the facet is invalid; store errors.
+    pub fn register_facet(&self, facet: Facet) -> Result<(), EngineError> {
+        let mut guard = self.inner.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next = (**guard).clone();
+        next.facets.register(facet.clone()).map_err(|e| EngineError::Catalog(e.to_string()))?;
+        self.inner.store.put_facet(&facet)?;
+        *guard = Arc::new(next);
+        Ok(())
+    }
+
+    /// Registers (or replaces) a capability, persisting it.
+    ///
+    /// # Errors
+    /// [`EngineError::Catalog`] when the capability is invalid or names unknown facets.
+    pub fn register_capability(&self, capability: Capability) -> Result<(), EngineError> {
+        let mut guard = self.inner.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next = (**guard).clone();
+        let problems = crate::catalog::check_capability_facets(&capability, &next.facets);
+        if let Some(d) = problems.iter().find(|d| d.is_error()) {
+            return Err(EngineError::Catalog(d.message.clone()));
+        }
+        next.registry.register(capability.clone()).map_err(|e| EngineError::Catalog(e.to_string()))?;
+        self.inner.store.put_capability(&capability)?;
+        *guard = Arc::new(next);
+        Ok(())
+    }
+
+    /// Activates or deactivates a capability (new plans only; running nodes finish).
+    ///
+    /// # Errors
+    /// [`EngineError::Catalog`] when the capability is unknown.
+    pub fn set_capability_status(&self, capability_id: &str, status: CapabilityStatus) -> Result<(), EngineError> {
+        let mut guard = self.inner.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next = (**guard).clone();
+        next.registry
+            .set_status(capability_id, status)
+            .map_err(|e| EngineError::Catalog(e.to_string()))?;
+        if let Some(cap) = next.registry.get(capability_id) {
+            self.inner.store.put_capability(cap)?;
+        }
+        *guard = Arc::new(next);
+        Ok(())
+    }
+
+    async fn control(&self, run_id: RunId, control: Control) -> Result<(), EngineError> {
+        let tx = {
+            let runs = self.inner.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            runs.get(&run_id).map(|slot| slot.tx.clone())
+        };
+        let Some(tx) = tx else {
+            return match self.inner.store.run_head(run_id)? {
+                Some(_) => Err(EngineError::RunEnded(run_id)),
+                None => Err(EngineError::RunNotFound(run_id)),
+            };
+        };
+        let (reply, rx) = oneshot::channel();
+        tx.send(Msg::Control { control, reply }).map_err(|_| EngineError::RunEnded(run_id))?;
+        rx.await.map_err(|_| EngineError::RunEnded(run_id))?
+    }
+
+    /// Answers a pending HITL request.
+    ///
+    /// # Errors
+    /// [`EngineError::Conflict`] when the request is unknown or already resolved;
+    /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
+    pub async fn answer_hitl(&self, run_id: RunId, request_id: &str, answer: HitlAnswer) -> Result<(), EngineError> {
+        self.control(
+            run_id,
+            Control::Answer {
+                request_id: request_id.to_owned(),
+                answer,
+            },
+        )
+        .await
+    }
+
+    /// Sends an external signal; `manual` policies may fire on it.
+    ///
+    /// # Errors
+    /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
+    pub async fn signal(&self, run_id: RunId, name: &str, payload: Value) -> Result<(), EngineError> {
+        self.control(
+            run_id,
+            Control::Signal {
+                name: name.to_owned(),
+                payload,
+            },
+        )
+        .await
+    }
+
+    /// Cancels a run.
+    ///
+    /// # Errors
+    /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
+    pub async fn cancel(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
+        self.control(run_id, Control::Cancel { reason: reason.to_owned() }).await
+    }
+
+    /// Pauses an executing run (in-flight nodes finish; nothing new dispatches).
+    ///
+    /// # Errors
+    /// [`EngineError::Conflict`] when the run is not executing.
+    pub async fn pause(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
+        self.control(run_id, Control::Pause { reason: reason.to_owned() }).await
+    }
+
+    /// Resumes a paused run.
+    ///
+    /// # Errors
+    /// [`EngineError::Conflict`] when the run is not paused or waits on a HITL answer.
+    pub async fn resume(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
+        self.control(run_id, Control::Resume { reason: reason.to_owned() }).await
+    }
+
+    /// The run's head from the store.
+    ///
+    /// # Errors
+    /// [`EngineError::RunNotFound`]; store errors.
+    pub fn head(&self, run_id: RunId) -> Result<RunHead, EngineError> {
+        self.inner.store.run_head(run_id)?.ok_or(EngineError::RunNotFound(run_id))
+    }
+
+    /// Waits until the run ends and returns how.
+    ///
+    /// # Errors
+    /// [`EngineError::RunNotFound`]; store errors; [`EngineError::ShuttingDown`] when the
+    /// engine stops first.
+    pub async fn wait(&self, run_id: RunId) -> Result<RunOutcome, EngineError> {
+        let mut rx = self.subscribe();
+        let head = self.head(run_id)?;
+        if let Some(outcome) = outcome_of(head.status) {
+            return Ok(outcome);
+        }
+        loop {
+            match rx.recv().await {
+                Ok(ev) if ev.run_id == run_id => {
+                    if let crate::fsm::EventBody::Complete { status, .. } = ev.body {
+                        return Ok(status);
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if let Some(outcome) = outcome_of(self.head(run_id)?.status) {
+                        return Ok(outcome);
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(EngineError::ShuttingDown),
+            }
+        }
+    }
+
+    /// Stops every run actor after its current commit and waits for them. Runs stay
+    /// non-terminal in the store and resume when the engine is opened again.
+    pub async fn shutdown(&self) {
+        let slots: Vec<RunSlot> = {
+            let mut runs = self.inner.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            runs.drain().map(|(_, slot)| slot).collect()
+        };
+        for slot in &slots {
+            let _ = slot.tx.send(Msg::Shutdown);
+        }
+        for slot in slots {
+            let _ = slot.task.await;
+        }
+    }
+
+    /// Aborts every run actor at once, without waiting for the current round: what a crash
+    /// does. Committed events stay committed; nothing uncommitted is published.
+    pub fn abort(&self) {
+        let mut runs = self.inner.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, slot) in runs.drain() {
+            slot.task.abort();
+        }
+    }
+}
+
+fn outcome_of(status: RunStatus) -> Option<RunOutcome> {
+    match status {
+        RunStatus::Active => None,
+        RunStatus::Completed => Some(RunOutcome::Completed),
+        RunStatus::Failed => Some(RunOutcome::Failed),
+        RunStatus::Cancelled => Some(RunOutcome::Cancelled),
+    }
+}

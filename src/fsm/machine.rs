@@ -407,6 +407,12 @@ pub struct Step {
 pub struct PendingHitl {
     /// Request id.
     pub request_id: String,
+    /// The asking policy, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<String>,
+    /// The node concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     /// What approval leads to.
     pub on_approve: FollowUp,
     /// What rejection leads to.
@@ -809,6 +815,8 @@ impl RunCore {
             } => {
                 self.hitl = Some(PendingHitl {
                     request_id: request_id.clone(),
+                    policy_id: policy_id.clone(),
+                    node_id: node_id.clone(),
                     on_approve: *on_approve,
                     on_reject: *on_reject,
                 });
@@ -924,8 +932,8 @@ impl RunCore {
                     FollowUp::Replan => {
                         let trigger = Trigger {
                             source: TriggerSource::Hitl,
-                            policy_id: None,
-                            node_id: None,
+                            policy_id: pending.policy_id.clone(),
+                            node_id: pending.node_id.clone(),
                             reason: text.clone().unwrap_or_else(|| format!("hitl request `{request_id}` answered")),
                         };
                         self.begin_replan(context, trigger, resolved)

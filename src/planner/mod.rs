@@ -1,1 +1,126 @@
-//! planner
+//! The planner trait and the planners shipped with the engine.
+//!
+//! A planner is the probabilistic half: given the objective, context, policies, catalog and
+//! (for replans) the current plan and the trigger, it returns a draft or a delta. The
+//! orchestrator validates whatever comes back; a planner never changes a plan itself.
+
+mod catalog_planner;
+mod scripted;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::catalog::{Capability, Facet};
+use crate::diagnostics::Diagnostic;
+use crate::fsm::{PlanPhase, PlannerOutput, TokenUsage, Trigger};
+use crate::graph::PlanSnapshot;
+use crate::ids::RunId;
+use crate::policy::NormalizedPolicies;
+
+pub use crate::fsm::Purpose;
+pub use catalog_planner::CatalogPlanner;
+pub use scripted::{ScriptStep, ScriptedPlanner};
+
+/// A node that already completed, with what it produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletedNode {
+    /// The node.
+    pub node_id: String,
+    /// Its capability.
+    pub capability_id: String,
+    /// Facet values it produced.
+    pub output: Map<String, Value>,
+}
+
+/// Everything a planner is told (DESIGN §1).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanRequest {
+    /// The run.
+    pub run_id: RunId,
+    /// First plan or replan.
+    pub purpose: Purpose,
+    /// Initial, revision or replan.
+    pub phase: PlanPhase,
+    /// Attempt within the purpose, from 1.
+    pub attempt: u32,
+    /// The run's objective.
+    pub objective: String,
+    /// The run's inputs (facet name → value).
+    pub inputs: Map<String, Value>,
+    /// Every facet value known so far (inputs and node outputs).
+    pub facet_values: Map<String, Value>,
+    /// Completed nodes in completion order.
+    pub completed: Vec<CompletedNode>,
+    /// The facets the run must produce.
+    pub required_outputs: Vec<String>,
+    /// The envelope's special instructions.
+    pub special_instructions: Vec<String>,
+    /// Normalized policies.
+    pub policies: NormalizedPolicies,
+    /// Active capabilities the planner may use.
+    pub capabilities: Vec<Capability>,
+    /// Facets the planner may use.
+    pub facets: Vec<Facet>,
+    /// The current plan (replans only).
+    pub current_plan: Option<PlanSnapshot>,
+    /// Why a replan is asked.
+    pub trigger: Option<Trigger>,
+    /// Diagnostics of the previous attempt (revisions).
+    pub diagnostics: Vec<Diagnostic>,
+    /// The previous attempt's planner error, if it failed.
+    pub previous_error: Option<String>,
+}
+
+/// What a planner returns on success.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanResponse {
+    /// The draft or delta.
+    pub output: PlannerOutput,
+    /// Token usage, for model-backed planners.
+    pub usage: Option<TokenUsage>,
+}
+
+impl PlanResponse {
+    /// A response without usage figures.
+    pub fn new(output: PlannerOutput) -> Self {
+        Self { output, usage: None }
+    }
+}
+
+/// Planner failures: retryable ones consume an attempt, fatal ones end the run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlannerError {
+    /// Another attempt may succeed (timeouts, rate limits, malformed output).
+    #[error("retryable planner error: {0}")]
+    Retryable(String),
+    /// No attempt will succeed (bad credentials, nothing to plan with).
+    #[error("fatal planner error: {0}")]
+    Fatal(String),
+}
+
+impl PlannerError {
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Retryable(_) => true,
+            Self::Fatal(_) => false,
+        }
+    }
+}
+
+/// The pluggable planner.
+#[async_trait]
+pub trait Planner: Send + Sync + 'static {
+    /// A short name recorded on `plan_generated` events.
+    fn name(&self) -> &str;
+
+    /// Proposes a draft (initial purpose) or a delta (replan purpose).
+    ///
+    /// # Errors
+    /// [`PlannerError::Retryable`] when another attempt may succeed, else [`PlannerError::Fatal`].
+    async fn plan(&self, request: PlanRequest) -> Result<PlanResponse, PlannerError>;
+}

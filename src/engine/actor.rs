@@ -1,0 +1,1040 @@
+//! The run actor: one task per live run.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use super::validation::{self, Validated};
+use super::{EngineError, HitlAnswer, Inner};
+use crate::catalog::{CompiledContract, ExecutorSpec};
+use crate::envelope::RunEnvelope;
+use crate::fsm::{
+    Command, EventBody, FollowUp, FsmError, Limits, PlanCall, PlannerOutput, Purpose, RunError, RunEvent, RunInput,
+    RunMachine, RunState, Trigger, TriggerSource,
+};
+use crate::graph::{NodeState, PlanGraph, PlanNode};
+use crate::ids::{RunId, Timestamp};
+use crate::planner::{CompletedNode, PlanRequest, PlanResponse, PlannerError};
+use crate::policy::{EvalData, Firing, NodeFacts, NormalizedPolicies, PolicyAction, PolicyEngine};
+use crate::store::{CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus};
+
+use super::executor::{ExecError, NodeCall};
+
+/// Operator and client requests routed to a run's actor.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Cancel { reason: String },
+    Pause { reason: String },
+    Resume { reason: String },
+    Answer { request_id: String, answer: HitlAnswer },
+    Signal { name: String, payload: Value },
+}
+
+/// Everything a run actor receives.
+pub(crate) enum Msg {
+    NodeDone {
+        node_id: String,
+        attempt: u32,
+        result: Result<Map<String, Value>, ExecError>,
+        duration_ms: u64,
+    },
+    Planned {
+        call: u64,
+        result: Result<PlanResponse, PlannerError>,
+        latency_ms: u64,
+    },
+    Control {
+        control: Control,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    Timer,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
+/// Work to do once the current batch is committed.
+enum After {
+    CallPlanner(PlanCall),
+    Execute { node_id: String, attempt: u32 },
+}
+
+#[derive(Default)]
+struct Batch {
+    events: Vec<RunEvent>,
+    envelope: Option<Value>,
+    plan: Option<crate::graph::PlanSnapshot>,
+    nodes: Vec<NodeRecord>,
+    hitl: Vec<HitlRecord>,
+}
+
+pub(crate) struct RunActor {
+    inner: Arc<Inner>,
+    run_id: RunId,
+    machine: RunMachine,
+    envelope: Arc<RunEnvelope>,
+    required_outputs: Vec<String>,
+    policies: NormalizedPolicies,
+    policy_engine: PolicyEngine,
+    plan: Option<Arc<PlanGraph>>,
+    pending_plan: Option<Validated>,
+    contracts: HashMap<String, Arc<CompiledContract>>,
+    progress: HashMap<String, Progress>,
+    attempts: HashMap<String, u32>,
+    started: HashMap<String, Timestamp>,
+    ready: VecDeque<String>,
+    facets: Map<String, Value>,
+    completed: Vec<CompletedNode>,
+    deferred: VecDeque<(Firing, TriggerSource, Option<String>)>,
+    started_execution: bool,
+    created_at: Timestamp,
+    hitl_requests: HashMap<String, Value>,
+    hitl_seq: u32,
+    planner_call: u64,
+    batch: Batch,
+    after: Vec<After>,
+    local: VecDeque<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    finished: bool,
+}
+
+fn limits_of(policies: &NormalizedPolicies) -> Limits {
+    Limits {
+        max_attempts: policies.planner.max_attempts,
+        max_replans: policies.planner.max_replans,
+    }
+}
+
+impl RunActor {
+    fn build(inner: Arc<Inner>, run_id: RunId, envelope: RunEnvelope, policies: NormalizedPolicies, machine: RunMachine) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let required_outputs = envelope.output_contract.required_facets();
+        Self {
+            inner,
+            run_id,
+            machine,
+            required_outputs,
+            policy_engine: PolicyEngine::new(&policies.runtime),
+            policies,
+            plan: None,
+            pending_plan: None,
+            contracts: HashMap::new(),
+            progress: HashMap::new(),
+            attempts: HashMap::new(),
+            started: HashMap::new(),
+            ready: VecDeque::new(),
+            facets: envelope.inputs.clone(),
+            completed: Vec::new(),
+            deferred: VecDeque::new(),
+            started_execution: false,
+            created_at: Timestamp::now(),
+            hitl_requests: HashMap::new(),
+            hitl_seq: 0,
+            planner_call: 0,
+            batch: Batch::default(),
+            after: Vec::new(),
+            local: VecDeque::new(),
+            tx,
+            rx,
+            finished: false,
+            envelope: Arc::new(envelope),
+        }
+    }
+
+    /// Validates the envelope, commits the run's creation with its `plan_requested` event.
+    pub(crate) async fn create(inner: Arc<Inner>, envelope: RunEnvelope) -> Result<Self, EngineError> {
+        let policies = validation::check_envelope(&envelope, &inner.catalog())?;
+        let raw = serde_json::to_value(&envelope).map_err(|e| EngineError::InvalidEnvelope {
+            field: "$".to_owned(),
+            message: e.to_string(),
+        })?;
+        let run_id = RunId::new();
+        let machine = RunMachine::new(run_id, limits_of(&policies));
+        let mut actor = Self::build(inner, run_id, envelope, policies, machine);
+        actor.batch.envelope = Some(raw);
+        actor.feed(RunInput::Start).map_err(|e| EngineError::Conflict(e.to_string()))?;
+        actor.commit().await?;
+        Ok(actor)
+    }
+
+    /// Rebuilds a run from its committed events and decides how to continue it.
+    pub(crate) async fn recover(inner: Arc<Inner>, run_id: RunId) -> Result<Self, EngineError> {
+        let store = inner.store.clone();
+        let raw = store.envelope(run_id)?.ok_or(EngineError::RunNotFound(run_id))?;
+        let envelope: RunEnvelope = serde_json::from_value(raw).map_err(|e| EngineError::InvalidEnvelope {
+            field: "$".to_owned(),
+            message: format!("stored envelope does not decode: {e}"),
+        })?;
+        let policies = crate::policy::normalize(&envelope.policies).map_err(|e| EngineError::InvalidEnvelope {
+            field: format!("policies.{}", e.path()),
+            message: e.to_string(),
+        })?;
+        let events = store.events_after(run_id, 0, usize::MAX)?;
+        let machine = RunMachine::restore(run_id, limits_of(&policies), &events)
+            .map_err(|e| EngineError::Conflict(format!("run {run_id} cannot be replayed: {e}")))?;
+        let mut actor = Self::build(inner, run_id, envelope, policies, machine);
+        if let Some(head) = store.run_head(run_id)? {
+            actor.created_at = head.created_at;
+        }
+        for event in &events {
+            actor.observe(event, true)?;
+        }
+        actor.started_execution = actor.machine.plan_version() > 0;
+        tracing::info!(run_id = %run_id, state = %actor.machine.state(), seq = actor.machine.seq(), "recovering run");
+        actor.resume_after_restart();
+        actor.settle();
+        actor.commit().await?;
+        Ok(actor)
+    }
+
+    fn resume_after_restart(&mut self) {
+        match self.machine.state() {
+            RunState::Requesting => {
+                let call = self.machine.plan_call();
+                self.after.push(After::CallPlanner(call));
+            }
+            RunState::Validating => {
+                if let Some(output) = self.machine.pending_output().cloned() {
+                    self.validate(output);
+                }
+            }
+            RunState::Executing | RunState::Replanning | RunState::Paused => {
+                let interrupted: Vec<String> = self.machine.in_flight().keys().cloned().collect();
+                for node_id in interrupted {
+                    let input = RunInput::NodeFailed {
+                        node_id,
+                        error: RunError::new("INTERRUPTED", "the engine stopped while the node was running"),
+                        will_retry: true,
+                    };
+                    self.feed_or_log(input);
+                }
+            }
+            RunState::New | RunState::Done => {}
+        }
+    }
+
+    pub(crate) fn run_id(&self) -> RunId {
+        self.run_id
+    }
+
+    pub(crate) fn sender(&self) -> mpsc::UnboundedSender<Msg> {
+        self.tx.clone()
+    }
+
+    /// The actor loop: one message, one round, one commit.
+    pub(crate) async fn run(mut self) {
+        self.perform_after().await;
+        while !self.finished {
+            let msg = match self.local.pop_front() {
+                Some(msg) => msg,
+                None => match self.next_message().await {
+                    Some(msg) => msg,
+                    None => break,
+                },
+            };
+            let reply = match msg {
+                Msg::Shutdown => break,
+                Msg::NodeDone {
+                    node_id,
+                    attempt,
+                    result,
+                    duration_ms,
+                } => {
+                    self.on_node_done(node_id, attempt, result, duration_ms);
+                    None
+                }
+                Msg::Planned { call, result, latency_ms } => {
+                    self.on_planned(call, result, latency_ms);
+                    None
+                }
+                Msg::Control { control, reply } => Some((self.on_control(control), reply)),
+                Msg::Timer => {
+                    self.on_timer();
+                    None
+                }
+            };
+            self.settle();
+            let committed = self.commit().await;
+            if let Some((result, reply)) = reply {
+                let result = match committed {
+                    Ok(()) => result,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            } else if let Err(e) = committed {
+                tracing::error!(run_id = %self.run_id, error = %e, "commit failed; the run stops here and resumes on restart");
+                break;
+            }
+            self.perform_after().await;
+        }
+    }
+
+    async fn next_message(&mut self) -> Option<Msg> {
+        let deadline = self.timeout_deadline();
+        match deadline {
+            Some(at) => tokio::select! {
+                msg = self.rx.recv() => msg,
+                () = tokio::time::sleep_until(at) => Some(Msg::Timer),
+            },
+            None => self.rx.recv().await,
+        }
+    }
+
+    fn timeout_deadline(&self) -> Option<tokio::time::Instant> {
+        if self.machine.state() != RunState::Executing {
+            return None;
+        }
+        let ms = self.policy_engine.next_timeout_ms()?;
+        let elapsed = Timestamp::now().millis().saturating_sub(self.created_at.millis());
+        let wait = ms.saturating_sub(elapsed);
+        Some(tokio::time::Instant::now() + Duration::from_millis(wait))
+    }
+
+    fn on_timer(&mut self) {
+        let elapsed = Timestamp::now().millis().saturating_sub(self.created_at.millis());
+        for firing in self.policy_engine.on_timeout(elapsed) {
+            self.deferred.push_back((firing, TriggerSource::Policy, None));
+        }
+    }
+
+    /// Applies one input and handles the commands it produced that are synchronous.
+    fn feed(&mut self, input: RunInput) -> Result<(), FsmError> {
+        let from = self.machine.state();
+        let step = self.machine.apply(&input, Timestamp::now())?;
+        tracing::debug!(run_id = %self.run_id, from = %from, input = %input.kind(), to = %self.machine.state(), "transition");
+        for event in &step.events {
+            if let Err(e) = self.observe(event, false) {
+                tracing::error!(run_id = %self.run_id, error = %e, "event bookkeeping failed");
+            }
+        }
+        self.batch.events.extend(step.events);
+        for command in step.commands {
+            match command {
+                Command::CallPlanner(call) => self.after.push(After::CallPlanner(call)),
+                Command::Validate(output) => self.validate(output),
+                Command::Dispatch | Command::AwaitDrain | Command::AwaitHuman => {}
+                Command::Finish(_) => self.finished = true,
+            }
+        }
+        Ok(())
+    }
+
+    fn feed_or_log(&mut self, input: RunInput) {
+        if let Err(e) = self.feed(input) {
+            tracing::error!(run_id = %self.run_id, error = %e, "input refused");
+        }
+    }
+
+    /// Keeps the actor's bookkeeping in step with an event (live or replayed).
+    fn observe(&mut self, event: &RunEvent, replaying: bool) -> Result<(), EngineError> {
+        let now = event.timestamp;
+        match &event.body {
+            EventBody::PlanAccepted { version, .. } | EventBody::PlanUpdated { version, .. } => {
+                let validated = if replaying {
+                    let snapshot = self
+                        .inner
+                        .store
+                        .plan_version(self.run_id, *version)?
+                        .ok_or_else(|| EngineError::Conflict(format!("plan version {version} is missing")))?;
+                    validation::revalidate(&snapshot, &self.inner.catalog())?
+                } else {
+                    self.pending_plan
+                        .take()
+                        .ok_or_else(|| EngineError::Conflict("no validated plan to accept".to_owned()))?
+                };
+                if !replaying {
+                    self.batch.plan = Some(validated.graph.snapshot());
+                }
+                self.install_plan(validated);
+            }
+            EventBody::NodeStart { attempt, .. } => {
+                let id = node_of(event)?;
+                self.progress.insert(id.clone(), Progress::Running);
+                self.attempts.insert(id.clone(), *attempt);
+                self.started.insert(id.clone(), now);
+                self.ready.retain(|r| *r != id);
+                if !replaying {
+                    self.batch.nodes.push(NodeRecord {
+                        node_id: id,
+                        attempt: *attempt,
+                        status: NodeStatus::Running,
+                        started_at: now,
+                        finished_at: None,
+                        output: None,
+                        error: None,
+                    });
+                }
+            }
+            EventBody::NodeComplete { attempt, output, .. } => {
+                let id = node_of(event)?;
+                self.progress.insert(id.clone(), Progress::Completed);
+                for (k, v) in output {
+                    self.facets.insert(k.clone(), v.clone());
+                }
+                let capability_id = self.plan_node(&id).map(|n| n.capability_id.clone()).unwrap_or_default();
+                self.completed.push(CompletedNode {
+                    node_id: id.clone(),
+                    capability_id,
+                    output: output.clone(),
+                });
+                self.release_successors(&id);
+                if !replaying {
+                    self.batch.nodes.push(NodeRecord {
+                        node_id: id.clone(),
+                        attempt: *attempt,
+                        status: NodeStatus::Completed,
+                        started_at: self.started.get(&id).copied().unwrap_or(now),
+                        finished_at: Some(now),
+                        output: None,
+                        error: None,
+                    });
+                }
+            }
+            EventBody::NodeError { attempt, will_retry, error } => {
+                let message = error.message.clone();
+                self.node_failed(event, *attempt, *will_retry, message, replaying)?;
+            }
+            EventBody::ValidationError { attempt, will_retry, errors } => {
+                self.node_failed(event, *attempt, *will_retry, errors.join("; "), replaying)?;
+            }
+            EventBody::PolicyTriggered { policy_id, .. } => {
+                if replaying {
+                    self.policy_engine.record_fire(policy_id);
+                }
+            }
+            EventBody::HitlRequest { request_id, policy_id, .. } => {
+                self.hitl_seq += 1;
+                if let (true, Some(p)) = (replaying, policy_id) {
+                    self.policy_engine.record_fire(p);
+                }
+                let request = serde_json::to_value(&event.body).unwrap_or(Value::Null);
+                self.hitl_requests.insert(request_id.clone(), request.clone());
+                if !replaying {
+                    self.batch.hitl.push(HitlRecord {
+                        request_id: request_id.clone(),
+                        status: HitlStatus::Pending,
+                        request,
+                        response: None,
+                    });
+                }
+            }
+            EventBody::HitlResolved { request_id, .. } => {
+                let request = self.hitl_requests.remove(request_id).unwrap_or(Value::Null);
+                if !replaying {
+                    self.batch.hitl.push(HitlRecord {
+                        request_id: request_id.clone(),
+                        status: HitlStatus::Resolved,
+                        request,
+                        response: serde_json::to_value(&event.body).ok(),
+                    });
+                }
+            }
+            EventBody::Complete { .. } => {
+                if let Some(pending) = self.machine.pending_hitl().cloned().or_else(|| {
+                    self.hitl_requests.keys().next().map(|id| crate::fsm::PendingHitl {
+                        request_id: id.clone(),
+                        policy_id: None,
+                        node_id: None,
+                        on_approve: FollowUp::Continue,
+                        on_reject: FollowUp::Fail,
+                    })
+                }) {
+                    let request = self.hitl_requests.remove(&pending.request_id).unwrap_or(Value::Null);
+                    if !replaying {
+                        self.batch.hitl.push(HitlRecord {
+                            request_id: pending.request_id,
+                            status: HitlStatus::Resolved,
+                            request,
+                            response: serde_json::to_value(&event.body).ok(),
+                        });
+                    }
+                }
+            }
+            EventBody::PlanRequested { .. }
+            | EventBody::PlanGenerated { .. }
+            | EventBody::PlanRejected { .. }
+            | EventBody::RunPaused { .. }
+            | EventBody::RunResumed { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn node_failed(&mut self, event: &RunEvent, attempt: u32, will_retry: bool, message: String, replaying: bool) -> Result<(), EngineError> {
+        let id = node_of(event)?;
+        let status = if will_retry { Progress::Pending } else { Progress::Failed };
+        self.progress.insert(id.clone(), status);
+        if will_retry && !self.ready.contains(&id) {
+            self.ready.push_front(id.clone());
+        }
+        if !replaying {
+            self.batch.nodes.push(NodeRecord {
+                node_id: id.clone(),
+                attempt,
+                status: NodeStatus::Failed,
+                started_at: self.started.get(&id).copied().unwrap_or(event.timestamp),
+                finished_at: Some(event.timestamp),
+                output: None,
+                error: Some(message),
+            });
+        }
+        Ok(())
+    }
+
+    fn plan_node(&self, id: &str) -> Option<&PlanNode> {
+        self.plan.as_deref().and_then(|p| p.node(id))
+    }
+
+    fn install_plan(&mut self, validated: Validated) {
+        let graph = validated.graph;
+        self.contracts = validated.contracts;
+        for node in graph.nodes() {
+            self.progress.entry(node.id.clone()).or_insert(Progress::Pending);
+        }
+        self.progress.retain(|id, _| graph.contains(id));
+        self.ready.clear();
+        for id in graph.topo_order() {
+            if self.progress.get(id) == Some(&Progress::Pending) && self.preds_done(&graph, id) {
+                self.ready.push_back(id.to_owned());
+            }
+        }
+        self.plan = Some(graph);
+    }
+
+    fn preds_done(&self, graph: &PlanGraph, id: &str) -> bool {
+        graph
+            .predecessors(id)
+            .all(|p| self.progress.get(p) == Some(&Progress::Completed))
+    }
+
+    fn release_successors(&mut self, id: &str) {
+        let Some(graph) = self.plan.clone() else { return };
+        for succ in graph.successors(id) {
+            if self.progress.get(succ) == Some(&Progress::Pending)
+                && self.preds_done(&graph, succ)
+                && !self.ready.iter().any(|r| r == succ)
+            {
+                self.ready.push_back(succ.to_owned());
+            }
+        }
+    }
+
+    fn validate(&mut self, output: PlannerOutput) {
+        let catalog = self.inner.catalog();
+        let state_of = |id: &str| match self.progress.get(id) {
+            Some(Progress::Completed) => NodeState::Completed,
+            Some(Progress::Running) => NodeState::Running,
+            Some(Progress::Pending | Progress::Failed) | None => NodeState::Pending,
+        };
+        let result = validation::validate_output(
+            &output,
+            self.machine.purpose(),
+            self.plan.as_deref(),
+            &state_of,
+            &self.envelope,
+            &self.required_outputs,
+            &self.facets,
+            &self.policies,
+            &catalog,
+        );
+        match result {
+            Ok(validated) => {
+                let input = match &output {
+                    PlannerOutput::Draft(_) => RunInput::DraftValid {
+                        nodes: validated.graph.len(),
+                        edges: validated.graph.edges().len(),
+                        warnings: validated.warnings.clone(),
+                    },
+                    PlannerOutput::Delta(_) => RunInput::DeltaValid {
+                        diff: self
+                            .plan
+                            .as_deref()
+                            .map(|p| p.diff(&validated.graph))
+                            .unwrap_or_default(),
+                        warnings: validated.warnings.clone(),
+                    },
+                };
+                self.pending_plan = Some(validated);
+                self.feed_or_log(input);
+            }
+            Err(diagnostics) => self.feed_or_log(RunInput::PlanInvalid { diagnostics }),
+        }
+    }
+
+    fn on_planned(&mut self, call: u64, result: Result<PlanResponse, PlannerError>, latency_ms: u64) {
+        if call != self.planner_call || self.machine.state() != RunState::Requesting {
+            return;
+        }
+        let input = match result {
+            Ok(response) => RunInput::PlanReturned {
+                output: response.output,
+                planner: self.inner.planner.name().to_owned(),
+                latency_ms,
+                usage: response.usage,
+            },
+            Err(e) => RunInput::PlannerFailed {
+                retryable: e.is_retryable(),
+                error: e.to_string(),
+            },
+        };
+        self.feed_or_log(input);
+    }
+
+    fn on_node_done(&mut self, node_id: String, attempt: u32, result: Result<Map<String, Value>, ExecError>, duration_ms: u64) {
+        if self.machine.in_flight().get(&node_id) != Some(&attempt) {
+            return;
+        }
+        self.inner.metrics.node_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .metrics
+            .node_micros
+            .fetch_add(duration_ms.saturating_mul(1000), std::sync::atomic::Ordering::Relaxed);
+        let max_attempts = self.max_attempts(&node_id);
+        let may_retry = attempt < max_attempts;
+        match result {
+            Ok(output) => {
+                let verdict = match self.contracts.get(&node_id) {
+                    Some(contract) => contract.validate(&output),
+                    None => Ok(()),
+                };
+                match verdict {
+                    Ok(()) => {
+                        self.feed_or_log(RunInput::NodeSucceeded {
+                            node_id: node_id.clone(),
+                            output: output.clone(),
+                            duration_ms,
+                        });
+                        self.evaluate_node_policies(&node_id, &output);
+                    }
+                    Err(errors) => {
+                        self.feed_or_log(RunInput::OutputInvalid {
+                            node_id: node_id.clone(),
+                            errors,
+                            will_retry: may_retry,
+                        });
+                        if let Some(node) = self.plan_node(&node_id).cloned() {
+                            for firing in self.policy_engine.on_validation_fail(&NodeFacts::of(&node)) {
+                                self.deferred.push_back((firing, TriggerSource::Policy, Some(node_id.clone())));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let will_retry = e.retryable && may_retry;
+                self.feed_or_log(RunInput::NodeFailed {
+                    node_id,
+                    error: RunError::new(e.code, e.message),
+                    will_retry,
+                });
+            }
+        }
+    }
+
+    fn evaluate_node_policies(&mut self, node_id: &str, output: &Map<String, Value>) {
+        let Some(node) = self.plan_node(node_id).cloned() else { return };
+        let data = EvalData {
+            inputs: &self.envelope.inputs,
+            facets: &self.facets,
+            output: Some(output),
+        };
+        let evaluation = self.policy_engine.on_node_complete(&NodeFacts::of(&node), &data);
+        for w in evaluation.warnings {
+            tracing::warn!(run_id = %self.run_id, policy_id = %w.policy_id, "{w}");
+        }
+        let mut firings = evaluation.firings;
+        for (name, value) in output {
+            if let Some(v) = value.as_f64() {
+                firings.extend(self.policy_engine.on_metric(name, v));
+            }
+        }
+        for firing in firings {
+            self.deferred.push_back((firing, TriggerSource::Policy, Some(node_id.to_owned())));
+        }
+    }
+
+    fn max_attempts(&self, node_id: &str) -> u32 {
+        self.plan_node(node_id)
+            .and_then(|n| self.inner.catalog().registry.get(&n.capability_id).map(|c| c.max_attempts))
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    fn on_control(&mut self, control: Control) -> Result<(), EngineError> {
+        let conflict = |e: FsmError| EngineError::Conflict(e.to_string());
+        match control {
+            Control::Cancel { reason } => self.feed(RunInput::Cancel { reason }).map_err(conflict),
+            Control::Pause { reason } => self.feed(RunInput::OperatorPause { reason }).map_err(conflict),
+            Control::Resume { reason } => self.feed(RunInput::Resume { reason }).map_err(conflict),
+            Control::Answer { request_id, answer } => {
+                let text = answer.text.clone().or(answer.option_id.clone());
+                self.feed(RunInput::HitlAnswered {
+                    request_id,
+                    decision: answer.decision,
+                    text,
+                    responder: answer.responder,
+                })
+                .map_err(conflict)
+            }
+            Control::Signal { name, payload } => {
+                for firing in self.policy_engine.on_signal(&name, &payload) {
+                    self.deferred.push_back((firing, TriggerSource::Signal, None));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies what follows from the state: deferred policy actions, dispatch, completion,
+    /// drain. Loops until the machine waits on something outside.
+    fn settle(&mut self) {
+        loop {
+            match self.machine.state() {
+                RunState::Executing => {
+                    if !self.started_execution {
+                        self.started_execution = true;
+                        let data = EvalData {
+                            inputs: &self.envelope.inputs,
+                            facets: &self.facets,
+                            output: None,
+                        };
+                        let evaluation = self.policy_engine.on_start(&data);
+                        for firing in evaluation.firings {
+                            self.deferred.push_back((firing, TriggerSource::Policy, None));
+                        }
+                    }
+                    if let Some((firing, source, node)) = self.deferred.pop_front() {
+                        self.fire(firing, source, node);
+                        continue;
+                    }
+                    if let Some(failed) = self.progress.iter().find(|(_, p)| **p == Progress::Failed).map(|(id, _)| id.clone()) {
+                        if self.machine.in_flight().is_empty() {
+                            let error = RunError::new("NODE_FAILED", format!("node `{failed}` failed after its last attempt"));
+                            self.feed_or_log(RunInput::Fail { error });
+                            continue;
+                        }
+                        return;
+                    }
+                    if self.dispatch() {
+                        continue;
+                    }
+                    if self.machine.in_flight().is_empty() && self.ready.is_empty() {
+                        self.finish_or_fail();
+                        continue;
+                    }
+                    return;
+                }
+                RunState::Replanning => {
+                    if self.machine.in_flight().is_empty() {
+                        self.feed_or_log(RunInput::Drained);
+                        continue;
+                    }
+                    return;
+                }
+                RunState::New | RunState::Requesting | RunState::Validating | RunState::Paused | RunState::Done => return,
+            }
+        }
+    }
+
+    /// Dispatches ready nodes up to the concurrency bound; true if any was dispatched.
+    fn dispatch(&mut self) -> bool {
+        let limit = self.policies.planner.max_concurrency.max(1) as usize;
+        let mut any = false;
+        while self.machine.in_flight().len() < limit {
+            let Some(node_id) = self.ready.pop_front() else { break };
+            let Some(node) = self.plan_node(&node_id).cloned() else { continue };
+            let attempt = self.attempts.get(&node_id).copied().unwrap_or(0) + 1;
+            self.feed_or_log(RunInput::NodeDispatched {
+                node_id: node_id.clone(),
+                capability_id: node.capability_id.clone(),
+                attempt,
+            });
+            self.after.push(After::Execute { node_id, attempt });
+            any = true;
+        }
+        any
+    }
+
+    fn finish_or_fail(&mut self) {
+        let all_done = self.progress.values().all(|p| *p == Progress::Completed);
+        if !all_done {
+            let error = RunError::new("PLAN_STUCK", "no node is ready and some never ran");
+            self.feed_or_log(RunInput::Fail { error });
+            return;
+        }
+        let mut output = Map::new();
+        for facet in &self.required_outputs {
+            if let Some(v) = self.facets.get(facet) {
+                output.insert(facet.clone(), v.clone());
+            }
+        }
+        let output = Value::Object(output);
+        if let Err(message) = validation::check_goal(&self.envelope, &self.facets, &output) {
+            self.feed_or_log(RunInput::Fail {
+                error: RunError::new("GOAL_CONDITIONS_UNMET", message),
+            });
+            return;
+        }
+        self.feed_or_log(RunInput::AllDone { output });
+    }
+
+    fn fire(&mut self, firing: Firing, source: TriggerSource, node_id: Option<String>) {
+        let trigger = Trigger {
+            source,
+            policy_id: Some(firing.policy_id.clone()),
+            node_id: node_id.clone(),
+            reason: firing.reason.clone(),
+        };
+        let input = match firing.action {
+            PolicyAction::Replan { .. } => RunInput::PolicyReplan {
+                policy_id: firing.policy_id,
+                trigger,
+            },
+            PolicyAction::Pause { .. } => RunInput::PolicyPause {
+                policy_id: firing.policy_id,
+                trigger,
+            },
+            PolicyAction::Fail { .. } => RunInput::Fail {
+                error: RunError::new("POLICY_FAILED", format!("policy `{}`: {}", firing.policy_id, firing.reason)),
+            },
+            PolicyAction::Hitl {
+                kind,
+                question,
+                options,
+                on_approve,
+                on_reject,
+            } => {
+                let request_id = format!("{}-{}", firing.policy_id, self.hitl_seq + 1);
+                let summary = self.contract_summary(node_id.as_deref());
+                RunInput::HitlRequested {
+                    request_id,
+                    kind,
+                    question,
+                    policy_id: Some(firing.policy_id),
+                    node_id,
+                    options,
+                    contract_summary: summary,
+                    on_approve,
+                    on_reject,
+                }
+            }
+        };
+        self.feed_or_log(input);
+    }
+
+    fn contract_summary(&self, node_id: Option<&str>) -> Option<Value> {
+        let node = node_id.and_then(|id| self.plan_node(id))?;
+        let values: Map<String, Value> = node
+            .output_facets
+            .iter()
+            .filter_map(|f| self.facets.get(f).map(|v| (f.clone(), v.clone())))
+            .collect();
+        Some(json!({
+            "capabilityId": node.capability_id,
+            "outputFacets": node.output_facets,
+            "values": values,
+        }))
+    }
+
+    /// Commits the batch (if any) and publishes its events.
+    async fn commit(&mut self) -> Result<(), EngineError> {
+        let batch = std::mem::take(&mut self.batch);
+        if batch.events.is_empty() && batch.envelope.is_none() {
+            return Ok(());
+        }
+        let now = batch.events.last().map(|e| e.timestamp).unwrap_or_else(Timestamp::now);
+        let status = match self.machine.outcome() {
+            Some(outcome) => RunStatus::from(outcome),
+            None => RunStatus::Active,
+        };
+        let head = RunHead {
+            status,
+            state: self.machine.state().as_str().to_owned(),
+            plan_version: self.machine.plan_version(),
+            last_seq: self.machine.seq(),
+            created_at: self.created_at,
+            updated_at: now,
+            objective: self.envelope.objective.clone(),
+        };
+        let events = batch.events;
+        let commit = CommitBatch {
+            run_id: self.run_id,
+            head,
+            envelope: batch.envelope,
+            events: events.clone(),
+            plan: batch.plan,
+            nodes: batch.nodes,
+            hitl: batch.hitl,
+        };
+        self.inner.committer.commit(commit).await?;
+        for event in &events {
+            self.inner.publish(event);
+        }
+        Ok(())
+    }
+
+    /// Performs what waits on the commit: planner calls and node executions.
+    async fn perform_after(&mut self) {
+        for action in std::mem::take(&mut self.after) {
+            match action {
+                After::CallPlanner(call) => self.call_planner(call),
+                After::Execute { node_id, attempt } => self.execute(node_id, attempt),
+            }
+        }
+    }
+
+    fn call_planner(&mut self, call: PlanCall) {
+        self.planner_call += 1;
+        let id = self.planner_call;
+        self.inner.metrics.planner_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let catalog = self.inner.catalog();
+        let request = PlanRequest {
+            run_id: self.run_id,
+            purpose: call.purpose,
+            phase: call.phase,
+            attempt: call.attempt,
+            objective: self.envelope.objective.clone(),
+            inputs: self.envelope.inputs.clone(),
+            facet_values: self.facets.clone(),
+            completed: self.completed.clone(),
+            required_outputs: self.required_outputs.clone(),
+            special_instructions: self.envelope.special_instructions.clone(),
+            policies: self.policies.clone(),
+            capabilities: catalog.registry.active().cloned().collect(),
+            facets: catalog.facets.list().cloned().collect(),
+            current_plan: match call.purpose {
+                Purpose::Initial => None,
+                Purpose::Replan => self.plan.as_deref().map(PlanGraph::snapshot),
+            },
+            trigger: call.trigger,
+            diagnostics: call.diagnostics,
+            previous_error: call.error,
+        };
+        let planner = self.inner.planner.clone();
+        let tx = self.tx.clone();
+        let started = Instant::now();
+        let mut fut = Box::pin(async move { planner.plan(request).await });
+        if let Some(result) = fut.as_mut().now_or_never() {
+            self.local.push_back(Msg::Planned {
+                call: id,
+                result,
+                latency_ms: started.elapsed().as_millis() as u64,
+            });
+            return;
+        }
+        tokio::spawn(async move {
+            let result = fut.await;
+            let _ = tx.send(Msg::Planned {
+                call: id,
+                result,
+                latency_ms: started.elapsed().as_millis() as u64,
+            });
+        });
+    }
+
+    fn execute(&mut self, node_id: String, attempt: u32) {
+        let Some(node) = self.plan_node(&node_id).cloned() else { return };
+        let catalog = self.inner.catalog();
+        let Some(cap) = catalog.registry.get(&node.capability_id).cloned() else {
+            self.local.push_back(Msg::NodeDone {
+                node_id,
+                attempt,
+                result: Err(ExecError::fatal("CAPABILITY_NOT_REGISTERED", format!("capability `{}` is gone", node.capability_id))),
+                duration_ms: 0,
+            });
+            return;
+        };
+        let mut instructions = Vec::new();
+        if let Some(plan) = self.plan.as_deref().filter(|p| !p.system_instructions().is_empty()) {
+            instructions.push(plan.system_instructions().to_owned());
+        }
+        instructions.extend(self.envelope.special_instructions.iter().cloned());
+        instructions.extend(node.instructions.iter().cloned());
+        let inputs: Map<String, Value> = node
+            .input_facets
+            .iter()
+            .filter_map(|f| self.facets.get(f).map(|v| (f.clone(), v.clone())))
+            .collect();
+        let call = NodeCall {
+            run_id: self.run_id,
+            idempotency_key: format!("{}/{}", self.run_id, node_id),
+            node_id: node_id.clone(),
+            attempt,
+            capability_id: cap.capability_id.clone(),
+            objective: self.envelope.objective.clone(),
+            instructions,
+            inputs,
+            output_schema: self.contracts.get(&node_id).map(|c| c.schema().clone()).unwrap_or(Value::Null),
+        };
+        let started = Instant::now();
+        let timeout = Duration::from_millis(cap.timeout_ms.max(1));
+        let executor = match &cap.executor {
+            ExecutorSpec::Builtin { handler } => match self.inner.executors.handler(handler) {
+                Some(h) => {
+                    let result = h(&call);
+                    self.local.push_back(Msg::NodeDone {
+                        node_id,
+                        attempt,
+                        result,
+                        duration_ms: started.elapsed().as_millis() as u64,
+                    });
+                    return;
+                }
+                None => Err(ExecError::fatal("EXECUTOR_MISSING", format!("no builtin handler named `{handler}`"))),
+            },
+            ExecutorSpec::Http { .. } => self.typed_executor("http"),
+            ExecutorSpec::Llm { .. } => self.typed_executor("llm"),
+            ExecutorSpec::Human => self.typed_executor("human"),
+        };
+        let executor = match executor {
+            Ok(e) => e,
+            Err(e) => {
+                self.local.push_back(Msg::NodeDone {
+                    node_id,
+                    attempt,
+                    result: Err(e),
+                    duration_ms: 0,
+                });
+                return;
+            }
+        };
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(timeout, executor.execute(call)).await {
+                Ok(result) => result,
+                Err(_) => Err(ExecError::retryable("TIMEOUT", format!("node attempt exceeded {} ms", timeout.as_millis()))),
+            };
+            let _ = tx.send(Msg::NodeDone {
+                node_id,
+                attempt,
+                result,
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+        });
+    }
+
+    fn typed_executor(&self, executor_type: &str) -> Result<Arc<dyn super::NodeExecutor>, ExecError> {
+        self.inner
+            .executors
+            .for_type(executor_type)
+            .cloned()
+            .ok_or_else(|| ExecError::fatal("EXECUTOR_MISSING", format!("no executor registered for type `{executor_type}`")))
+    }
+}
+
+fn node_of(event: &RunEvent) -> Result<String, EngineError> {
+    event
+        .node_id
+        .clone()
+        .ok_or_else(|| EngineError::Conflict(format!("`{}` event {} has no node id", event.kind(), event.seq)))
+}

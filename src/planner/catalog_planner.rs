@@ -1,0 +1,343 @@
+//! `CatalogPlanner`: the deterministic, offline default planner.
+//!
+//! Initial plans chain registered capabilities backwards from the required output facets to
+//! the facets the run's inputs supply. Replans answer with a minimal delta: a validation
+//! (QA) capability after the triggering node when one fits, else an alternative producer of
+//! that node's outputs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+
+use super::{PlanRequest, PlanResponse, Planner, PlannerError, Purpose};
+use crate::catalog::{Capability, CapabilityKind, CapabilityStatus};
+use crate::diagnostics::DiagnosticCode;
+use crate::fsm::PlannerOutput;
+use crate::graph::{DeltaOp, PlanDelta, PlanDraft, PlanEdge, PlanNode, PlanSnapshot};
+
+/// The deterministic catalog-chaining planner (the embedded default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CatalogPlanner;
+
+#[async_trait]
+impl Planner for CatalogPlanner {
+    fn name(&self) -> &str {
+        "catalog"
+    }
+
+    async fn plan(&self, request: PlanRequest) -> Result<PlanResponse, PlannerError> {
+        let output = match request.purpose {
+            Purpose::Initial => PlannerOutput::Draft(draft(&request)?),
+            Purpose::Replan => PlannerOutput::Delta(delta(&request)?),
+        };
+        Ok(PlanResponse::new(output))
+    }
+}
+
+/// Capabilities the planner may use for this request, cheapest first.
+fn candidates(req: &PlanRequest) -> Vec<&Capability> {
+    let policy = &req.policies.planner;
+    let mut excluded: BTreeSet<&str> = policy.forbidden_capabilities.iter().map(String::as_str).collect();
+    for d in &req.diagnostics {
+        let blames_capability = matches!(
+            d.code,
+            DiagnosticCode::CapabilityNotRegistered
+                | DiagnosticCode::CapabilityInactive
+                | DiagnosticCode::CapabilityKindMismatch
+                | DiagnosticCode::CapabilityFacetMismatch
+                | DiagnosticCode::PolicyForbiddenCapability
+        );
+        if let (true, Some(cap)) = (blames_capability, d.capability_id.as_deref()) {
+            excluded.insert(cap);
+        }
+    }
+    let mut caps: Vec<&Capability> = req
+        .capabilities
+        .iter()
+        .filter(|c| c.status == CapabilityStatus::Active)
+        .filter(|c| !excluded.contains(c.capability_id.as_str()))
+        .filter(|c| !policy.forbidden_kinds.contains(&c.kind))
+        .collect();
+    caps.sort_by(|a, b| a.cost.total_cmp(&b.cost).then_with(|| a.capability_id.cmp(&b.capability_id)));
+    caps
+}
+
+fn node_id_for(capability_id: &str, taken: &dyn Fn(&str) -> bool) -> String {
+    let base: String = capability_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    let mut id = base.clone();
+    let mut n = 2;
+    while taken(&id) {
+        id = format!("{base}-{n}");
+        n += 1;
+    }
+    id
+}
+
+fn stage_for(kind: CapabilityKind) -> &'static str {
+    match kind {
+        CapabilityKind::Structuring => "structuring",
+        CapabilityKind::Execution => "generation",
+        CapabilityKind::Validation => "qa",
+        CapabilityKind::Transformation => "transformation",
+        CapabilityKind::Routing => "routing",
+    }
+}
+
+fn node_for(cap: &Capability, id: String, req: &PlanRequest, rationale: String) -> PlanNode {
+    let instructions = cap
+        .output_facets
+        .iter()
+        .filter_map(|f| req.facets.iter().find(|x| &x.name == f))
+        .filter(|f| !f.instructions.is_empty())
+        .map(|f| f.instructions.clone())
+        .collect();
+    PlanNode {
+        id,
+        stage: stage_for(cap.kind).to_owned(),
+        capability_id: cap.capability_id.clone(),
+        kind: cap.kind,
+        input_facets: cap.input_facets.clone(),
+        output_facets: cap.output_facets.clone(),
+        instructions,
+        rationale,
+    }
+}
+
+/// Backward chaining state for an initial draft.
+struct Chain<'a> {
+    req: &'a PlanRequest,
+    caps: Vec<&'a Capability>,
+    available: BTreeSet<String>,
+    producer_of: BTreeMap<String, String>,
+    nodes: Vec<PlanNode>,
+}
+
+impl<'a> Chain<'a> {
+    /// Makes `facet` available, adding producer nodes as needed. `stack` holds the
+    /// capabilities being resolved, so a capability never depends on itself.
+    fn need(&mut self, facet: &str, stack: &mut Vec<&'a str>) -> bool {
+        if self.available.contains(facet) || self.producer_of.contains_key(facet) {
+            return true;
+        }
+        let producers: Vec<&'a Capability> = self
+            .caps
+            .iter()
+            .copied()
+            .filter(|c| c.output_facets.iter().any(|f| f == facet))
+            .filter(|c| c.kind != CapabilityKind::Validation)
+            .collect();
+        for cap in producers {
+            if stack.contains(&cap.capability_id.as_str()) {
+                continue;
+            }
+            stack.push(&cap.capability_id);
+            let mark = (self.nodes.len(), self.producer_of.clone());
+            let ok = cap.input_facets.iter().all(|input| self.need(input, stack));
+            stack.pop();
+            if ok {
+                self.add(cap, format!("produces `{facet}`"));
+                return true;
+            }
+            self.nodes.truncate(mark.0);
+            self.producer_of = mark.1;
+        }
+        false
+    }
+
+    fn add(&mut self, cap: &Capability, rationale: String) {
+        let id = node_id_for(&cap.capability_id, &|id| self.nodes.iter().any(|n| n.id == id));
+        for f in &cap.output_facets {
+            self.producer_of.entry(f.clone()).or_insert_with(|| id.clone());
+        }
+        let node = node_for(cap, id, self.req, rationale);
+        self.nodes.push(node);
+    }
+
+    fn edges(&self) -> Vec<PlanEdge> {
+        let mut edges = BTreeSet::new();
+        for n in &self.nodes {
+            for input in &n.input_facets {
+                if let Some(from) = self.producer_of.get(input).filter(|p| **p != n.id) {
+                    edges.insert(PlanEdge::new(from.clone(), n.id.clone()));
+                }
+            }
+        }
+        edges.into_iter().collect()
+    }
+}
+
+fn draft(req: &PlanRequest) -> Result<PlanDraft, PlannerError> {
+    let mut chain = Chain {
+        req,
+        caps: candidates(req),
+        available: req.inputs.keys().cloned().collect(),
+        producer_of: BTreeMap::new(),
+        nodes: Vec::new(),
+    };
+    let mut missing = Vec::new();
+    for facet in &req.required_outputs {
+        if !chain.need(facet, &mut Vec::new()) {
+            missing.push(facet.clone());
+        }
+    }
+    if !missing.is_empty() {
+        return Err(PlannerError::Fatal(format!(
+            "no chain of active capabilities produces {} from the inputs {:?}",
+            missing.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", "),
+            req.inputs.keys().collect::<Vec<_>>()
+        )));
+    }
+    let policy = &req.policies.planner;
+    for required in &policy.required_capabilities {
+        let already = chain.nodes.iter().any(|n| &n.capability_id == required);
+        let cap = chain.caps.iter().copied().find(|c| &c.capability_id == required);
+        if let (false, Some(cap)) = (already, cap) {
+            let mut stack = vec![cap.capability_id.as_str()];
+            if cap.input_facets.iter().all(|f| chain.need(f, &mut stack)) {
+                chain.add(cap, "required by the planner policy".to_owned());
+            }
+        }
+    }
+    for kind in &policy.required_kinds {
+        if chain.nodes.iter().any(|n| n.kind == *kind) {
+            continue;
+        }
+        let found = chain.caps.iter().copied().find(|c| c.kind == *kind);
+        if let Some(cap) = found {
+            let mut stack = vec![cap.capability_id.as_str()];
+            if cap.input_facets.iter().all(|f| chain.need(f, &mut stack)) {
+                chain.add(cap, format!("a `{}` node is required by the planner policy", kind.as_str()));
+            }
+        }
+    }
+    let edges = chain.edges();
+    let names: Vec<&str> = chain.nodes.iter().map(|n| n.capability_id.as_str()).collect();
+    Ok(PlanDraft {
+        rationale: format!(
+            "chain {} to produce {} from the run inputs",
+            names.join(" → "),
+            req.required_outputs.join(", ")
+        ),
+        system_instructions: req.special_instructions.join("\n"),
+        nodes: chain.nodes,
+        edges,
+    })
+}
+
+fn delta(req: &PlanRequest) -> Result<PlanDelta, PlannerError> {
+    let plan = req
+        .current_plan
+        .as_ref()
+        .ok_or_else(|| PlannerError::Fatal("a replan request carries no current plan".to_owned()))?;
+    let completed: BTreeSet<&str> = req.completed.iter().map(|c| c.node_id.as_str()).collect();
+    let focus = req
+        .trigger
+        .as_ref()
+        .and_then(|t| t.node_id.as_deref())
+        .and_then(|id| plan.nodes.iter().find(|n| n.id == id))
+        .or_else(|| {
+            req.completed
+                .iter()
+                .rev()
+                .find_map(|c| plan.nodes.iter().find(|n| n.id == c.node_id))
+        })
+        .ok_or_else(|| PlannerError::Fatal("the replan names no node and none has completed".to_owned()))?;
+
+    let mut produced: BTreeSet<&str> = req.inputs.keys().map(String::as_str).collect();
+    for n in &plan.nodes {
+        produced.extend(n.output_facets.iter().map(String::as_str));
+    }
+    let caps = candidates(req);
+    let fits = |cap: &Capability| cap.input_facets.iter().all(|f| produced.contains(f.as_str()));
+    let consumes_focus = |cap: &Capability| cap.input_facets.iter().any(|f| focus.output_facets.contains(f));
+
+    let qa = caps.iter().copied().find(|c| {
+        c.kind == CapabilityKind::Validation
+            && fits(c)
+            && consumes_focus(c)
+            && !plan.nodes.iter().any(|n| n.capability_id == c.capability_id && feeds(plan, &focus.id, &n.id))
+    });
+    let (cap, why) = match qa {
+        Some(cap) => (cap, format!("add a `{}` pass after `{}`", cap.capability_id, focus.id)),
+        None => {
+            let alt = caps.iter().copied().find(|c| {
+                c.kind != CapabilityKind::Validation
+                    && c.capability_id != focus.capability_id
+                    && fits(c)
+                    && focus.output_facets.iter().any(|f| c.output_facets.contains(f))
+                    && !plan.nodes.iter().any(|n| n.capability_id == c.capability_id)
+            });
+            match alt {
+                Some(cap) => (cap, format!("redo the work of `{}` with `{}`", focus.id, cap.capability_id)),
+                None => {
+                    return Err(PlannerError::Fatal(format!(
+                        "no active validation capability accepts the outputs of `{}` and no alternative producer exists",
+                        focus.id
+                    )));
+                }
+            }
+        }
+    };
+
+    let taken = |id: &str| plan.nodes.iter().any(|n| n.id == id);
+    let base = format!("{}-after-{}", cap.capability_id, focus.id);
+    let id = node_id_for(&base, &taken);
+    let node = node_for(cap, id.clone(), req, why.clone());
+    let mut ops = vec![DeltaOp::AddNode { node }];
+    let mut sources = BTreeSet::new();
+    for input in &cap.input_facets {
+        if focus.output_facets.contains(input) {
+            sources.insert(focus.id.clone());
+        } else if let Some(p) = producer_in(plan, input, &completed) {
+            sources.insert(p);
+        }
+    }
+    sources.insert(focus.id.clone());
+    for from in &sources {
+        ops.push(DeltaOp::AddEdge {
+            from: from.clone(),
+            to: id.clone(),
+        });
+    }
+    let sources_settled = sources.iter().all(|s| completed.contains(s.as_str()) || *s == focus.id);
+    if sources_settled {
+        for e in plan.edges.iter().filter(|e| e.from == focus.id) {
+            if !completed.contains(e.to.as_str()) && e.to != id {
+                ops.push(DeltaOp::AddEdge {
+                    from: id.clone(),
+                    to: e.to.clone(),
+                });
+            }
+        }
+    }
+    Ok(PlanDelta {
+        base_version: plan.version,
+        rationale: why,
+        operations: ops,
+    })
+}
+
+/// True when `to` is downstream of `from` in `plan`.
+fn feeds(plan: &PlanSnapshot, from: &str, to: &str) -> bool {
+    let mut stack = vec![from];
+    let mut seen = BTreeSet::new();
+    while let Some(n) = stack.pop() {
+        if n == to {
+            return true;
+        }
+        if seen.insert(n) {
+            stack.extend(plan.edges.iter().filter(|e| e.from == n).map(|e| e.to.as_str()));
+        }
+    }
+    false
+}
+
+/// A node of `plan` producing `facet`, completed ones first.
+fn producer_in(plan: &PlanSnapshot, facet: &str, completed: &BTreeSet<&str>) -> Option<String> {
+    let mut producers: Vec<&PlanNode> = plan.nodes.iter().filter(|n| n.output_facets.iter().any(|f| f == facet)).collect();
+    producers.sort_by_key(|n| !completed.contains(n.id.as_str()));
+    producers.first().map(|n| n.id.clone())
+}
