@@ -76,13 +76,13 @@ impl Condition {
 fn check_operators(rule: &Value) -> Result<(), String> {
     match rule {
         Value::Object(map) => {
-            if map.len() == 1 {
-                if let Some((op, args)) = map.iter().next() {
-                    if !OPERATORS.contains(op.as_str()) {
-                        return Err(format!("unknown operator \"{op}\""));
-                    }
-                    check_operators(args)?;
+            if map.len() == 1
+                && let Some((op, args)) = map.iter().next()
+            {
+                if !OPERATORS.contains(op.as_str()) {
+                    return Err(format!("unknown operator \"{op}\""));
                 }
+                check_operators(args)?;
             }
             Ok(())
         }

@@ -418,3 +418,388 @@ fn object_in<'a>(arena: &'a Bump, map: &Map<String, Value>) -> DataValue<'a> {
         )
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy::normalize;
+
+    fn engine(runtime: Value) -> PolicyEngine {
+        let policies = normalize(&json!({ "runtime": runtime })).unwrap_or_else(|e| panic!("{e}"));
+        PolicyEngine::new(&policies.runtime)
+    }
+
+    fn obj(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            other => panic!("expected an object, got {other}"),
+        }
+    }
+
+    fn write_node() -> NodeFacts<'static> {
+        NodeFacts {
+            node_id: "write",
+            capability_id: "writer.en",
+            kind: CapabilityKind::Execution,
+            stage: "generation",
+        }
+    }
+
+    fn ids(firings: &[Firing]) -> Vec<&str> {
+        firings.iter().map(|f| f.policy_id.as_str()).collect()
+    }
+
+    fn on_complete(
+        engine: &mut PolicyEngine,
+        node: &NodeFacts<'_>,
+        facets: Value,
+        output: Value,
+    ) -> Evaluation {
+        let inputs = obj(json!({"objectiveBrief": "launch", "tone": "formal"}));
+        let facets = obj(facets);
+        let output = obj(output);
+        let data = EvalData {
+            inputs: &inputs,
+            facets: &facets,
+            output: Some(&output),
+        };
+        engine.on_node_complete(node, &data)
+    }
+
+    fn complete_policy(id: &str, selector: Value) -> Value {
+        json!({"id": id, "maxFires": 100,
+               "trigger": {"kind": "onNodeComplete", "selector": selector},
+               "action": {"type": "replan"}})
+    }
+
+    #[test]
+    fn selector_fields_must_all_match() {
+        let mut e = engine(json!([
+            {"id": "any", "maxFires": 100, "trigger": {"kind": "onNodeComplete"}, "action": {"type": "replan"}},
+            complete_policy("by-node", json!({"nodeId": "write"})),
+            complete_policy("by-cap", json!({"capabilityId": "writer.en"})),
+            complete_policy("by-kind", json!({"kind": "execution"})),
+            complete_policy("by-stage", json!({"stage": "generation"})),
+            complete_policy("all", json!({"nodeId": "write", "capabilityId": "writer.en",
+                                          "kind": "execution", "stage": "generation"})),
+            complete_policy("wrong-stage", json!({"capabilityId": "writer.en", "stage": "qa"})),
+            complete_policy("wrong-kind", json!({"kind": "validation"})),
+        ]));
+        let out = on_complete(&mut e, &write_node(), json!({}), json!({}));
+        assert_eq!(
+            ids(&out.firings),
+            ["any", "by-node", "by-cap", "by-kind", "by-stage", "all"]
+        );
+        let other = NodeFacts {
+            node_id: "review",
+            capability_id: "critic",
+            kind: CapabilityKind::Validation,
+            stage: "qa",
+        };
+        let out = on_complete(&mut e, &other, json!({}), json!({}));
+        assert_eq!(ids(&out.firings), ["any", "wrong-kind"]);
+    }
+
+    #[test]
+    fn node_facts_of_a_plan_node() {
+        let node: PlanNode = serde_json::from_value(json!({
+            "id": "write", "stage": "generation", "capabilityId": "writer.en", "kind": "execution"
+        }))
+        .unwrap();
+        assert_eq!(NodeFacts::of(&node), write_node());
+    }
+
+    #[test]
+    fn condition_reads_output_facets_inputs_and_node() {
+        let mut e = engine(json!([
+            {"id": "low-score", "maxFires": 100,
+             "trigger": {"kind": "onNodeComplete", "condition": {"<": [{"var": "output.score"}, 0.5]}},
+             "action": {"type": "replan", "rationale": "score too low"}},
+            {"id": "has-brief", "maxFires": 100,
+             "trigger": {"kind": "onNodeComplete", "condition": {"var": "facets.brief"}},
+             "action": {"type": "pause"}},
+            {"id": "formal", "maxFires": 100,
+             "trigger": {"kind": "onNodeComplete", "condition": {"==": [{"var": "inputs.tone"}, "formal"]}},
+             "action": {"type": "pause", "reason": "formal tone"}},
+            {"id": "writer", "maxFires": 100,
+             "trigger": {"kind": "onNodeComplete",
+                         "condition": {"and": [{"==": [{"var": "node.capabilityId"}, "writer.en"]},
+                                               {"==": [{"var": "node.kind"}, "execution"]},
+                                               {"==": [{"var": "node.id"}, "write"]},
+                                               {"==": [{"var": "node.stage"}, "generation"]}]}},
+             "action": {"type": "fail"}}
+        ]));
+        let out = on_complete(
+            &mut e,
+            &write_node(),
+            json!({"brief": "x"}),
+            json!({"score": 0.2}),
+        );
+        assert_eq!(
+            ids(&out.firings),
+            ["low-score", "has-brief", "formal", "writer"]
+        );
+        assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+        assert_eq!(out.firings[0].reason, "score too low");
+        assert_eq!(
+            out.firings[1].reason,
+            "node \"write\" (writer.en) completed"
+        );
+
+        let out = on_complete(
+            &mut e,
+            &write_node(),
+            json!({"brief": ""}),
+            json!({"score": 0.9}),
+        );
+        assert_eq!(ids(&out.firings), ["formal", "writer"]);
+    }
+
+    #[test]
+    fn condition_error_is_a_warning_and_does_not_fire_or_count() {
+        let mut e = engine(json!([
+            {"id": "div", "trigger": {"kind": "onNodeComplete",
+                                      "condition": {"/": [1, {"var": "output.n"}]}},
+             "action": {"type": "replan"}}
+        ]));
+        let out = on_complete(&mut e, &write_node(), json!({}), json!({"n": 0}));
+        assert!(out.firings.is_empty());
+        assert_eq!(out.warnings.len(), 1);
+        assert_eq!(out.warnings[0].policy_id, "div");
+        assert!(
+            out.warnings[0]
+                .to_string()
+                .starts_with("policy \"div\": condition evaluation failed:"),
+            "{}",
+            out.warnings[0]
+        );
+        assert!(e.fire_counts().is_empty());
+        let out = on_complete(&mut e, &write_node(), json!({}), json!({"n": 2}));
+        assert_eq!(ids(&out.firings), ["div"]);
+    }
+
+    #[test]
+    fn condition_is_not_evaluated_when_the_selector_does_not_match() {
+        let mut e = engine(json!([
+            {"id": "div", "trigger": {"kind": "onNodeComplete", "selector": {"nodeId": "other"},
+                                      "condition": {"/": [1, {"var": "output.n"}]}},
+             "action": {"type": "replan"}}
+        ]));
+        let out = on_complete(&mut e, &write_node(), json!({}), json!({"n": 0}));
+        assert_eq!(out, Evaluation::default());
+    }
+
+    #[test]
+    fn max_fires_bounds_each_policy() {
+        let mut e = engine(json!([
+            {"id": "twice", "maxFires": 2, "trigger": {"kind": "onNodeComplete"}, "action": {"type": "replan"}},
+            {"id": "once", "trigger": {"kind": "onNodeComplete"}, "action": {"type": "replan"}}
+        ]));
+        let fired: Vec<Vec<String>> = (0..4)
+            .map(|_| {
+                on_complete(&mut e, &write_node(), json!({}), json!({}))
+                    .firings
+                    .into_iter()
+                    .map(|f| f.policy_id)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            fired,
+            [
+                vec!["twice".to_owned(), "once".to_owned()],
+                vec!["twice".to_owned()],
+                vec![],
+                vec![]
+            ]
+        );
+        assert_eq!(
+            e.fire_counts(),
+            BTreeMap::from([("once".to_owned(), 1), ("twice".to_owned(), 2)])
+        );
+    }
+
+    #[test]
+    fn disabled_policies_never_fire() {
+        let mut e = engine(json!([
+            {"id": "off", "enabled": false, "trigger": {"kind": "onNodeComplete"}, "action": {"type": "replan"}},
+            {"id": "off-start", "enabled": false, "trigger": {"kind": "onStart"}, "action": {"type": "pause"}},
+            {"id": "off-signal", "enabled": false, "trigger": {"kind": "manual"}, "action": {"type": "pause"}},
+            {"id": "off-timeout", "enabled": false, "trigger": {"kind": "onTimeout", "ms": 1}, "action": {"type": "fail"}}
+        ]));
+        assert!(
+            on_complete(&mut e, &write_node(), json!({}), json!({}))
+                .firings
+                .is_empty()
+        );
+        let empty = Map::new();
+        let data = EvalData {
+            inputs: &empty,
+            facets: &empty,
+            output: None,
+        };
+        assert!(e.on_start(&data).firings.is_empty());
+        assert!(
+            e.on_signal("go", &json!({"policyId": "off-signal"}))
+                .is_empty()
+        );
+        assert!(e.on_timeout(10).is_empty());
+        assert_eq!(e.next_timeout_ms(), None);
+        assert!(e.fire_counts().is_empty());
+    }
+
+    #[test]
+    fn on_start_fires_start_policies_whose_condition_holds() {
+        let mut e = engine(json!([
+            {"id": "always", "trigger": {"kind": "onStart"}, "action": {"type": "pause"}},
+            {"id": "if-draft", "trigger": {"kind": "onStart", "condition": {"var": "inputs.draft"}},
+             "action": {"type": "hitl", "question": "review the draft first?"}},
+            {"id": "not-start", "trigger": {"kind": "onNodeComplete"}, "action": {"type": "replan"}}
+        ]));
+        let inputs = obj(json!({"draft": "text"}));
+        let facets = Map::new();
+        let data = EvalData {
+            inputs: &inputs,
+            facets: &facets,
+            output: None,
+        };
+        let out = e.on_start(&data);
+        assert_eq!(ids(&out.firings), ["always", "if-draft"]);
+        assert_eq!(out.firings[0].reason, "run started");
+        assert_eq!(out.firings[1].reason, "review the draft first?");
+        assert!(e.on_start(&data).firings.is_empty(), "maxFires 1 reached");
+    }
+
+    #[test]
+    fn validation_failures_match_selectors() {
+        let mut e = engine(json!([
+            {"id": "writer-invalid", "trigger": {"kind": "onValidationFail", "selector": {"capabilityId": "writer.en"}},
+             "action": {"type": "hitl", "question": "fix the copy?", "onReject": "replan"}},
+            {"id": "critic-invalid", "trigger": {"kind": "onValidationFail", "selector": {"capabilityId": "critic"}},
+             "action": {"type": "fail"}}
+        ]));
+        let firings = e.on_validation_fail(&write_node());
+        assert_eq!(ids(&firings), ["writer-invalid"]);
+        assert_eq!(firings[0].reason, "fix the copy?");
+        assert!(matches!(
+            firings[0].action,
+            PolicyAction::Hitl {
+                on_reject: crate::fsm::FollowUp::Replan,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn timeouts_fire_once_elapsed_reaches_ms() {
+        let mut e = engine(json!([
+            {"id": "slow", "trigger": {"kind": "onTimeout", "ms": 1000}, "action": {"type": "pause"}},
+            {"id": "very-slow", "trigger": {"kind": "onTimeout", "ms": 5000}, "action": {"type": "fail", "reason": "run too slow"}}
+        ]));
+        assert_eq!(e.next_timeout_ms(), Some(1000));
+        assert!(e.on_timeout(999).is_empty());
+        let firings = e.on_timeout(1000);
+        assert_eq!(ids(&firings), ["slow"]);
+        assert_eq!(
+            firings[0].reason,
+            "run exceeded its time limit (1000 ms elapsed)"
+        );
+        assert_eq!(e.next_timeout_ms(), Some(5000));
+        assert_eq!(ids(&e.on_timeout(7000)), ["very-slow"]);
+        assert_eq!(e.next_timeout_ms(), None);
+        assert!(e.on_timeout(10_000).is_empty());
+    }
+
+    #[test]
+    fn metrics_fire_strictly_below_threshold() {
+        let mut e = engine(json!([
+            {"id": "low", "maxFires": 5, "trigger": {"kind": "onMetricBelow", "metric": "score", "threshold": 0.5},
+             "action": {"type": "replan"}}
+        ]));
+        assert!(e.on_metric("score", 0.5).is_empty());
+        assert!(e.on_metric("other", 0.1).is_empty());
+        assert!(e.on_metric("score", f64::NAN).is_empty());
+        let firings = e.on_metric("score", 0.25);
+        assert_eq!(ids(&firings), ["low"]);
+        assert_eq!(firings[0].reason, "metric \"score\" fell to 0.25");
+    }
+
+    #[test]
+    fn signals_route_by_name_wildcard_and_policy_id() {
+        let manual = |id: &str, signal: Option<&str>| {
+            json!({"id": id, "maxFires": 100, "trigger": {"kind": "manual", "signal": signal},
+                   "action": {"type": "pause"}})
+        };
+        let mut e = engine(json!([
+            manual("stop", Some("stop")),
+            manual("any", None),
+            manual("budget", Some("budget")),
+            {"id": "complete", "trigger": {"kind": "onNodeComplete"}, "action": {"type": "replan"}}
+        ]));
+        assert_eq!(ids(&e.on_signal("stop", &Value::Null)), ["stop", "any"]);
+        assert_eq!(ids(&e.on_signal("other", &json!({}))), ["any"]);
+        assert_eq!(
+            ids(&e.on_signal("other", &json!({"policyId": "budget"}))),
+            ["any", "budget"]
+        );
+        assert_eq!(
+            ids(&e.on_signal("other", &json!({"policyId": "complete"}))),
+            ["any"],
+            "a policyId selects manual policies only"
+        );
+        assert_eq!(
+            ids(&e.on_signal("stop", &json!({"policyId": "stop"}))),
+            ["stop", "any"],
+            "a policy fires at most once per signal"
+        );
+        assert_eq!(e.on_signal("x", &json!({}))[0].reason, "signal \"x\"");
+    }
+
+    #[test]
+    fn record_fire_restores_counts_after_restart() {
+        let runtime = json!([
+            {"id": "twice", "maxFires": 2, "trigger": {"kind": "onNodeComplete"}, "action": {"type": "replan"}},
+            {"id": "once", "trigger": {"kind": "manual"}, "action": {"type": "pause"}}
+        ]);
+        let mut before = engine(runtime.clone());
+        on_complete(&mut before, &write_node(), json!({}), json!({}));
+        before.on_signal("go", &Value::Null);
+        let counts = before.fire_counts();
+        assert_eq!(
+            counts,
+            BTreeMap::from([("once".to_owned(), 1), ("twice".to_owned(), 1)])
+        );
+
+        let mut after = engine(runtime);
+        for (id, n) in &counts {
+            for _ in 0..*n {
+                assert!(after.record_fire(id));
+            }
+        }
+        assert!(!after.record_fire("unknown"));
+        assert_eq!(after.fire_counts(), counts);
+        assert!(after.on_signal("go", &Value::Null).is_empty());
+        let out = on_complete(&mut after, &write_node(), json!({}), json!({}));
+        assert_eq!(ids(&out.firings), ["twice"]);
+        assert!(
+            on_complete(&mut after, &write_node(), json!({}), json!({}))
+                .firings
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn clones_count_independently_and_policies_are_listed() {
+        let mut a = engine(json!([
+            {"id": "p", "trigger": {"kind": "manual"}, "action": {"type": "pause"}}
+        ]));
+        let mut b = a.clone();
+        assert_eq!(a.on_signal("s", &Value::Null).len(), 1);
+        assert_eq!(b.on_signal("s", &Value::Null).len(), 1);
+        assert_eq!(a.policies().count(), 1);
+        assert_eq!(a.policy("p").map(|p| p.max_fires), Some(1));
+        assert!(a.policy("q").is_none());
+    }
+}

@@ -1501,12 +1501,11 @@ mod tests {
         }
         if let Some(runtime) = value.get_mut("runtime").and_then(Value::as_array_mut) {
             for policy in runtime {
-                if let Some(trigger) = policy.get_mut("trigger").and_then(Value::as_object_mut) {
-                    if kind_as_type {
-                        if let Some(kind) = trigger.remove("kind") {
-                            trigger.insert("type".into(), kind);
-                        }
-                    }
+                if kind_as_type
+                    && let Some(trigger) = policy.get_mut("trigger").and_then(Value::as_object_mut)
+                    && let Some(kind) = trigger.remove("kind")
+                {
+                    trigger.insert("type".into(), kind);
                 }
             }
         }
