@@ -1,0 +1,228 @@
+//! Normalized policy types (canonical camelCase wire form).
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::CapabilityKind;
+use crate::fsm::{FollowUp, HitlKind};
+
+use super::condition::Condition;
+use super::error::PolicyError;
+use super::normalize::normalize;
+
+/// Default planner attempts per phase.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default replans per run.
+pub const DEFAULT_MAX_REPLANS: u32 = 3;
+/// Default node budget of a plan.
+pub const DEFAULT_MAX_NODES: u32 = 50;
+/// Default concurrently dispatched nodes.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 4;
+/// Default number of times one runtime policy may fire.
+pub const DEFAULT_MAX_FIRES: u32 = 1;
+/// Upper bound of `maxFires`.
+pub const MAX_FIRES_LIMIT: u32 = 100;
+
+/// Policies after normalization: defaults applied, legacy spellings mapped, conditions compiled.
+///
+/// Serializes to the canonical camelCase form; deserializing runs [`normalize`], so a
+/// deserialized value holds the same invariants as a normalized one.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", try_from = "serde_json::Value")]
+pub struct NormalizedPolicies {
+    /// Limits and requirements that shape planning.
+    pub planner: PlannerPolicy,
+    /// Runtime policies, in declaration order.
+    pub runtime: Vec<RuntimePolicy>,
+}
+
+impl TryFrom<serde_json::Value> for NormalizedPolicies {
+    type Error = PolicyError;
+
+    fn try_from(raw: serde_json::Value) -> Result<Self, Self::Error> {
+        normalize(&raw)
+    }
+}
+
+/// Limits and requirements that shape planning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannerPolicy {
+    /// Planner attempts per phase (initial, each replan), at least 1.
+    pub max_attempts: u32,
+    /// Replans per run.
+    pub max_replans: u32,
+    /// Node budget of a plan, at least 1.
+    pub max_nodes: u32,
+    /// Concurrently dispatched nodes, at least 1.
+    pub max_concurrency: u32,
+    /// Capabilities a plan must not use.
+    pub forbidden_capabilities: Vec<String>,
+    /// Capability kinds a plan must not use.
+    pub forbidden_kinds: Vec<CapabilityKind>,
+    /// Capabilities a plan must use.
+    pub required_capabilities: Vec<String>,
+    /// Capability kinds a plan must use.
+    pub required_kinds: Vec<CapabilityKind>,
+}
+
+impl Default for PlannerPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_replans: DEFAULT_MAX_REPLANS,
+            max_nodes: DEFAULT_MAX_NODES,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            forbidden_capabilities: Vec::new(),
+            forbidden_kinds: Vec::new(),
+            required_capabilities: Vec::new(),
+            required_kinds: Vec::new(),
+        }
+    }
+}
+
+/// A runtime policy: when `trigger` happens, perform `action`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimePolicy {
+    /// Unique within the run; named by events and signals.
+    pub id: String,
+    /// Disabled policies never fire.
+    pub enabled: bool,
+    /// How many times the policy may fire over the run (1..=100).
+    pub max_fires: u32,
+    /// When it fires.
+    pub trigger: PolicyTrigger,
+    /// What it does.
+    pub action: PolicyAction,
+}
+
+/// When a runtime policy fires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum PolicyTrigger {
+    /// When the run starts executing, if the optional condition holds (evaluated with empty
+    /// facets, no output and a null node).
+    OnStart {
+        /// JSON-Logic over `{inputs, facets, output, node}`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        condition: Option<Condition>,
+    },
+    /// When a node matching the selector completes and the condition holds.
+    OnNodeComplete {
+        /// Which nodes; `None` matches every node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        selector: Option<NodeSelector>,
+        /// JSON-Logic over `{inputs, facets, output, node}`; `None` always holds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        condition: Option<Condition>,
+    },
+    /// When a matching node's output fails its contract.
+    OnValidationFail {
+        /// Which nodes; `None` matches every node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        selector: Option<NodeSelector>,
+    },
+    /// When the run has been executing for at least `ms` milliseconds.
+    OnTimeout {
+        /// Elapsed time threshold, at least 1.
+        ms: u64,
+    },
+    /// When a reported metric falls strictly below a threshold.
+    OnMetricBelow {
+        /// Metric name.
+        metric: String,
+        /// Fires when the value is `< threshold`.
+        threshold: f64,
+    },
+    /// On an external signal (`POST /v1/runs/{id}/signals`).
+    Manual {
+        /// Only this signal name; `None` accepts every signal.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<String>,
+    },
+}
+
+/// Which nodes a trigger concerns. Every field given must match; an empty selector is
+/// normalized to no selector.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelector {
+    /// The node id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// The node's capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability_id: Option<String>,
+    /// The node's kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CapabilityKind>,
+    /// The node's stage label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+}
+
+impl NodeSelector {
+    /// Whether no field is set.
+    pub fn is_empty(&self) -> bool {
+        self.node_id.is_none()
+            && self.capability_id.is_none()
+            && self.kind.is_none()
+            && self.stage.is_none()
+    }
+}
+
+/// What a runtime policy does when it fires.
+///
+/// The contract also names `goto` and `emit`; this engine does not execute them, so the
+/// normalizer refuses them instead of accepting a policy that would do nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum PolicyAction {
+    /// Drain in-flight nodes and ask the planner for a delta.
+    Replan {
+        /// Passed to the planner as the trigger's reason.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rationale: Option<String>,
+    },
+    /// Pause the run and ask a human.
+    #[serde(rename_all = "camelCase")]
+    Hitl {
+        /// Approval or clarify.
+        kind: HitlKind,
+        /// What the human is asked; never empty.
+        question: String,
+        /// Offered options for `option` answers.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        options: Vec<String>,
+        /// What approval leads to.
+        on_approve: FollowUp,
+        /// What rejection leads to.
+        on_reject: FollowUp,
+    },
+    /// Pause the run until an operator resumes it.
+    Pause {
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// End the run as failed.
+    Fail {
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+impl PolicyAction {
+    /// The wire name of the action (`replan`, `hitl`, `pause`, `fail`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Replan { .. } => "replan",
+            Self::Hitl { .. } => "hitl",
+            Self::Pause { .. } => "pause",
+            Self::Fail { .. } => "fail",
+        }
+    }
+}
