@@ -16,6 +16,7 @@
 //! ```
 
 pub mod api;
+pub mod bench;
 pub mod catalog;
 pub mod demo;
 pub mod diagnostics;

@@ -1,1 +1,229 @@
-fn main() {}
+//! The `flexrun` command: run an envelope, benchmark the engine, print generated docs.
+
+use std::io::{BufRead, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use flexrun::bench::{self, BenchOptions, Level, Scenario, Variant};
+use flexrun::fsm::{EventBody, HitlDecision, RunOutcome};
+use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope};
+use tokio::sync::broadcast::error::RecvError;
+
+#[derive(Parser, Debug)]
+#[command(name = "flexrun", version, about = "Hybrid plan/execute engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Answer {
+    /// Ask on the terminal.
+    Ask,
+    /// Approve every request.
+    Approve,
+    /// Reject every request.
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    /// One line per event.
+    Pretty,
+    /// SSE frames, as the server streams them.
+    Sse,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run one envelope with the built-in demo catalog and the catalog planner.
+    Run {
+        /// The run envelope (JSON).
+        envelope: PathBuf,
+        /// The store file.
+        #[arg(long, default_value = "flexrun.redb")]
+        data: PathBuf,
+        /// How to answer HITL requests.
+        #[arg(long, value_enum, default_value = "ask")]
+        answer: Answer,
+        /// How to print events.
+        #[arg(long, value_enum, default_value = "pretty")]
+        format: Format,
+    },
+    /// Run the benchmark workload and print its figures as JSON.
+    Bench {
+        /// linear, replan or fanout.
+        #[arg(long, value_enum, default_value = "linear")]
+        scenario: ScenarioArg,
+        /// Plan size N.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Runs R.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// memory (D0), d1 or d2.
+        #[arg(long, value_enum, default_value = "d2")]
+        durability: LevelArg,
+        /// Replan variant: interrupt (client resumes) or route.
+        #[arg(long, value_enum, default_value = "interrupt")]
+        variant: VariantArg,
+        /// 1 runs a warm-up (N=8, R=1) on a separate store first; 0 disables it.
+        #[arg(long, default_value_t = 1)]
+        warmup: u8,
+        /// Directory for the store files (a temp dir by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print documentation generated from the code.
+    Docs {
+        /// states: the state table and diagram.
+        what: DocsArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ScenarioArg {
+    Linear,
+    Replan,
+    Fanout,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LevelArg {
+    Memory,
+    D1,
+    D2,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum VariantArg {
+    Interrupt,
+    Route,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DocsArg {
+    States,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FLEXRUN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Cmd::Run {
+            envelope,
+            data,
+            answer,
+            format,
+        } => run(envelope, data, answer, format).await,
+        Cmd::Bench {
+            scenario,
+            nodes,
+            runs,
+            durability,
+            variant,
+            warmup,
+            dir,
+        } => {
+            let opts = BenchOptions {
+                scenario: match scenario {
+                    ScenarioArg::Linear => Scenario::Linear,
+                    ScenarioArg::Replan => Scenario::Replan,
+                    ScenarioArg::Fanout => Scenario::Fanout,
+                },
+                nodes,
+                runs,
+                level: match durability {
+                    LevelArg::Memory => Level::Memory,
+                    LevelArg::D1 => Level::D1,
+                    LevelArg::D2 => Level::D2,
+                },
+                variant: match variant {
+                    VariantArg::Interrupt => Variant::Interrupt,
+                    VariantArg::Route => Variant::Route,
+                },
+                warmup: warmup != 0,
+                dir,
+            };
+            let report = bench::run(&opts).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Cmd::Docs { what: DocsArg::States } => {
+            println!("{}", flexrun::fsm::table::markdown_table());
+            println!("```mermaid\n{}```", flexrun::fsm::table::mermaid_state_diagram());
+            Ok(())
+        }
+    }
+}
+
+async fn run(path: PathBuf, data: PathBuf, answer: Answer, format: Format) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let envelope: RunEnvelope = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let store = RedbStore::open(&data, Durability::Fsync).with_context(|| format!("opening {}", data.display()))?;
+    let engine = Engine::open(flexrun::demo::config(Arc::new(store))).await?;
+    let mut rx = engine.subscribe();
+    let started = Instant::now();
+    let run_id = engine.submit(envelope).await?;
+    eprintln!("run {run_id} (store {})", data.display());
+    let outcome = loop {
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => bail!("the engine stopped"),
+        };
+        if ev.run_id != run_id {
+            continue;
+        }
+        match format {
+            Format::Pretty => println!("{:>4}  {:<17} {}", ev.seq, ev.kind().as_str(), flexrun::api::summary(&ev)),
+            Format::Sse => print!("{}", flexrun::api::sse_frame(&ev)),
+            Format::Json => println!("{}", serde_json::to_string(&*ev)?),
+        }
+        match &ev.body {
+            EventBody::HitlRequest { request_id, question, .. } => {
+                let decision = match answer {
+                    Answer::Approve => HitlDecision::Approve,
+                    Answer::Reject => HitlDecision::Reject,
+                    Answer::Ask => ask(question)?,
+                };
+                engine
+                    .answer_hitl(run_id, request_id, HitlAnswer::new(decision))
+                    .await?;
+            }
+            EventBody::Complete { status, .. } => break *status,
+            _ => {}
+        }
+    };
+    engine.shutdown().await;
+    eprintln!("{outcome:?} in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+    if outcome != RunOutcome::Completed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn ask(question: &str) -> anyhow::Result<HitlDecision> {
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("{question} [approve/reject] ");
+        std::io::stderr().flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            bail!("no answer on standard input (use --answer approve|reject)");
+        }
+        match line.trim() {
+            "a" | "approve" | "y" | "yes" => return Ok(HitlDecision::Approve),
+            "r" | "reject" | "n" | "no" => return Ok(HitlDecision::Reject),
+            _ => eprintln!("please answer approve or reject"),
+        }
+    }
+}

@@ -60,6 +60,16 @@ impl Condition {
         &self.source
     }
 
+    /// Evaluates the rule against a JSON document and applies JSON-Logic truthiness.
+    ///
+    /// # Errors
+    /// The evaluation error's message (e.g. a type error inside the rule).
+    pub fn evaluate(&self, data: &Value) -> Result<bool, String> {
+        let arena = Bump::new();
+        let scope = DataValue::from_serde_value_in(data, &arena);
+        self.is_truthy(arena.alloc(scope), &arena)
+    }
+
     /// Evaluate against `data` (built in `arena`) and apply JSON-Logic truthiness.
     pub(crate) fn is_truthy<'a>(
         &'a self,
@@ -166,5 +176,19 @@ mod tests {
         let back: Condition = serde_json::from_str(&text).unwrap();
         assert_eq!(back, cond);
         assert!(serde_json::from_str::<Condition>(r#"{"nope":[1]}"#).is_err());
+    }
+}
+
+#[cfg(test)]
+mod evaluate_tests {
+    use serde_json::json;
+
+    use super::Condition;
+
+    #[test]
+    fn evaluates_against_plain_json() {
+        let rule = Condition::compile(json!({">=": [{"var": "facets.qaReport.score"}, 0.5]})).unwrap();
+        assert_eq!(rule.evaluate(&json!({"facets": {"qaReport": {"score": 0.9}}})), Ok(true));
+        assert_eq!(rule.evaluate(&json!({"facets": {"qaReport": {"score": 0.1}}})), Ok(false));
     }
 }

@@ -1,0 +1,534 @@
+//! The benchmark workload of `WORKLOAD.md`: linear, replan and fanout scenarios over
+//! no-op steps, printing one JSON object of figures.
+//!
+//! A step is a plan node whose capability is the builtin `noop` handler; the plan is a chain.
+//! Every node completion is its own round of its run: one commit, then its events. Fan-out
+//! runs share one engine and one store; their commits are grouped across runs by the
+//! committer (group commit), which the output reports as `groupCommit: true`.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::{Map, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::catalog::{AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec, Facet, FacetDirection};
+use crate::engine::{Engine, EngineConfig, HitlAnswer};
+use crate::envelope::RunEnvelope;
+use crate::fsm::{EventBody, HitlDecision, PlannerOutput};
+use crate::graph::{DeltaOp, PlanDelta, PlanDraft, PlanEdge, PlanNode};
+use crate::planner::{PlanRequest, PlanResponse, Planner, PlannerError, Purpose};
+use crate::store::{Durability, RedbStore, Store};
+
+/// Which scenario to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Plan, then N steps.
+    Linear,
+    /// Like linear, with one replan at the middle step.
+    Replan,
+    /// R linear runs at once on one engine.
+    Fanout,
+}
+
+/// How the replan's hold is resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// A HITL hold answered by the client, then the delta.
+    Interrupt,
+    /// The engine asks the planner itself.
+    Route,
+}
+
+/// Store durability level of the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// D0: redb's in-memory backend.
+    Memory,
+    /// D1: written to the OS on every commit, no fsync.
+    D1,
+    /// D2: fsync per commit.
+    D2,
+}
+
+/// Benchmark parameters.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Plan size N.
+    pub nodes: usize,
+    /// Runs R.
+    pub runs: usize,
+    /// Durability.
+    pub level: Level,
+    /// Replan variant.
+    pub variant: Variant,
+    /// Run a warm-up (N=8, R=1) on a separate store first.
+    pub warmup: bool,
+    /// Directory for store files (a temp dir when absent).
+    pub dir: Option<PathBuf>,
+}
+
+const STEP_FACET: &str = "stepResult";
+const STEP_CAP: &str = "bench.noop";
+
+/// The workload's fake planner: N chained steps for a plan, D = max(1, N/4) for a replan,
+/// inserted at the cursor.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchPlanner {
+    nodes: usize,
+}
+
+fn step(id: String) -> PlanNode {
+    PlanNode {
+        id,
+        stage: "step".to_owned(),
+        capability_id: STEP_CAP.to_owned(),
+        kind: CapabilityKind::Execution,
+        input_facets: Vec::new(),
+        output_facets: vec![STEP_FACET.to_owned()],
+        instructions: Vec::new(),
+        rationale: String::new(),
+    }
+}
+
+#[async_trait]
+impl Planner for BenchPlanner {
+    fn name(&self) -> &str {
+        "bench"
+    }
+
+    async fn plan(&self, request: PlanRequest) -> Result<PlanResponse, PlannerError> {
+        let n = self.nodes;
+        match request.purpose {
+            Purpose::Initial => {
+                let nodes: Vec<PlanNode> = (0..n).map(|i| step(format!("s{i:05}"))).collect();
+                let edges = (1..n).map(|i| PlanEdge::new(format!("s{:05}", i - 1), format!("s{i:05}"))).collect();
+                Ok(PlanResponse::new(PlannerOutput::Draft(PlanDraft {
+                    nodes,
+                    edges,
+                    system_instructions: String::new(),
+                    rationale: "chain".to_owned(),
+                })))
+            }
+            Purpose::Replan => {
+                let plan = request
+                    .current_plan
+                    .ok_or_else(|| PlannerError::Fatal("no current plan".to_owned()))?;
+                let cursor = request.completed.len();
+                let d = (n / 4).max(1);
+                let before = format!("s{:05}", cursor - 1);
+                let after = format!("s{cursor:05}");
+                let mut operations: Vec<DeltaOp> = (0..d).map(|i| DeltaOp::AddNode { node: step(format!("r{i:05}")) }).collect();
+                operations.push(DeltaOp::AddEdge {
+                    from: before.clone(),
+                    to: "r00000".to_owned(),
+                });
+                for i in 1..d {
+                    operations.push(DeltaOp::AddEdge {
+                        from: format!("r{:05}", i - 1),
+                        to: format!("r{i:05}"),
+                    });
+                }
+                if cursor < n {
+                    operations.push(DeltaOp::RemoveEdge {
+                        from: before,
+                        to: after.clone(),
+                    });
+                    operations.push(DeltaOp::AddEdge {
+                        from: format!("r{:05}", d - 1),
+                        to: after,
+                    });
+                }
+                Ok(PlanResponse::new(PlannerOutput::Delta(PlanDelta {
+                    base_version: plan.version,
+                    rationale: "insert the delta at the cursor".to_owned(),
+                    operations,
+                })))
+            }
+        }
+    }
+}
+
+fn bench_config(store: Arc<dyn Store>, nodes: usize) -> EngineConfig {
+    let mut config = EngineConfig::new(store, Arc::new(BenchPlanner { nodes }));
+    config.executors = crate::demo::executors();
+    config.event_buffer = 1 << 18;
+    config.facets = vec![Facet {
+        name: STEP_FACET.to_owned(),
+        title: "Step result".to_owned(),
+        description: String::new(),
+        direction: FacetDirection::Output,
+        schema: json!({"type": "object", "properties": {"step": {"type": "string"}, "ok": {"type": "boolean"}}, "required": ["step", "ok"]}),
+        instructions: String::new(),
+        required_by_default: true,
+    }];
+    config.capabilities = vec![Capability {
+        capability_id: STEP_CAP.to_owned(),
+        version: "1.0.0".to_owned(),
+        display_name: "no-op step".to_owned(),
+        summary: "returns {step, ok}".to_owned(),
+        kind: CapabilityKind::Execution,
+        agent_type: AgentType::Ai,
+        input_facets: Vec::new(),
+        output_facets: vec![STEP_FACET.to_owned()],
+        cost: 0.0,
+        timeout_ms: 60_000,
+        max_attempts: 1,
+        executor: ExecutorSpec::Builtin { handler: "noop".to_owned() },
+        status: CapabilityStatus::Active,
+    }];
+    config
+}
+
+fn envelope(scenario: Scenario, variant: Variant, n: usize) -> RunEnvelope {
+    let mut env = RunEnvelope::new("benchmark", Map::new(), &[STEP_FACET]);
+    let d = (n / 4).max(1);
+    let mut runtime = Vec::new();
+    if scenario == Scenario::Replan && n >= 2 {
+        let hold = format!("s{:05}", n / 2 - 1);
+        let action = match variant {
+            Variant::Route => json!({"type": "replan", "rationale": "policy check at the middle step"}),
+            Variant::Interrupt => json!({"type": "hitl", "question": "continue with a replan?", "onApprove": "replan", "onReject": "fail"}),
+        };
+        runtime.push(json!({"id": "mid-check", "trigger": {"kind": "onNodeComplete", "selector": {"nodeId": hold}}, "action": action}));
+    }
+    env.policies = json!({
+        "planner": {"maxNodes": n + d + 8, "maxConcurrency": 1, "maxReplans": 1},
+        "runtime": runtime,
+    });
+    env
+}
+
+fn open_store(level: Level, dir: &Path, name: &str) -> Result<Arc<RedbStore>, Box<dyn std::error::Error>> {
+    let store = match level {
+        Level::Memory => RedbStore::open(dir.join(name), Durability::Memory)?,
+        Level::D1 => RedbStore::open(dir.join(name), Durability::Os)?,
+        Level::D2 => RedbStore::open(dir.join(name), Durability::Fsync)?,
+    };
+    Ok(Arc::new(store))
+}
+
+/// Figures of one benchmark invocation (WORKLOAD.md §7).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub struct BenchReport {
+    /// Engine name.
+    pub engine: &'static str,
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Replan variant (replan only).
+    pub variant: Option<Variant>,
+    /// N.
+    pub n: usize,
+    /// R.
+    pub runs: usize,
+    /// Durability level.
+    pub durability: Level,
+    /// Commits of different runs may share one store transaction.
+    pub group_commit: bool,
+    /// Timed region.
+    pub wall_s: f64,
+    /// Executed plan steps, all runs.
+    pub steps: u64,
+    /// Steps per second.
+    pub steps_per_s: f64,
+    /// Wall time per step.
+    pub mean_step_overhead_us: f64,
+    /// Median time between consecutive step events of one run.
+    pub step_gap_us_p50: f64,
+    /// 99th percentile of the same.
+    pub step_gap_us_p99: f64,
+    /// Events received by the client.
+    pub events: u64,
+    /// Events the client missed because it lagged (must be 0).
+    pub events_lagged: u64,
+    /// Hold event to first event after the resume (replan/interrupt).
+    pub interrupt_resume_us_mean: Option<f64>,
+    /// Transition records written (one per commit batch).
+    pub checkpoints: u64,
+    /// Serialized bytes written: events, plan versions, heads, node and HITL records.
+    pub checkpoint_bytes: u64,
+    /// `checkpoint_bytes` per step.
+    pub bytes_per_step: f64,
+    /// Store file size after close (0 in memory).
+    pub db_bytes: u64,
+    /// Store transactions in the timed region.
+    pub store_commits: u64,
+    /// `store_commits` per step.
+    pub commits_per_step: f64,
+    /// Median of 32 × (append 4 KiB + fdatasync) in the store directory.
+    pub fsync_probe_us_p50: f64,
+    /// Peak resident set (VmHWM).
+    pub peak_rss_kib: u64,
+    /// Resident set before the timed region.
+    pub rss_before_kib: u64,
+    /// Process CPU time / wall over the timed region.
+    pub cpu_util: f64,
+    /// 1-minute load average before the run.
+    pub loadavg_1m_before: f64,
+}
+
+struct Observed {
+    events: u64,
+    lagged: u64,
+    steps: u64,
+    gaps: Vec<f64>,
+    resume_us: Vec<f64>,
+    end: Instant,
+}
+
+async fn drive(engine: &Engine, opts: &BenchOptions, n: usize, runs: usize) -> Result<Observed, Box<dyn std::error::Error>> {
+    let mut rx = engine.subscribe();
+    let scenario = opts.scenario;
+    let concurrent = scenario == Scenario::Fanout;
+    let mut pending: Vec<crate::RunId> = Vec::new();
+    let mut obs = Observed {
+        events: 0,
+        lagged: 0,
+        steps: 0,
+        gaps: Vec::new(),
+        resume_us: Vec::new(),
+        end: Instant::now(),
+    };
+    let mut last_step: HashMap<crate::RunId, Instant> = HashMap::new();
+    let mut held: HashMap<crate::RunId, Instant> = HashMap::new();
+    let mut remaining = runs;
+    let mut submitted = 0usize;
+    let submit = |engine: &Engine| {
+        let engine = engine.clone();
+        let env = envelope(scenario, opts.variant, n);
+        async move { engine.submit(env).await }
+    };
+    if concurrent {
+        let mut tasks = Vec::new();
+        for _ in 0..runs {
+            tasks.push(tokio::spawn(submit(engine)));
+        }
+        for t in tasks {
+            pending.push(t.await??);
+        }
+        submitted = runs;
+    } else {
+        pending.push(submit(engine).await?);
+        submitted += 1;
+    }
+    while remaining > 0 {
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(k)) => {
+                obs.lagged += k;
+                continue;
+            }
+            Err(RecvError::Closed) => return Err("event channel closed".into()),
+        };
+        let now = Instant::now();
+        obs.events += 1;
+        if let Some(t) = held.remove(&ev.run_id) {
+            obs.resume_us.push(now.duration_since(t).as_secs_f64() * 1e6);
+        }
+        match &ev.body {
+            EventBody::NodeComplete { .. } => {
+                obs.steps += 1;
+                if let Some(prev) = last_step.insert(ev.run_id, now) {
+                    obs.gaps.push(now.duration_since(prev).as_secs_f64() * 1e6);
+                }
+            }
+            EventBody::HitlRequest { request_id, .. } => {
+                let engine = engine.clone();
+                let (run, req) = (ev.run_id, request_id.clone());
+                held.insert(run, now);
+                tokio::spawn(async move {
+                    let _ = engine.answer_hitl(run, &req, HitlAnswer::new(HitlDecision::Approve)).await;
+                });
+            }
+            EventBody::Complete { status, error, .. } => {
+                if *status != crate::fsm::RunOutcome::Completed {
+                    return Err(format!("run {} ended {status:?}: {error:?}", ev.run_id).into());
+                }
+                remaining -= 1;
+                if !concurrent && submitted < runs {
+                    pending.push(submit(engine).await?);
+                    submitted += 1;
+                }
+            }
+            EventBody::PlanRequested { .. }
+            | EventBody::PlanGenerated { .. }
+            | EventBody::PlanAccepted { .. }
+            | EventBody::PlanUpdated { .. }
+            | EventBody::PlanRejected { .. }
+            | EventBody::NodeStart { .. }
+            | EventBody::NodeError { .. }
+            | EventBody::ValidationError { .. }
+            | EventBody::PolicyTriggered { .. }
+            | EventBody::HitlResolved { .. }
+            | EventBody::RunPaused { .. }
+            | EventBody::RunResumed { .. } => {}
+        }
+    }
+    obs.end = Instant::now();
+    Ok(obs)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn proc_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Process CPU time (user + system) from `/proc/self/stat`, in seconds (clock ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn fsync_probe(dir: &Path) -> f64 {
+    let path = dir.join("fsync-probe.bin");
+    let Ok(mut file) = OpenOptions::new().create(true).truncate(true).write(true).open(&path) else {
+        return 0.0;
+    };
+    let block = vec![0u8; 4096];
+    let mut samples = Vec::with_capacity(32);
+    for _ in 0..32 {
+        let t = Instant::now();
+        if file.write_all(&block).and_then(|()| file.sync_data()).is_err() {
+            return 0.0;
+        }
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = std::fs::remove_file(&path);
+    samples.sort_by(f64::total_cmp);
+    percentile(&samples, 0.5)
+}
+
+/// Runs the benchmark once and returns its figures.
+///
+/// # Errors
+/// Store or engine failures, or a run that did not complete.
+pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error::Error>> {
+    let tmp = match &opts.dir {
+        Some(_) => None,
+        None => Some(tempfile_dir()?),
+    };
+    let dir = opts.dir.clone().or_else(|| tmp.clone()).ok_or("no directory")?;
+    std::fs::create_dir_all(&dir)?;
+    let runs = if opts.scenario == Scenario::Fanout { opts.runs.max(1) } else { opts.runs.max(1) };
+    if opts.warmup {
+        let warm = open_store(opts.level, &dir, "warmup.redb")?;
+        let engine = Engine::open(bench_config(warm, 8)).await?;
+        let warm_opts = BenchOptions {
+            nodes: 8,
+            runs: 1,
+            warmup: false,
+            ..opts.clone()
+        };
+        drive(&engine, &warm_opts, 8, 1).await?;
+        engine.shutdown().await;
+    }
+    let loadavg_before = loadavg();
+    let fsync_us = fsync_probe(&dir);
+    let db_path = dir.join("bench.redb");
+    let _ = std::fs::remove_file(&db_path);
+    let store = open_store(opts.level, &dir, "bench.redb")?;
+    let engine = Engine::open(bench_config(store.clone(), opts.nodes)).await?;
+    let stats_before = store.stats();
+    let rss_before = proc_kib("VmRSS:");
+    let cpu_before = cpu_seconds();
+    let start = Instant::now();
+    let obs = drive(&engine, opts, opts.nodes, runs).await?;
+    let wall = obs.end.duration_since(start);
+    let cpu = cpu_seconds() - cpu_before;
+    let stats = store.stats();
+    engine.shutdown().await;
+    drop(engine);
+    drop(store);
+    let db_bytes = if opts.level == Level::Memory {
+        0
+    } else {
+        std::fs::metadata(&db_path).map(|m| m.len()).unwrap_or(0)
+    };
+    let mut gaps = obs.gaps;
+    gaps.sort_by(f64::total_cmp);
+    let steps = obs.steps.max(1);
+    let wall_s = wall.as_secs_f64().max(Duration::from_nanos(1).as_secs_f64());
+    let commits = stats.commits - stats_before.commits;
+    let bytes = stats.bytes_written - stats_before.bytes_written;
+    let report = BenchReport {
+        engine: "flexrun",
+        scenario: opts.scenario,
+        variant: (opts.scenario == Scenario::Replan).then_some(opts.variant),
+        n: opts.nodes,
+        runs,
+        durability: opts.level,
+        group_commit: true,
+        wall_s,
+        steps: obs.steps,
+        steps_per_s: obs.steps as f64 / wall_s,
+        mean_step_overhead_us: wall_s * 1e6 / steps as f64,
+        step_gap_us_p50: percentile(&gaps, 0.5),
+        step_gap_us_p99: percentile(&gaps, 0.99),
+        events: obs.events,
+        events_lagged: obs.lagged,
+        interrupt_resume_us_mean: (!obs.resume_us.is_empty()).then(|| obs.resume_us.iter().sum::<f64>() / obs.resume_us.len() as f64),
+        checkpoints: stats.batches - stats_before.batches,
+        checkpoint_bytes: bytes,
+        bytes_per_step: bytes as f64 / steps as f64,
+        db_bytes,
+        store_commits: commits,
+        commits_per_step: commits as f64 / steps as f64,
+        fsync_probe_us_p50: fsync_us,
+        peak_rss_kib: proc_kib("VmHWM:"),
+        rss_before_kib: rss_before,
+        cpu_util: cpu / wall_s,
+        loadavg_1m_before: loadavg_before,
+    };
+    if let Some(tmp) = tmp {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+    Ok(report)
+}
+
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("flexrun-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
