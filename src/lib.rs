@@ -6,5 +6,6 @@ pub mod fsm;
 pub mod graph;
 mod ids;
 pub mod policy;
+pub mod validate;
 
 pub use ids::{RunId, Timestamp};
