@@ -14,6 +14,33 @@ pub enum FacetDirection {
     Bidirectional,
 }
 
+impl FacetDirection {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Input => "input",
+            Self::Output => "output",
+            Self::Bidirectional => "bidirectional",
+        }
+    }
+
+    /// True when nodes may consume the facet (`input` or `bidirectional`).
+    pub fn allows_input(self) -> bool {
+        match self {
+            Self::Input | Self::Bidirectional => true,
+            Self::Output => false,
+        }
+    }
+
+    /// True when nodes may produce the facet (`output` or `bidirectional`).
+    pub fn allows_output(self) -> bool {
+        match self {
+            Self::Output | Self::Bidirectional => true,
+            Self::Input => false,
+        }
+    }
+}
+
 /// A named piece of run data with a JSON-Schema fragment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -92,6 +119,16 @@ pub enum CapabilityStatus {
     Inactive,
 }
 
+impl CapabilityStatus {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Inactive => "inactive",
+        }
+    }
+}
+
 /// How nodes of a capability are executed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -159,6 +196,23 @@ pub struct Capability {
     /// Active or inactive.
     #[serde(default)]
     pub status: CapabilityStatus,
+}
+
+impl Capability {
+    /// True when the capability may be used by new plans.
+    pub fn is_active(&self) -> bool {
+        self.status == CapabilityStatus::Active
+    }
+
+    /// True when the capability declares `facet` among its input facets.
+    pub fn consumes(&self, facet: &str) -> bool {
+        self.input_facets.iter().any(|f| f == facet)
+    }
+
+    /// True when the capability declares `facet` among its output facets.
+    pub fn produces(&self, facet: &str) -> bool {
+        self.output_facets.iter().any(|f| f == facet)
+    }
 }
 
 fn default_version() -> String {

@@ -1,0 +1,47 @@
+//! Errors raised when registering facets and capabilities.
+
+/// Why a facet or capability was refused by the catalog or the registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// A facet was registered with an empty name.
+    #[error("facet name is empty")]
+    EmptyFacetName,
+    /// A facet name contains characters outside `[A-Za-z0-9_.-]` or an empty dotted segment.
+    #[error(
+        "invalid facet name `{name}`: use letters, digits, `_`, `-`, and `.` between non-empty segments"
+    )]
+    InvalidFacetName {
+        /// The refused name.
+        name: String,
+    },
+    /// A facet's schema is not a valid JSON Schema.
+    #[error("facet `{name}` has an invalid json schema: {reason}")]
+    InvalidFacetSchema {
+        /// The facet whose schema was refused.
+        name: String,
+        /// What the schema compiler reported.
+        reason: String,
+    },
+    /// A capability was registered with an empty (or blank) id.
+    #[error("capability id is empty")]
+    EmptyCapabilityId,
+    /// A capability allows zero attempts per node.
+    #[error("capability `{capability_id}` has max attempts 0; at least one attempt is required")]
+    ZeroMaxAttempts {
+        /// The refused capability.
+        capability_id: String,
+    },
+    /// A capability has a zero per-attempt timeout.
+    #[error("capability `{capability_id}` has timeout 0 ms; the timeout must be positive")]
+    ZeroTimeout {
+        /// The refused capability.
+        capability_id: String,
+    },
+    /// A capability id is not in the registry.
+    #[error("unknown capability `{capability_id}`")]
+    UnknownCapability {
+        /// The id that was looked up.
+        capability_id: String,
+    },
+}
