@@ -95,7 +95,11 @@ fn choice_strategy() -> impl Strategy<Value = Choice> {
 /// that non-wild operations are mostly valid: they target pending nodes, add fresh ids and
 /// orient new edges from lower to higher number (the generated plans' orientation).
 fn resolve(draft: &PlanDraft, states: &[NodeState], choices: &[Choice]) -> Vec<DeltaOp> {
-    let number = |node: &str| node[1..].parse::<usize>().unwrap_or(usize::MAX);
+    let number = |node: &str| {
+        node.strip_prefix('n')
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(usize::MAX)
+    };
     let mut ids: Vec<String> = draft.nodes.iter().map(|n| n.id.clone()).collect();
     let mut edges: Vec<PlanEdge> = draft.edges.clone();
     let mut fresh = draft.nodes.len();
