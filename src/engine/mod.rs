@@ -483,12 +483,19 @@ impl Engine {
         }
     }
 
-    /// Aborts every run actor at once, without waiting for the current round: what a crash
-    /// does. Committed events stay committed; nothing uncommitted is published.
-    pub fn abort(&self) {
-        let mut runs = self.inner.runs.lock().unwrap_or_else(PoisonError::into_inner);
-        for (_, slot) in runs.drain() {
+    /// Aborts every run actor at once, without finishing the current round: what a crash
+    /// does to the engine. Committed events stay committed; nothing uncommitted is
+    /// published. Returns once every actor is gone.
+    pub async fn abort(&self) {
+        let slots: Vec<RunSlot> = {
+            let mut runs = self.inner.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            runs.drain().map(|(_, slot)| slot).collect()
+        };
+        for slot in &slots {
             slot.task.abort();
+        }
+        for slot in slots {
+            let _ = slot.task.await;
         }
     }
 }

@@ -1,0 +1,104 @@
+//! `TestEnv`: a real engine over a real redb file in a temp dir, with an event recorder.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use flexrun::fsm::{EventBody, EventKind, RunEvent};
+use flexrun::planner::Planner;
+use flexrun::{Durability, Engine, EngineConfig, RedbStore, RunEnvelope, RunId, Store};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub engine: Engine,
+    pub rx: broadcast::Receiver<Arc<RunEvent>>,
+}
+
+impl TestEnv {
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("flexrun.redb")
+    }
+
+    pub async fn start(planner: Option<Arc<dyn Planner>>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path().join("flexrun.redb"), planner, |c| c).await;
+        let rx = engine.subscribe();
+        Self { dir, engine, rx }
+    }
+
+    /// Collects this run's published events up to and including `complete`.
+    pub async fn until_complete(&mut self, run: RunId) -> Vec<RunEvent> {
+        self.until(run, |e| e.kind() == EventKind::Complete).await
+    }
+
+    /// Collects this run's published events up to and including the first matching one.
+    pub async fn until(&mut self, run: RunId, stop: impl Fn(&RunEvent) -> bool) -> Vec<RunEvent> {
+        let mut out = Vec::new();
+        loop {
+            let ev = self.rx.recv().await.expect("event stream");
+            if ev.run_id != run {
+                continue;
+            }
+            let done = stop(&ev);
+            out.push((*ev).clone());
+            if done {
+                return out;
+            }
+        }
+    }
+
+    pub fn stored_events(&self, run: RunId) -> Vec<RunEvent> {
+        self.engine.store().events_after(run, 0, usize::MAX).unwrap()
+    }
+}
+
+pub async fn open(path: PathBuf, planner: Option<Arc<dyn Planner>>, tweak: impl FnOnce(EngineConfig) -> EngineConfig) -> Engine {
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(path, Durability::Fsync).unwrap());
+    let mut config = flexrun::demo::config(store);
+    if let Some(p) = planner {
+        config.planner = p;
+    }
+    Engine::open(tweak(config)).await.unwrap()
+}
+
+pub fn kinds(events: &[RunEvent]) -> Vec<&'static str> {
+    events.iter().map(|e| e.kind().as_str()).collect()
+}
+
+/// `kind` or `kind:node` labels, for asserting exact sequences.
+pub fn labels(events: &[RunEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match &e.node_id {
+            Some(n) => format!("{}:{n}", e.kind()),
+            None => e.kind().as_str().to_owned(),
+        })
+        .collect()
+}
+
+pub fn assert_gap_free(events: &[RunEvent]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1, "seq gap at index {i}: {:?}", labels(events));
+    }
+}
+
+pub fn envelope(value: Value) -> RunEnvelope {
+    serde_json::from_value(value).unwrap()
+}
+
+pub fn copy_envelope(outputs: &[&str], policies: Value) -> RunEnvelope {
+    envelope(json!({
+        "objective": "tagline for a bakery",
+        "inputs": {"objectiveBrief": "Fresh sourdough baked daily, for busy parents. Playful tone"},
+        "outputContract": {"mode": "facets", "facets": outputs},
+        "policies": policies,
+    }))
+}
+
+pub fn complete_status(events: &[RunEvent]) -> Option<String> {
+    events.iter().rev().find_map(|e| match &e.body {
+        EventBody::Complete { status, .. } => Some(format!("{status:?}").to_lowercase()),
+        _ => None,
+    })
+}
