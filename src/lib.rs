@@ -6,5 +6,6 @@ pub mod fsm;
 pub mod graph;
 mod ids;
 pub mod policy;
+pub mod store;
 
 pub use ids::{RunId, Timestamp};
