@@ -1,1 +1,171 @@
-//! store
+//! The durable store: runs, their event logs, plan versions, node attempts, HITL records and
+//! the catalog, behind the [`Store`] trait, with [`RedbStore`] as the embedded default.
+//!
+//! Every transition of a run is one [`CommitBatch`], written in one write transaction together
+//! with whatever other runs' batches are ready at the same moment (group commit, see
+//! [`Committer`]). [`Store::commit`] refuses batches that break the log's invariants and writes
+//! nothing of them:
+//!
+//! - event seqs continue gap-free from the run's stored last seq (the first event is seq 1), and
+//!   the head's `last_seq` is the last event's seq;
+//! - plan versions are append-only and gap-free from 1, and the head names the latest one;
+//! - a run whose stored head is terminal takes no more events, plans or status changes;
+//! - the envelope comes with the batch that creates the run, and only with it;
+//! - a terminal node attempt and a resolved HITL request are never rewritten.
+//!
+//! The store assigns nothing: callers number events and plan versions, and the store checks.
+
+mod backend;
+mod codec;
+mod committer;
+mod error;
+mod redb_store;
+mod tables;
+#[cfg(test)]
+mod testkit;
+mod types;
+
+pub use committer::Committer;
+pub use error::StoreError;
+pub use redb_store::{Durability, RedbStore};
+pub use types::{
+    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus, StoreStats,
+};
+
+use serde_json::Value;
+
+use crate::catalog::{Capability, Facet};
+use crate::fsm::RunEvent;
+use crate::graph::PlanSnapshot;
+use crate::ids::RunId;
+
+/// Durable storage for runs and the catalog.
+///
+/// Methods are synchronous (the embedded backend is); call them from async code through
+/// [`Committer`] for writes and `spawn_blocking` for large reads. Reads see a consistent
+/// snapshot of the last commit.
+pub trait Store: Send + Sync + 'static {
+    /// Writes all `batches` in one transaction, or nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::InvariantViolation`] when a batch breaks an invariant (see the
+    /// [module docs](self)); storage and codec errors otherwise. Nothing is written on error.
+    fn commit(&self, batches: &[CommitBatch]) -> Result<(), StoreError>;
+
+    /// Writes every valid batch of `batches` in one transaction and reports each batch's
+    /// outcome, in order: a batch that breaks an invariant is skipped without affecting the
+    /// others. This is the group-commit primitive [`Committer`] uses.
+    ///
+    /// The default implementation commits each batch on its own.
+    ///
+    /// # Errors
+    /// The outer error is a failure of the transaction itself (storage), in which case nothing
+    /// was written.
+    fn commit_each(
+        &self,
+        batches: &[CommitBatch],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        Ok(batches
+            .iter()
+            .map(|batch| self.commit(std::slice::from_ref(batch)))
+            .collect())
+    }
+
+    /// Whether a commit may wait on the disk, so async callers should move it off the async
+    /// worker. `true` unless the backend is purely in memory.
+    fn commit_blocks(&self) -> bool {
+        true
+    }
+
+    /// The run's head, if the run exists.
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn run_head(&self, run: RunId) -> Result<Option<RunHead>, StoreError>;
+
+    /// Every run (or those with `status`), in run-id order (creation order for UUIDv7 ids).
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<(RunId, RunHead)>, StoreError>;
+
+    /// The envelope the run was created from.
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn envelope(&self, run: RunId) -> Result<Option<Value>, StoreError>;
+
+    /// Up to `limit` events of the run with a seq greater than `after_seq`, in seq order.
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn events_after(
+        &self,
+        run: RunId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RunEvent>, StoreError>;
+
+    /// Plan version `version` of the run.
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn plan_version(&self, run: RunId, version: u32) -> Result<Option<PlanSnapshot>, StoreError>;
+
+    /// The run's stored plan version numbers, ascending.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn plan_versions(&self, run: RunId) -> Result<Vec<u32>, StoreError>;
+
+    /// The run's highest plan version.
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn latest_plan(&self, run: RunId) -> Result<Option<PlanSnapshot>, StoreError>;
+
+    /// Every node attempt record of the run, sorted by (node id, attempt).
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn node_records(&self, run: RunId) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// Every HITL record of the run, sorted by request id.
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn hitl_records(&self, run: RunId) -> Result<Vec<HitlRecord>, StoreError>;
+
+    /// The ids of every [`RunStatus::Active`] run: the runs to recover on start.
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn non_terminal_runs(&self) -> Result<Vec<RunId>, StoreError>;
+
+    /// Registers or replaces a facet (by name), durably.
+    ///
+    /// # Errors
+    /// Storage and codec errors.
+    fn put_facet(&self, facet: &Facet) -> Result<(), StoreError>;
+
+    /// Every registered facet, by name.
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn facets(&self) -> Result<Vec<Facet>, StoreError>;
+
+    /// Registers or replaces a capability (by capability id), durably.
+    ///
+    /// # Errors
+    /// Storage and codec errors.
+    fn put_capability(&self, capability: &Capability) -> Result<(), StoreError>;
+
+    /// Every registered capability, by capability id.
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn capabilities(&self) -> Result<Vec<Capability>, StoreError>;
+
+    /// Counters since the store was opened.
+    fn stats(&self) -> StoreStats;
+}

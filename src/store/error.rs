@@ -1,0 +1,94 @@
+//! The store's error type.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::ids::RunId;
+
+/// Why a store operation failed.
+///
+/// Cloneable so that a failed group commit can report the same error to every caller in the
+/// group.
+#[derive(Debug, Clone, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file was written by another on-disk format version.
+    #[error("store format version {found} found, version {expected} expected: upgrade required")]
+    UpgradeRequired {
+        /// Version in the file.
+        found: u32,
+        /// Version this build reads and writes.
+        expected: u32,
+    },
+    /// Stored bytes could not be understood.
+    #[error("corrupt store: {what}")]
+    Corrupt {
+        /// What was wrong, naming the table and key where known.
+        what: String,
+    },
+    /// A commit batch broke a store invariant; nothing of the batch was written.
+    #[error("invariant violated for run {run}: {message}")]
+    InvariantViolation {
+        /// The run whose batch was refused.
+        run: RunId,
+        /// Which invariant, naming the offending value.
+        message: String,
+    },
+    /// The storage engine failed.
+    #[error("storage engine error: {0}")]
+    Redb(#[source] Arc<redb::Error>),
+    /// A value could not be encoded or decoded as JSON.
+    #[error("json codec error: {0}")]
+    Codec(#[source] Arc<serde_json::Error>),
+    /// A group commit was abandoned (its leader panicked) before this batch's outcome was known.
+    #[error("group commit abandoned before batch for run {run} was confirmed")]
+    Abandoned {
+        /// The run whose batch is in doubt.
+        run: RunId,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn violation(run: RunId, message: impl Into<String>) -> Self {
+        Self::InvariantViolation {
+            run,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn corrupt(what: impl Into<String>) -> Self {
+        Self::Corrupt { what: what.into() }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(err: serde_json::Error) -> Self {
+        Self::Codec(Arc::new(err))
+    }
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(err: redb::Error) -> Self {
+        Self::Redb(Arc::new(err))
+    }
+}
+
+macro_rules! from_redb {
+    ($($ty:ty),* $(,)?) => {
+        $(impl From<$ty> for StoreError {
+            fn from(err: $ty) -> Self {
+                Self::Redb(Arc::new(redb::Error::from(err)))
+            }
+        })*
+    };
+}
+
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+);

@@ -1,0 +1,172 @@
+//! Every redb table of the store, with its key and value encoding.
+//!
+//! Keys are raw bytes so their order never depends on redb's tuple encoding: a run id is its 16
+//! UUID bytes (UUIDv7, so runs sort by creation time), integers are fixed-width big-endian, and
+//! composite keys concatenate their parts. Values (except in `meta`) are one format-version
+//! byte ([`VALUE_FORMAT`]) followed by JSON; the JSON shapes are the private DTOs in `codec.rs`.
+//!
+//! Changing a key layout, a value shape incompatibly or the set of tables requires bumping
+//! [`SCHEMA_VERSION`] and freezing a new fixture under `tests/fixtures/`.
+
+use redb::TableDefinition;
+
+use crate::ids::RunId;
+
+/// The on-disk format version this build reads and writes.
+pub(crate) const SCHEMA_VERSION: u32 = 1;
+
+/// The leading byte of every stored value.
+pub(crate) const VALUE_FORMAT: u8 = 1;
+
+/// The `meta` key holding [`SCHEMA_VERSION`].
+pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// `meta`: setting name (UTF-8) → `u32` (redb's fixed-width encoding).
+/// Holds `schema_version`.
+pub(crate) const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
+
+/// `runs`: run id `[u8; 16]` → head (`StoredHead` JSON): status tag, state, plan version,
+/// last seq, timestamps in epoch milliseconds, objective. Rewritten on every commit.
+pub(crate) const RUNS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("runs");
+
+/// `envelopes`: run id `[u8; 16]` → the run envelope JSON as submitted. Written once.
+pub(crate) const ENVELOPES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("envelopes");
+
+/// `plans`: run id ‖ version `u32` BE (`[u8; 20]`) → `PlanSnapshot` JSON. Append-only: a key is
+/// never overwritten, and versions are gap-free from 1.
+pub(crate) const PLANS: TableDefinition<[u8; 20], &[u8]> = TableDefinition::new("plans");
+
+/// `events`: run id ‖ seq `u64` BE (`[u8; 24]`) → `StoredEvent` JSON: the event without its run
+/// id and seq (both are in the key), timestamp in epoch milliseconds. Append-only, gap-free
+/// from seq 1.
+pub(crate) const EVENTS: TableDefinition<[u8; 24], &[u8]> = TableDefinition::new("events");
+
+/// `nodes`: run id ‖ node id length `u16` BE ‖ node id (UTF-8) ‖ attempt `u32` BE → `StoredNode`
+/// JSON (status tag, timestamps in epoch milliseconds, output, error). Final once terminal.
+pub(crate) const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
+
+/// `hitl`: run id ‖ request id (UTF-8, to the end of the key) → `StoredHitl` JSON (status tag,
+/// request, response). Final once resolved.
+pub(crate) const HITL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("hitl");
+
+/// `facets`: facet name (UTF-8) → `Facet` JSON (its wire shape). Last write wins.
+pub(crate) const FACETS: TableDefinition<&str, &[u8]> = TableDefinition::new("facets");
+
+/// `capabilities`: capability id (UTF-8) → `Capability` JSON (its wire shape). Last write wins,
+/// so one version per capability id is registered at a time.
+pub(crate) const CAPABILITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("capabilities");
+
+/// Names of every table, for the "is this a flexrun store" check on open.
+pub(crate) const ALL_TABLES: [&str; 9] = [
+    "meta",
+    "runs",
+    "envelopes",
+    "plans",
+    "events",
+    "nodes",
+    "hitl",
+    "facets",
+    "capabilities",
+];
+
+/// The `runs` / `envelopes` key.
+pub(crate) fn run_key(run: RunId) -> [u8; 16] {
+    *run.as_bytes()
+}
+
+/// The `plans` key of (run, version).
+pub(crate) fn plan_key(run: RunId, version: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..16].copy_from_slice(run.as_bytes());
+    key[16..].copy_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// The version part of a `plans` key.
+pub(crate) fn plan_key_version(key: &[u8; 20]) -> u32 {
+    let mut version = [0u8; 4];
+    version.copy_from_slice(&key[16..]);
+    u32::from_be_bytes(version)
+}
+
+/// The `events` key of (run, seq).
+pub(crate) fn event_key(run: RunId, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(run.as_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The seq part of an `events` key.
+pub(crate) fn event_key_seq(key: &[u8; 24]) -> u64 {
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&key[16..]);
+    u64::from_be_bytes(seq)
+}
+
+/// The `nodes` key of (run, node, attempt); `None` when the node id exceeds 65535 bytes.
+pub(crate) fn node_key(run: RunId, node_id: &str, attempt: u32) -> Option<Vec<u8>> {
+    let len = u16::try_from(node_id.len()).ok()?;
+    let mut key = Vec::with_capacity(16 + 2 + node_id.len() + 4);
+    key.extend_from_slice(run.as_bytes());
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(node_id.as_bytes());
+    key.extend_from_slice(&attempt.to_be_bytes());
+    Some(key)
+}
+
+/// The (node id, attempt) parts of a `nodes` key; `None` when malformed.
+pub(crate) fn split_node_key(key: &[u8]) -> Option<(String, u32)> {
+    let rest = key.get(16..)?;
+    let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    let node = rest.get(2..2 + len)?;
+    let attempt: [u8; 4] = rest.get(2 + len..)?.try_into().ok()?;
+    let node = std::str::from_utf8(node).ok()?;
+    Some((node.to_owned(), u32::from_be_bytes(attempt)))
+}
+
+/// The `hitl` key of (run, request).
+pub(crate) fn hitl_key(run: RunId, request_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + request_id.len());
+    key.extend_from_slice(run.as_bytes());
+    key.extend_from_slice(request_id.as_bytes());
+    key
+}
+
+/// The request id part of a `hitl` key; `None` when malformed.
+pub(crate) fn split_hitl_key(key: &[u8]) -> Option<String> {
+    let request = key.get(16..)?;
+    std::str::from_utf8(request).ok().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_key_parts_are_big_endian_so_byte_order_is_numeric_order() {
+        let run = RunId::from_bytes([7; 16]);
+        assert!(event_key(run, 255) < event_key(run, 256));
+        assert!(plan_key(run, 9) < plan_key(run, 10));
+        assert_eq!(
+            event_key_seq(&event_key(run, 0x0102_0304_0506)),
+            0x0102_0304_0506
+        );
+        assert_eq!(plan_key_version(&plan_key(run, 70_000)), 70_000);
+        assert_eq!(&event_key(run, 1)[16..], &[0, 0, 0, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn node_and_hitl_keys_split_back_into_their_parts() {
+        let run = RunId::from_bytes([1; 16]);
+        let key = node_key(run, "write\u{0}x", 3).unwrap();
+        assert_eq!(split_node_key(&key), Some(("write\u{0}x".to_owned(), 3)));
+        assert_eq!(split_node_key(&key[..key.len() - 1]), None);
+        assert_eq!(node_key(run, &"n".repeat(70_000), 1), None);
+        assert_eq!(
+            split_hitl_key(&hitl_key(run, "req-1")),
+            Some("req-1".to_owned())
+        );
+        assert!(key.starts_with(run.as_bytes()));
+    }
+}
