@@ -18,7 +18,9 @@ use serde::Serialize;
 use serde_json::{Map, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::catalog::{AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec, Facet, FacetDirection};
+use crate::catalog::{
+    AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec, Facet, FacetDirection,
+};
 use crate::engine::{Engine, EngineConfig, HitlAnswer};
 use crate::envelope::RunEnvelope;
 use crate::fsm::{EventBody, HitlDecision, PlannerOutput};
@@ -113,7 +115,9 @@ impl Planner for BenchPlanner {
         match request.purpose {
             Purpose::Initial => {
                 let nodes: Vec<PlanNode> = (0..n).map(|i| step(format!("s{i:05}"))).collect();
-                let edges = (1..n).map(|i| PlanEdge::new(format!("s{:05}", i - 1), format!("s{i:05}"))).collect();
+                let edges = (1..n)
+                    .map(|i| PlanEdge::new(format!("s{:05}", i - 1), format!("s{i:05}")))
+                    .collect();
                 Ok(PlanResponse::new(PlannerOutput::Draft(PlanDraft {
                     nodes,
                     edges,
@@ -129,7 +133,11 @@ impl Planner for BenchPlanner {
                 let d = (n / 4).max(1);
                 let before = format!("s{:05}", cursor - 1);
                 let after = format!("s{cursor:05}");
-                let mut operations: Vec<DeltaOp> = (0..d).map(|i| DeltaOp::AddNode { node: step(format!("r{i:05}")) }).collect();
+                let mut operations: Vec<DeltaOp> = (0..d)
+                    .map(|i| DeltaOp::AddNode {
+                        node: step(format!("r{i:05}")),
+                    })
+                    .collect();
                 operations.push(DeltaOp::AddEdge {
                     from: before.clone(),
                     to: "r00000".to_owned(),
@@ -185,7 +193,9 @@ fn bench_config(store: Arc<dyn Store>, nodes: usize) -> EngineConfig {
         cost: 0.0,
         timeout_ms: 60_000,
         max_attempts: 1,
-        executor: ExecutorSpec::Builtin { handler: "noop".to_owned() },
+        executor: ExecutorSpec::Builtin {
+            handler: "noop".to_owned(),
+        },
         status: CapabilityStatus::Active,
     }];
     config
@@ -198,8 +208,12 @@ fn envelope(scenario: Scenario, variant: Variant, n: usize) -> RunEnvelope {
     if scenario == Scenario::Replan && n >= 2 {
         let hold = format!("s{:05}", n / 2 - 1);
         let action = match variant {
-            Variant::Route => json!({"type": "replan", "rationale": "policy check at the middle step"}),
-            Variant::Interrupt => json!({"type": "hitl", "question": "continue with a replan?", "onApprove": "replan", "onReject": "fail"}),
+            Variant::Route => {
+                json!({"type": "replan", "rationale": "policy check at the middle step"})
+            }
+            Variant::Interrupt => {
+                json!({"type": "hitl", "question": "continue with a replan?", "onApprove": "replan", "onReject": "fail"})
+            }
         };
         runtime.push(json!({"id": "mid-check", "trigger": {"kind": "onNodeComplete", "selector": {"nodeId": hold}}, "action": action}));
     }
@@ -210,7 +224,11 @@ fn envelope(scenario: Scenario, variant: Variant, n: usize) -> RunEnvelope {
     env
 }
 
-fn open_store(level: Level, dir: &Path, name: &str) -> Result<Arc<RedbStore>, Box<dyn std::error::Error>> {
+fn open_store(
+    level: Level,
+    dir: &Path,
+    name: &str,
+) -> Result<Arc<RedbStore>, Box<dyn std::error::Error>> {
     let store = match level {
         Level::Memory => RedbStore::open(dir.join(name), Durability::Memory)?,
         Level::D1 => RedbStore::open(dir.join(name), Durability::Os)?,
@@ -288,7 +306,12 @@ struct Observed {
     end: Instant,
 }
 
-async fn drive(engine: &Engine, opts: &BenchOptions, n: usize, runs: usize) -> Result<Observed, Box<dyn std::error::Error>> {
+async fn drive(
+    engine: &Engine,
+    opts: &BenchOptions,
+    n: usize,
+    runs: usize,
+) -> Result<Observed, Box<dyn std::error::Error>> {
     let mut rx = engine.subscribe();
     let scenario = opts.scenario;
     let concurrent = scenario == Scenario::Fanout;
@@ -335,7 +358,8 @@ async fn drive(engine: &Engine, opts: &BenchOptions, n: usize, runs: usize) -> R
         let now = Instant::now();
         obs.events += 1;
         if let Some(t) = held.remove(&ev.run_id) {
-            obs.resume_us.push(now.duration_since(t).as_secs_f64() * 1e6);
+            obs.resume_us
+                .push(now.duration_since(t).as_secs_f64() * 1e6);
         }
         match &ev.body {
             EventBody::NodeComplete { .. } => {
@@ -349,7 +373,9 @@ async fn drive(engine: &Engine, opts: &BenchOptions, n: usize, runs: usize) -> R
                 let (run, req) = (ev.run_id, request_id.clone());
                 held.insert(run, now);
                 tokio::spawn(async move {
-                    let _ = engine.answer_hitl(run, &req, HitlAnswer::new(HitlDecision::Approve)).await;
+                    let _ = engine
+                        .answer_hitl(run, &req, HitlAnswer::new(HitlDecision::Approve))
+                        .await;
                 });
             }
             EventBody::Complete { status, error, .. } => {
@@ -423,14 +449,23 @@ fn loadavg() -> f64 {
 
 fn fsync_probe(dir: &Path) -> f64 {
     let path = dir.join("fsync-probe.bin");
-    let Ok(mut file) = OpenOptions::new().create(true).truncate(true).write(true).open(&path) else {
+    let Ok(mut file) = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+    else {
         return 0.0;
     };
     let block = vec![0u8; 4096];
     let mut samples = Vec::with_capacity(32);
     for _ in 0..32 {
         let t = Instant::now();
-        if file.write_all(&block).and_then(|()| file.sync_data()).is_err() {
+        if file
+            .write_all(&block)
+            .and_then(|()| file.sync_data())
+            .is_err()
+        {
             return 0.0;
         }
         samples.push(t.elapsed().as_secs_f64() * 1e6);
@@ -449,9 +484,17 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
         Some(_) => None,
         None => Some(tempfile_dir()?),
     };
-    let dir = opts.dir.clone().or_else(|| tmp.clone()).ok_or("no directory")?;
+    let dir = opts
+        .dir
+        .clone()
+        .or_else(|| tmp.clone())
+        .ok_or("no directory")?;
     std::fs::create_dir_all(&dir)?;
-    let runs = if opts.scenario == Scenario::Fanout { opts.runs.max(1) } else { opts.runs.max(1) };
+    let runs = if opts.scenario == Scenario::Fanout {
+        opts.runs.max(1)
+    } else {
+        opts.runs.max(1)
+    };
     if opts.warmup {
         let warm = open_store(opts.level, &dir, "warmup.redb")?;
         let engine = Engine::open(bench_config(warm, 8)).await?;
@@ -489,7 +532,9 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
     let mut gaps = obs.gaps;
     gaps.sort_by(f64::total_cmp);
     let steps = obs.steps.max(1);
-    let wall_s = wall.as_secs_f64().max(Duration::from_nanos(1).as_secs_f64());
+    let wall_s = wall
+        .as_secs_f64()
+        .max(Duration::from_nanos(1).as_secs_f64());
     let commits = stats.commits - stats_before.commits;
     let bytes = stats.bytes_written - stats_before.bytes_written;
     let report = BenchReport {
@@ -508,7 +553,8 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
         step_gap_us_p99: percentile(&gaps, 0.99),
         events: obs.events,
         events_lagged: obs.lagged,
-        interrupt_resume_us_mean: (!obs.resume_us.is_empty()).then(|| obs.resume_us.iter().sum::<f64>() / obs.resume_us.len() as f64),
+        interrupt_resume_us_mean: (!obs.resume_us.is_empty())
+            .then(|| obs.resume_us.iter().sum::<f64>() / obs.resume_us.len() as f64),
         checkpoints: stats.batches - stats_before.batches,
         checkpoint_bytes: bytes,
         bytes_per_step: bytes as f64 / steps as f64,

@@ -10,12 +10,20 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::catalog::{AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec, Facet, FacetDirection};
+use crate::catalog::{
+    AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec, Facet, FacetDirection,
+};
 use crate::engine::{EngineConfig, ExecError, Executors, NodeCall};
 use crate::planner::CatalogPlanner;
 use crate::store::Store;
 
-fn facet(name: &str, title: &str, direction: FacetDirection, schema: Value, instructions: &str) -> Facet {
+fn facet(
+    name: &str,
+    title: &str,
+    direction: FacetDirection,
+    schema: Value,
+    instructions: &str,
+) -> Facet {
     Facet {
         name: name.to_owned(),
         title: title.to_owned(),
@@ -82,7 +90,15 @@ pub fn facets() -> Vec<Facet> {
     ]
 }
 
-fn capability(id: &str, kind: CapabilityKind, inputs: &[&str], outputs: &[&str], handler: &str, cost: f64, summary: &str) -> Capability {
+fn capability(
+    id: &str,
+    kind: CapabilityKind,
+    inputs: &[&str],
+    outputs: &[&str],
+    handler: &str,
+    cost: f64,
+    summary: &str,
+) -> Capability {
     Capability {
         capability_id: id.to_owned(),
         version: "1.0.0".to_owned(),
@@ -106,12 +122,60 @@ fn capability(id: &str, kind: CapabilityKind, inputs: &[&str], outputs: &[&str],
 pub fn capabilities() -> Vec<Capability> {
     use CapabilityKind as K;
     vec![
-        capability("brief.structurer", K::Structuring, &["objectiveBrief"], &["writerBrief"], "structure_brief", 1.0, "Turns a free-text brief into a structured writer brief"),
-        capability("writer.en", K::Execution, &["writerBrief"], &["copyVariants"], "write_copy", 2.0, "Writes three English copy variants"),
-        capability("writer.formal", K::Execution, &["writerBrief"], &["copyVariants"], "write_formal", 3.0, "Writes formal English copy variants"),
-        capability("qa.copy", K::Validation, &["copyVariants", "writerBrief"], &["qaReport"], "qa_copy", 1.0, "Checks copy variants against the brief"),
-        capability("keywords.extract", K::Transformation, &["objectiveBrief"], &["keywords"], "extract_keywords", 0.5, "Extracts keywords from the brief"),
-        capability("copy.summarizer", K::Transformation, &["copyVariants"], &["summary"], "summarize", 0.5, "Summarises the copy in one line"),
+        capability(
+            "brief.structurer",
+            K::Structuring,
+            &["objectiveBrief"],
+            &["writerBrief"],
+            "structure_brief",
+            1.0,
+            "Turns a free-text brief into a structured writer brief",
+        ),
+        capability(
+            "writer.en",
+            K::Execution,
+            &["writerBrief"],
+            &["copyVariants"],
+            "write_copy",
+            2.0,
+            "Writes three English copy variants",
+        ),
+        capability(
+            "writer.formal",
+            K::Execution,
+            &["writerBrief"],
+            &["copyVariants"],
+            "write_formal",
+            3.0,
+            "Writes formal English copy variants",
+        ),
+        capability(
+            "qa.copy",
+            K::Validation,
+            &["copyVariants", "writerBrief"],
+            &["qaReport"],
+            "qa_copy",
+            1.0,
+            "Checks copy variants against the brief",
+        ),
+        capability(
+            "keywords.extract",
+            K::Transformation,
+            &["objectiveBrief"],
+            &["keywords"],
+            "extract_keywords",
+            0.5,
+            "Extracts keywords from the brief",
+        ),
+        capability(
+            "copy.summarizer",
+            K::Transformation,
+            &["copyVariants"],
+            &["summary"],
+            "summarize",
+            0.5,
+            "Summarises the copy in one line",
+        ),
     ]
 }
 
@@ -140,7 +204,12 @@ fn input_str<'a>(call: &'a NodeCall, facet: &str) -> Result<&'a str, ExecError> 
     call.inputs
         .get(facet)
         .and_then(Value::as_str)
-        .ok_or_else(|| ExecError::fatal("MISSING_INPUT", format!("input facet `{facet}` is missing or not a string")))
+        .ok_or_else(|| {
+            ExecError::fatal(
+                "MISSING_INPUT",
+                format!("input facet `{facet}` is missing or not a string"),
+            )
+        })
 }
 
 fn out(pairs: impl IntoIterator<Item = (&'static str, Value)>) -> Map<String, Value> {
@@ -148,8 +217,9 @@ fn out(pairs: impl IntoIterator<Item = (&'static str, Value)>) -> Map<String, Va
 }
 
 const STOPWORDS: &[&str] = &[
-    "a", "an", "and", "the", "for", "of", "to", "in", "on", "with", "our", "we", "is", "are", "that", "this", "it", "its", "as", "at", "by",
-    "be", "or", "from", "who", "their", "about", "your", "you", "new",
+    "a", "an", "and", "the", "for", "of", "to", "in", "on", "with", "our", "we", "is", "are",
+    "that", "this", "it", "its", "as", "at", "by", "be", "or", "from", "who", "their", "about",
+    "your", "you", "new",
 ];
 
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {
@@ -163,12 +233,24 @@ fn structure_brief(call: &NodeCall) -> Result<Map<String, Value>, ExecError> {
     let lower = brief.to_lowercase();
     let audience = lower
         .split_once(" for ")
-        .map(|(_, rest)| rest.split([',', '.', ';']).next().unwrap_or(rest).trim().to_owned())
+        .map(|(_, rest)| {
+            rest.split([',', '.', ';'])
+                .next()
+                .unwrap_or(rest)
+                .trim()
+                .to_owned()
+        })
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| "general readers".to_owned());
-    let tone = if ["fun", "playful", "friendly", "kids", "!"].iter().any(|w| lower.contains(w)) {
+    let tone = if ["fun", "playful", "friendly", "kids", "!"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
         "playful"
-    } else if ["formal", "bank", "legal", "enterprise", "investor"].iter().any(|w| lower.contains(w)) {
+    } else if ["formal", "bank", "legal", "enterprise", "investor"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
         "formal"
     } else {
         "neutral"
@@ -177,6 +259,10 @@ fn structure_brief(call: &NodeCall) -> Result<Map<String, Value>, ExecError> {
         .split(['.', ',', ';'])
         .map(str::trim)
         .filter(|s| s.len() > 2)
+        .filter(|s| {
+            let l = s.to_lowercase();
+            !l.starts_with("for ") && !l.ends_with(" tone")
+        })
         .map(str::to_owned)
         .collect();
     if key_points.is_empty() {
@@ -198,7 +284,12 @@ fn brief_parts(call: &NodeCall) -> Result<(String, String, Vec<String>), ExecErr
     let tone = brief["tone"].as_str().unwrap_or("neutral").to_owned();
     let points = brief["keyPoints"]
         .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     Ok((audience, tone, points))
 }
@@ -213,8 +304,16 @@ fn capitalize(s: &str) -> String {
 
 fn write_copy(call: &NodeCall, formal: bool) -> Result<Map<String, Value>, ExecError> {
     let (audience, tone, points) = brief_parts(call)?;
-    let lead = capitalize(points.first().map(String::as_str).unwrap_or("something new"));
-    let second = points.get(1).map(|p| p.to_lowercase()).unwrap_or_else(|| "made with care".to_owned());
+    let lead = capitalize(
+        points
+            .first()
+            .map(String::as_str)
+            .unwrap_or("something new"),
+    );
+    let second = points
+        .get(1)
+        .map(|p| p.to_lowercase())
+        .unwrap_or_else(|| "made with care".to_owned());
     let variants = if formal || tone == "formal" {
         vec![
             format!("{lead}. Designed for {audience}."),
@@ -243,9 +342,18 @@ fn qa_copy(call: &NodeCall) -> Result<Map<String, Value>, ExecError> {
         .inputs
         .get("copyVariants")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
-    let key_words: Vec<String> = points.iter().flat_map(|p| words(p).collect::<Vec<_>>()).filter(|w| !STOPWORDS.contains(&w.as_str())).collect();
+    let key_words: Vec<String> = points
+        .iter()
+        .flat_map(|p| words(p).collect::<Vec<_>>())
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+        .collect();
     let mut issues = Vec::new();
     let mut good = 0usize;
     for (i, v) in variants.iter().enumerate() {
@@ -262,8 +370,15 @@ fn qa_copy(call: &NodeCall) -> Result<Map<String, Value>, ExecError> {
             good += 1;
         }
     }
-    let score = if variants.is_empty() { 0.0 } else { good as f64 / variants.len() as f64 };
-    Ok(out([("qaReport", json!({"passed": issues.is_empty(), "score": score, "issues": issues}))]))
+    let score = if variants.is_empty() {
+        0.0
+    } else {
+        good as f64 / variants.len() as f64
+    };
+    Ok(out([(
+        "qaReport",
+        json!({"passed": issues.is_empty(), "score": score, "issues": issues}),
+    )]))
 }
 
 fn extract_keywords(call: &NodeCall) -> Result<Map<String, Value>, ExecError> {
@@ -289,11 +404,17 @@ fn summarize(call: &NodeCall) -> Result<Map<String, Value>, ExecError> {
         .iter()
         .min_by_key(|v| v.len())
         .ok_or_else(|| ExecError::fatal("MISSING_INPUT", "no copy variants to summarise"))?;
-    Ok(out([("summary", json!(format!("{} variants; shortest: {shortest}", variants.len())))]))
+    Ok(out([(
+        "summary",
+        json!(format!("{} variants; shortest: {shortest}", variants.len())),
+    )]))
 }
 
 fn noop(call: &NodeCall) -> Result<Map<String, Value>, ExecError> {
-    Ok(out([("stepResult", json!({"step": call.node_id, "ok": true}))]))
+    Ok(out([(
+        "stepResult",
+        json!({"step": call.node_id, "ok": true}),
+    )]))
 }
 
 #[cfg(test)]
@@ -321,17 +442,26 @@ mod tests {
         let wb = &brief["writerBrief"];
         assert_eq!(wb["audience"], "busy parents");
         assert_eq!(wb["tone"], "playful");
-        assert_eq!(wb["keyPoints"][0], "Fresh sourdough baked daily");
+        assert_eq!(wb["keyPoints"], json!(["Fresh sourdough baked daily"]));
         let copy = write_copy(&call(json!({"writerBrief": wb})), false).unwrap();
         let variants = copy["copyVariants"].as_array().unwrap();
         assert_eq!(variants.len(), 3);
-        assert_eq!(variants[0], "Fresh sourdough baked daily! Made for busy parents.");
+        assert_eq!(
+            variants[0],
+            "Fresh sourdough baked daily! Made for busy parents."
+        );
         let qa = qa_copy(&call(json!({"writerBrief": wb, "copyVariants": variants}))).unwrap();
         assert_eq!(qa["qaReport"]["passed"], true, "{qa:?}");
         let bad = qa_copy(&call(json!({"writerBrief": wb, "copyVariants": ["zzz"]}))).unwrap();
         assert_eq!(bad["qaReport"]["score"], 0.0);
-        assert_eq!(bad["qaReport"]["issues"][0], "variant 1 mentions no key point");
-        let kw = extract_keywords(&call(json!({"objectiveBrief": "Sourdough bread, sourdough rolls for parents"}))).unwrap();
+        assert_eq!(
+            bad["qaReport"]["issues"][0],
+            "variant 1 mentions no key point"
+        );
+        let kw = extract_keywords(&call(
+            json!({"objectiveBrief": "Sourdough bread, sourdough rolls for parents"}),
+        ))
+        .unwrap();
         assert_eq!(kw["keywords"][0], "sourdough");
     }
 }

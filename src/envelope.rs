@@ -33,7 +33,12 @@ impl OutputContract {
             Self::JsonSchema { schema } => schema
                 .get("required")
                 .and_then(Value::as_array)
-                .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .map(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default(),
             Self::Freeform { .. } => Vec::new(),
         }

@@ -114,7 +114,10 @@ enum DocsArg {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FLEXRUN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLEXRUN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -153,22 +156,32 @@ async fn main() -> anyhow::Result<()> {
                 warmup: warmup != 0,
                 dir,
             };
-            let report = bench::run(&opts).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let report = bench::run(&opts)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Cmd::Docs { what: DocsArg::States } => {
+        Cmd::Docs {
+            what: DocsArg::States,
+        } => {
             println!("{}", flexrun::fsm::table::markdown_table());
-            println!("```mermaid\n{}```", flexrun::fsm::table::mermaid_state_diagram());
+            println!(
+                "```mermaid\n{}```",
+                flexrun::fsm::table::mermaid_state_diagram()
+            );
             Ok(())
         }
     }
 }
 
 async fn run(path: PathBuf, data: PathBuf, answer: Answer, format: Format) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let envelope: RunEnvelope = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let store = RedbStore::open(&data, Durability::Fsync).with_context(|| format!("opening {}", data.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let envelope: RunEnvelope =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let store = RedbStore::open(&data, Durability::Fsync)
+        .with_context(|| format!("opening {}", data.display()))?;
     let engine = Engine::open(flexrun::demo::config(Arc::new(store))).await?;
     let mut rx = engine.subscribe();
     let started = Instant::now();
@@ -184,12 +197,21 @@ async fn run(path: PathBuf, data: PathBuf, answer: Answer, format: Format) -> an
             continue;
         }
         match format {
-            Format::Pretty => println!("{:>4}  {:<17} {}", ev.seq, ev.kind().as_str(), flexrun::api::summary(&ev)),
+            Format::Pretty => println!(
+                "{:>4}  {:<17} {}",
+                ev.seq,
+                ev.kind().as_str(),
+                flexrun::api::summary(&ev)
+            ),
             Format::Sse => print!("{}", flexrun::api::sse_frame(&ev)),
             Format::Json => println!("{}", serde_json::to_string(&*ev)?),
         }
         match &ev.body {
-            EventBody::HitlRequest { request_id, question, .. } => {
+            EventBody::HitlRequest {
+                request_id,
+                question,
+                ..
+            } => {
                 let decision = match answer {
                     Answer::Approve => HitlDecision::Approve,
                     Answer::Reject => HitlDecision::Reject,
@@ -204,7 +226,10 @@ async fn run(path: PathBuf, data: PathBuf, answer: Answer, format: Format) -> an
         }
     };
     engine.shutdown().await;
-    eprintln!("{outcome:?} in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+    eprintln!(
+        "{outcome:?} in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     if outcome != RunOutcome::Completed {
         std::process::exit(1);
     }

@@ -8,7 +8,11 @@ use crate::fsm::{EventBody, PlannerOutput, RunEvent};
 /// The SSE frame of an event: `event: <type>`, `id: <seq>`, `data: <json>`, blank line.
 pub fn sse_frame(event: &RunEvent) -> String {
     let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
-    format!("event: {}\nid: {}\ndata: {data}\n\n", event.kind(), event.seq)
+    format!(
+        "event: {}\nid: {}\ndata: {data}\n\n",
+        event.kind(),
+        event.seq
+    )
 }
 
 /// A one-line human summary of an event, for terminals and logs.
@@ -16,7 +20,12 @@ pub fn summary(event: &RunEvent) -> String {
     let mut s = String::new();
     let node = event.node_id.as_deref().unwrap_or("");
     match &event.body {
-        EventBody::PlanRequested { phase, attempt, trigger, error } => {
+        EventBody::PlanRequested {
+            phase,
+            attempt,
+            trigger,
+            error,
+        } => {
             let _ = write!(s, "{phase:?} plan, attempt {attempt}");
             if let Some(t) = trigger {
                 let _ = write!(s, ", because {}", t.reason);
@@ -25,14 +34,28 @@ pub fn summary(event: &RunEvent) -> String {
                 let _ = write!(s, ", after error: {e}");
             }
         }
-        EventBody::PlanGenerated { planner, output, latency_ms, .. } => {
+        EventBody::PlanGenerated {
+            planner,
+            output,
+            latency_ms,
+            ..
+        } => {
             let what = match output {
                 PlannerOutput::Draft(d) => format!("draft of {} nodes", d.nodes.len()),
-                PlannerOutput::Delta(d) => format!("delta of {} operations on v{}", d.operations.len(), d.base_version),
+                PlannerOutput::Delta(d) => format!(
+                    "delta of {} operations on v{}",
+                    d.operations.len(),
+                    d.base_version
+                ),
             };
             let _ = write!(s, "{planner} returned a {what} in {latency_ms} ms");
         }
-        EventBody::PlanAccepted { version, nodes, edges, .. } => {
+        EventBody::PlanAccepted {
+            version,
+            nodes,
+            edges,
+            ..
+        } => {
             let _ = write!(s, "v{version} accepted: {nodes} nodes, {edges} edges");
         }
         EventBody::PlanUpdated {
@@ -50,37 +73,92 @@ pub fn summary(event: &RunEvent) -> String {
                 diff.removed_edges.len()
             );
         }
-        EventBody::PlanRejected { attempt, diagnostics, .. } => {
-            let codes: Vec<String> = diagnostics.iter().map(|d| format!("{} ({})", d.code, d.message)).collect();
+        EventBody::PlanRejected {
+            attempt,
+            diagnostics,
+            ..
+        } => {
+            let codes: Vec<String> = diagnostics
+                .iter()
+                .map(|d| format!("{} ({})", d.code, d.message))
+                .collect();
             let _ = write!(s, "attempt {attempt} rejected: {}", codes.join("; "));
         }
-        EventBody::NodeStart { attempt, capability_id, .. } => {
+        EventBody::NodeStart {
+            attempt,
+            capability_id,
+            ..
+        } => {
             let _ = write!(s, "{node} ← {capability_id} (attempt {attempt})");
         }
-        EventBody::NodeComplete { output, duration_ms, .. } => {
+        EventBody::NodeComplete {
+            output,
+            duration_ms,
+            ..
+        } => {
             let out = serde_json::to_string(output).unwrap_or_default();
-            let out = if out.len() > 160 { format!("{}…", &out[..out.floor_char_boundary(160)]) } else { out };
+            let out = if out.len() > 160 {
+                format!("{}…", &out[..out.floor_char_boundary(160)])
+            } else {
+                out
+            };
             let _ = write!(s, "{node} done in {duration_ms} ms: {out}");
         }
-        EventBody::NodeError { attempt, error, will_retry } => {
-            let _ = write!(s, "{node} attempt {attempt} failed ({}): {}{}", error.code, error.message, retry(*will_retry));
+        EventBody::NodeError {
+            attempt,
+            error,
+            will_retry,
+        } => {
+            let _ = write!(
+                s,
+                "{node} attempt {attempt} failed ({}): {}{}",
+                error.code,
+                error.message,
+                retry(*will_retry)
+            );
         }
-        EventBody::ValidationError { attempt, errors, will_retry } => {
-            let _ = write!(s, "{node} attempt {attempt} output invalid: {}{}", errors.join("; "), retry(*will_retry));
+        EventBody::ValidationError {
+            attempt,
+            errors,
+            will_retry,
+        } => {
+            let _ = write!(
+                s,
+                "{node} attempt {attempt} output invalid: {}{}",
+                errors.join("; "),
+                retry(*will_retry)
+            );
         }
-        EventBody::PolicyTriggered { policy_id, action, trigger } => {
+        EventBody::PolicyTriggered {
+            policy_id,
+            action,
+            trigger,
+        } => {
             let _ = write!(s, "policy {policy_id} → {action}: {}", trigger.reason);
         }
-        EventBody::HitlRequest { request_id, question, .. } => {
+        EventBody::HitlRequest {
+            request_id,
+            question,
+            ..
+        } => {
             let _ = write!(s, "{request_id}: {question}");
         }
-        EventBody::HitlResolved { request_id, decision, next, .. } => {
+        EventBody::HitlResolved {
+            request_id,
+            decision,
+            next,
+            ..
+        } => {
             let _ = write!(s, "{request_id}: {decision:?} → {next:?}");
         }
         EventBody::RunPaused { reason } | EventBody::RunResumed { reason } => {
             let _ = write!(s, "{reason}");
         }
-        EventBody::Complete { status, output, error } => {
+        EventBody::Complete {
+            status,
+            output,
+            error,
+        } => {
             let _ = write!(s, "{status:?}");
             if let Some(o) = output {
                 let _ = write!(s, " {o}");

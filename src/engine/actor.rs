@@ -1,6 +1,6 @@
 //! The run actor: one task per live run.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,25 +13,39 @@ use super::{EngineError, HitlAnswer, Inner};
 use crate::catalog::{CompiledContract, ExecutorSpec};
 use crate::envelope::RunEnvelope;
 use crate::fsm::{
-    Command, EventBody, FollowUp, FsmError, Limits, PlanCall, PlannerOutput, Purpose, RunError, RunEvent, RunInput,
-    RunMachine, RunState, Trigger, TriggerSource,
+    Command, EventBody, FollowUp, FsmError, Limits, PlanCall, PlannerOutput, Purpose, RunError,
+    RunEvent, RunInput, RunMachine, RunState, Trigger, TriggerSource,
 };
 use crate::graph::{NodeState, PlanGraph, PlanNode};
 use crate::ids::{RunId, Timestamp};
 use crate::planner::{CompletedNode, PlanRequest, PlanResponse, PlannerError};
 use crate::policy::{EvalData, Firing, NodeFacts, NormalizedPolicies, PolicyAction, PolicyEngine};
-use crate::store::{CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus};
+use crate::store::{
+    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus,
+};
 
 use super::executor::{ExecError, NodeCall};
 
 /// Operator and client requests routed to a run's actor.
 #[derive(Debug)]
 pub(crate) enum Control {
-    Cancel { reason: String },
-    Pause { reason: String },
-    Resume { reason: String },
-    Answer { request_id: String, answer: HitlAnswer },
-    Signal { name: String, payload: Value },
+    Cancel {
+        reason: String,
+    },
+    Pause {
+        reason: String,
+    },
+    Resume {
+        reason: String,
+    },
+    Answer {
+        request_id: String,
+        answer: HitlAnswer,
+    },
+    Signal {
+        name: String,
+        payload: Value,
+    },
 }
 
 /// Everything a run actor receives.
@@ -117,7 +131,13 @@ fn limits_of(policies: &NormalizedPolicies) -> Limits {
 }
 
 impl RunActor {
-    fn build(inner: Arc<Inner>, run_id: RunId, envelope: RunEnvelope, policies: NormalizedPolicies, machine: RunMachine) -> Self {
+    fn build(
+        inner: Arc<Inner>,
+        run_id: RunId,
+        envelope: RunEnvelope,
+        policies: NormalizedPolicies,
+        machine: RunMachine,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let required_outputs = envelope.output_contract.required_facets();
         Self {
@@ -153,7 +173,10 @@ impl RunActor {
     }
 
     /// Validates the envelope, commits the run's creation with its `plan_requested` event.
-    pub(crate) async fn create(inner: Arc<Inner>, envelope: RunEnvelope) -> Result<Self, EngineError> {
+    pub(crate) async fn create(
+        inner: Arc<Inner>,
+        envelope: RunEnvelope,
+    ) -> Result<Self, EngineError> {
         let policies = validation::check_envelope(&envelope, &inner.catalog())?;
         let raw = serde_json::to_value(&envelope).map_err(|e| EngineError::InvalidEnvelope {
             field: "$".to_owned(),
@@ -163,7 +186,9 @@ impl RunActor {
         let machine = RunMachine::new(run_id, limits_of(&policies));
         let mut actor = Self::build(inner, run_id, envelope, policies, machine);
         actor.batch.envelope = Some(raw);
-        actor.feed(RunInput::Start).map_err(|e| EngineError::Conflict(e.to_string()))?;
+        actor
+            .feed(RunInput::Start)
+            .map_err(|e| EngineError::Conflict(e.to_string()))?;
         actor.commit().await?;
         Ok(actor)
     }
@@ -171,14 +196,19 @@ impl RunActor {
     /// Rebuilds a run from its committed events and decides how to continue it.
     pub(crate) async fn recover(inner: Arc<Inner>, run_id: RunId) -> Result<Self, EngineError> {
         let store = inner.store.clone();
-        let raw = store.envelope(run_id)?.ok_or(EngineError::RunNotFound(run_id))?;
-        let envelope: RunEnvelope = serde_json::from_value(raw).map_err(|e| EngineError::InvalidEnvelope {
-            field: "$".to_owned(),
-            message: format!("stored envelope does not decode: {e}"),
-        })?;
-        let policies = crate::policy::normalize(&envelope.policies).map_err(|e| EngineError::InvalidEnvelope {
-            field: format!("policies.{}", e.path()),
-            message: e.to_string(),
+        let raw = store
+            .envelope(run_id)?
+            .ok_or(EngineError::RunNotFound(run_id))?;
+        let envelope: RunEnvelope =
+            serde_json::from_value(raw).map_err(|e| EngineError::InvalidEnvelope {
+                field: "$".to_owned(),
+                message: format!("stored envelope does not decode: {e}"),
+            })?;
+        let policies = crate::policy::normalize(&envelope.policies).map_err(|e| {
+            EngineError::InvalidEnvelope {
+                field: format!("policies.{}", e.path()),
+                message: e.to_string(),
+            }
         })?;
         let events = store.events_after(run_id, 0, usize::MAX)?;
         let machine = RunMachine::restore(run_id, limits_of(&policies), &events)
@@ -214,7 +244,10 @@ impl RunActor {
                 for node_id in interrupted {
                     let input = RunInput::NodeFailed {
                         node_id,
-                        error: RunError::new("INTERRUPTED", "the engine stopped while the node was running"),
+                        error: RunError::new(
+                            "INTERRUPTED",
+                            "the engine stopped while the node was running",
+                        ),
                         will_retry: true,
                     };
                     self.feed_or_log(input);
@@ -254,7 +287,11 @@ impl RunActor {
                     self.on_node_done(node_id, attempt, result, duration_ms);
                     None
                 }
-                Msg::Planned { call, result, latency_ms } => {
+                Msg::Planned {
+                    call,
+                    result,
+                    latency_ms,
+                } => {
                     self.on_planned(call, result, latency_ms);
                     None
                 }
@@ -296,15 +333,20 @@ impl RunActor {
             return None;
         }
         let ms = self.policy_engine.next_timeout_ms()?;
-        let elapsed = Timestamp::now().millis().saturating_sub(self.created_at.millis());
+        let elapsed = Timestamp::now()
+            .millis()
+            .saturating_sub(self.created_at.millis());
         let wait = ms.saturating_sub(elapsed);
         Some(tokio::time::Instant::now() + Duration::from_millis(wait))
     }
 
     fn on_timer(&mut self) {
-        let elapsed = Timestamp::now().millis().saturating_sub(self.created_at.millis());
+        let elapsed = Timestamp::now()
+            .millis()
+            .saturating_sub(self.created_at.millis());
         for firing in self.policy_engine.on_timeout(elapsed) {
-            self.deferred.push_back((firing, TriggerSource::Policy, None));
+            self.deferred
+                .push_back((firing, TriggerSource::Policy, None));
         }
     }
 
@@ -346,12 +388,14 @@ impl RunActor {
                         .inner
                         .store
                         .plan_version(self.run_id, *version)?
-                        .ok_or_else(|| EngineError::Conflict(format!("plan version {version} is missing")))?;
+                        .ok_or_else(|| {
+                            EngineError::Conflict(format!("plan version {version} is missing"))
+                        })?;
                     validation::revalidate(&snapshot, &self.inner.catalog())?
                 } else {
-                    self.pending_plan
-                        .take()
-                        .ok_or_else(|| EngineError::Conflict("no validated plan to accept".to_owned()))?
+                    self.pending_plan.take().ok_or_else(|| {
+                        EngineError::Conflict("no validated plan to accept".to_owned())
+                    })?
                 };
                 if !replaying {
                     self.batch.plan = Some(validated.graph.snapshot());
@@ -376,13 +420,18 @@ impl RunActor {
                     });
                 }
             }
-            EventBody::NodeComplete { attempt, output, .. } => {
+            EventBody::NodeComplete {
+                attempt, output, ..
+            } => {
                 let id = node_of(event)?;
                 self.progress.insert(id.clone(), Progress::Completed);
                 for (k, v) in output {
                     self.facets.insert(k.clone(), v.clone());
                 }
-                let capability_id = self.plan_node(&id).map(|n| n.capability_id.clone()).unwrap_or_default();
+                let capability_id = self
+                    .plan_node(&id)
+                    .map(|n| n.capability_id.clone())
+                    .unwrap_or_default();
                 self.completed.push(CompletedNode {
                     node_id: id.clone(),
                     capability_id,
@@ -401,11 +450,19 @@ impl RunActor {
                     });
                 }
             }
-            EventBody::NodeError { attempt, will_retry, error } => {
+            EventBody::NodeError {
+                attempt,
+                will_retry,
+                error,
+            } => {
                 let message = error.message.clone();
                 self.node_failed(event, *attempt, *will_retry, message, replaying)?;
             }
-            EventBody::ValidationError { attempt, will_retry, errors } => {
+            EventBody::ValidationError {
+                attempt,
+                will_retry,
+                errors,
+            } => {
                 self.node_failed(event, *attempt, *will_retry, errors.join("; "), replaying)?;
             }
             EventBody::PolicyTriggered { policy_id, .. } => {
@@ -413,13 +470,18 @@ impl RunActor {
                     self.policy_engine.record_fire(policy_id);
                 }
             }
-            EventBody::HitlRequest { request_id, policy_id, .. } => {
+            EventBody::HitlRequest {
+                request_id,
+                policy_id,
+                ..
+            } => {
                 self.hitl_seq += 1;
                 if let (true, Some(p)) = (replaying, policy_id) {
                     self.policy_engine.record_fire(p);
                 }
                 let request = serde_json::to_value(&event.body).unwrap_or(Value::Null);
-                self.hitl_requests.insert(request_id.clone(), request.clone());
+                self.hitl_requests
+                    .insert(request_id.clone(), request.clone());
                 if !replaying {
                     self.batch.hitl.push(HitlRecord {
                         request_id: request_id.clone(),
@@ -442,15 +504,21 @@ impl RunActor {
             }
             EventBody::Complete { .. } => {
                 if let Some(pending) = self.machine.pending_hitl().cloned().or_else(|| {
-                    self.hitl_requests.keys().next().map(|id| crate::fsm::PendingHitl {
-                        request_id: id.clone(),
-                        policy_id: None,
-                        node_id: None,
-                        on_approve: FollowUp::Continue,
-                        on_reject: FollowUp::Fail,
-                    })
+                    self.hitl_requests
+                        .keys()
+                        .next()
+                        .map(|id| crate::fsm::PendingHitl {
+                            request_id: id.clone(),
+                            policy_id: None,
+                            node_id: None,
+                            on_approve: FollowUp::Continue,
+                            on_reject: FollowUp::Fail,
+                        })
                 }) {
-                    let request = self.hitl_requests.remove(&pending.request_id).unwrap_or(Value::Null);
+                    let request = self
+                        .hitl_requests
+                        .remove(&pending.request_id)
+                        .unwrap_or(Value::Null);
                     if !replaying {
                         self.batch.hitl.push(HitlRecord {
                             request_id: pending.request_id,
@@ -470,9 +538,20 @@ impl RunActor {
         Ok(())
     }
 
-    fn node_failed(&mut self, event: &RunEvent, attempt: u32, will_retry: bool, message: String, replaying: bool) -> Result<(), EngineError> {
+    fn node_failed(
+        &mut self,
+        event: &RunEvent,
+        attempt: u32,
+        will_retry: bool,
+        message: String,
+        replaying: bool,
+    ) -> Result<(), EngineError> {
         let id = node_of(event)?;
-        let status = if will_retry { Progress::Pending } else { Progress::Failed };
+        let status = if will_retry {
+            Progress::Pending
+        } else {
+            Progress::Failed
+        };
         self.progress.insert(id.clone(), status);
         if will_retry && !self.ready.contains(&id) {
             self.ready.push_front(id.clone());
@@ -499,7 +578,9 @@ impl RunActor {
         let graph = validated.graph;
         self.contracts = validated.contracts;
         for node in graph.nodes() {
-            self.progress.entry(node.id.clone()).or_insert(Progress::Pending);
+            self.progress
+                .entry(node.id.clone())
+                .or_insert(Progress::Pending);
         }
         self.progress.retain(|id, _| graph.contains(id));
         self.ready.clear();
@@ -518,7 +599,9 @@ impl RunActor {
     }
 
     fn release_successors(&mut self, id: &str) {
-        let Some(graph) = self.plan.clone() else { return };
+        let Some(graph) = self.plan.clone() else {
+            return;
+        };
         for succ in graph.successors(id) {
             if self.progress.get(succ) == Some(&Progress::Pending)
                 && self.preds_done(&graph, succ)
@@ -571,7 +654,12 @@ impl RunActor {
         }
     }
 
-    fn on_planned(&mut self, call: u64, result: Result<PlanResponse, PlannerError>, latency_ms: u64) {
+    fn on_planned(
+        &mut self,
+        call: u64,
+        result: Result<PlanResponse, PlannerError>,
+        latency_ms: u64,
+    ) {
         if call != self.planner_call || self.machine.state() != RunState::Requesting {
             return;
         }
@@ -590,15 +678,24 @@ impl RunActor {
         self.feed_or_log(input);
     }
 
-    fn on_node_done(&mut self, node_id: String, attempt: u32, result: Result<Map<String, Value>, ExecError>, duration_ms: u64) {
+    fn on_node_done(
+        &mut self,
+        node_id: String,
+        attempt: u32,
+        result: Result<Map<String, Value>, ExecError>,
+        duration_ms: u64,
+    ) {
         if self.machine.in_flight().get(&node_id) != Some(&attempt) {
             return;
         }
-        self.inner.metrics.node_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner
             .metrics
-            .node_micros
-            .fetch_add(duration_ms.saturating_mul(1000), std::sync::atomic::Ordering::Relaxed);
+            .node_attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.metrics.node_micros.fetch_add(
+            duration_ms.saturating_mul(1000),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let max_attempts = self.max_attempts(&node_id);
         let may_retry = attempt < max_attempts;
         match result {
@@ -623,8 +720,14 @@ impl RunActor {
                             will_retry: may_retry,
                         });
                         if let Some(node) = self.plan_node(&node_id).cloned() {
-                            for firing in self.policy_engine.on_validation_fail(&NodeFacts::of(&node)) {
-                                self.deferred.push_back((firing, TriggerSource::Policy, Some(node_id.clone())));
+                            for firing in
+                                self.policy_engine.on_validation_fail(&NodeFacts::of(&node))
+                            {
+                                self.deferred.push_back((
+                                    firing,
+                                    TriggerSource::Policy,
+                                    Some(node_id.clone()),
+                                ));
                             }
                         }
                     }
@@ -642,13 +745,17 @@ impl RunActor {
     }
 
     fn evaluate_node_policies(&mut self, node_id: &str, output: &Map<String, Value>) {
-        let Some(node) = self.plan_node(node_id).cloned() else { return };
+        let Some(node) = self.plan_node(node_id).cloned() else {
+            return;
+        };
         let data = EvalData {
             inputs: &self.envelope.inputs,
             facets: &self.facets,
             output: Some(output),
         };
-        let evaluation = self.policy_engine.on_node_complete(&NodeFacts::of(&node), &data);
+        let evaluation = self
+            .policy_engine
+            .on_node_complete(&NodeFacts::of(&node), &data);
         for w in evaluation.warnings {
             tracing::warn!(run_id = %self.run_id, policy_id = %w.policy_id, "{w}");
         }
@@ -659,13 +766,20 @@ impl RunActor {
             }
         }
         for firing in firings {
-            self.deferred.push_back((firing, TriggerSource::Policy, Some(node_id.to_owned())));
+            self.deferred
+                .push_back((firing, TriggerSource::Policy, Some(node_id.to_owned())));
         }
     }
 
     fn max_attempts(&self, node_id: &str) -> u32 {
         self.plan_node(node_id)
-            .and_then(|n| self.inner.catalog().registry.get(&n.capability_id).map(|c| c.max_attempts))
+            .and_then(|n| {
+                self.inner
+                    .catalog()
+                    .registry
+                    .get(&n.capability_id)
+                    .map(|c| c.max_attempts)
+            })
             .unwrap_or(1)
             .max(1)
     }
@@ -674,7 +788,9 @@ impl RunActor {
         let conflict = |e: FsmError| EngineError::Conflict(e.to_string());
         match control {
             Control::Cancel { reason } => self.feed(RunInput::Cancel { reason }).map_err(conflict),
-            Control::Pause { reason } => self.feed(RunInput::OperatorPause { reason }).map_err(conflict),
+            Control::Pause { reason } => self
+                .feed(RunInput::OperatorPause { reason })
+                .map_err(conflict),
             Control::Resume { reason } => self.feed(RunInput::Resume { reason }).map_err(conflict),
             Control::Answer { request_id, answer } => {
                 let text = answer.text.clone().or(answer.option_id.clone());
@@ -688,7 +804,8 @@ impl RunActor {
             }
             Control::Signal { name, payload } => {
                 for firing in self.policy_engine.on_signal(&name, &payload) {
-                    self.deferred.push_back((firing, TriggerSource::Signal, None));
+                    self.deferred
+                        .push_back((firing, TriggerSource::Signal, None));
                 }
                 Ok(())
             }
@@ -710,16 +827,25 @@ impl RunActor {
                         };
                         let evaluation = self.policy_engine.on_start(&data);
                         for firing in evaluation.firings {
-                            self.deferred.push_back((firing, TriggerSource::Policy, None));
+                            self.deferred
+                                .push_back((firing, TriggerSource::Policy, None));
                         }
                     }
                     if let Some((firing, source, node)) = self.deferred.pop_front() {
                         self.fire(firing, source, node);
                         continue;
                     }
-                    if let Some(failed) = self.progress.iter().find(|(_, p)| **p == Progress::Failed).map(|(id, _)| id.clone()) {
+                    if let Some(failed) = self
+                        .progress
+                        .iter()
+                        .find(|(_, p)| **p == Progress::Failed)
+                        .map(|(id, _)| id.clone())
+                    {
                         if self.machine.in_flight().is_empty() {
-                            let error = RunError::new("NODE_FAILED", format!("node `{failed}` failed after its last attempt"));
+                            let error = RunError::new(
+                                "NODE_FAILED",
+                                format!("node `{failed}` failed after its last attempt"),
+                            );
                             self.feed_or_log(RunInput::Fail { error });
                             continue;
                         }
@@ -741,7 +867,11 @@ impl RunActor {
                     }
                     return;
                 }
-                RunState::New | RunState::Requesting | RunState::Validating | RunState::Paused | RunState::Done => return,
+                RunState::New
+                | RunState::Requesting
+                | RunState::Validating
+                | RunState::Paused
+                | RunState::Done => return,
             }
         }
     }
@@ -751,8 +881,12 @@ impl RunActor {
         let limit = self.policies.planner.max_concurrency.max(1) as usize;
         let mut any = false;
         while self.machine.in_flight().len() < limit {
-            let Some(node_id) = self.ready.pop_front() else { break };
-            let Some(node) = self.plan_node(&node_id).cloned() else { continue };
+            let Some(node_id) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(node) = self.plan_node(&node_id).cloned() else {
+                continue;
+            };
             let attempt = self.attempts.get(&node_id).copied().unwrap_or(0) + 1;
             self.feed_or_log(RunInput::NodeDispatched {
                 node_id: node_id.clone(),
@@ -805,7 +939,10 @@ impl RunActor {
                 trigger,
             },
             PolicyAction::Fail { .. } => RunInput::Fail {
-                error: RunError::new("POLICY_FAILED", format!("policy `{}`: {}", firing.policy_id, firing.reason)),
+                error: RunError::new(
+                    "POLICY_FAILED",
+                    format!("policy `{}`: {}", firing.policy_id, firing.reason),
+                ),
             },
             PolicyAction::Hitl {
                 kind,
@@ -852,7 +989,11 @@ impl RunActor {
         if batch.events.is_empty() && batch.envelope.is_none() {
             return Ok(());
         }
-        let now = batch.events.last().map(|e| e.timestamp).unwrap_or_else(Timestamp::now);
+        let now = batch
+            .events
+            .last()
+            .map(|e| e.timestamp)
+            .unwrap_or_else(Timestamp::now);
         let status = match self.machine.outcome() {
             Some(outcome) => RunStatus::from(outcome),
             None => RunStatus::Active,
@@ -896,7 +1037,10 @@ impl RunActor {
     fn call_planner(&mut self, call: PlanCall) {
         self.planner_call += 1;
         let id = self.planner_call;
-        self.inner.metrics.planner_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .metrics
+            .planner_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let catalog = self.inner.catalog();
         let request = PlanRequest {
             run_id: self.run_id,
@@ -943,19 +1087,28 @@ impl RunActor {
     }
 
     fn execute(&mut self, node_id: String, attempt: u32) {
-        let Some(node) = self.plan_node(&node_id).cloned() else { return };
+        let Some(node) = self.plan_node(&node_id).cloned() else {
+            return;
+        };
         let catalog = self.inner.catalog();
         let Some(cap) = catalog.registry.get(&node.capability_id).cloned() else {
             self.local.push_back(Msg::NodeDone {
                 node_id,
                 attempt,
-                result: Err(ExecError::fatal("CAPABILITY_NOT_REGISTERED", format!("capability `{}` is gone", node.capability_id))),
+                result: Err(ExecError::fatal(
+                    "CAPABILITY_NOT_REGISTERED",
+                    format!("capability `{}` is gone", node.capability_id),
+                )),
                 duration_ms: 0,
             });
             return;
         };
         let mut instructions = Vec::new();
-        if let Some(plan) = self.plan.as_deref().filter(|p| !p.system_instructions().is_empty()) {
+        if let Some(plan) = self
+            .plan
+            .as_deref()
+            .filter(|p| !p.system_instructions().is_empty())
+        {
             instructions.push(plan.system_instructions().to_owned());
         }
         instructions.extend(self.envelope.special_instructions.iter().cloned());
@@ -974,7 +1127,11 @@ impl RunActor {
             objective: self.envelope.objective.clone(),
             instructions,
             inputs,
-            output_schema: self.contracts.get(&node_id).map(|c| c.schema().clone()).unwrap_or(Value::Null),
+            output_schema: self
+                .contracts
+                .get(&node_id)
+                .map(|c| c.schema().clone())
+                .unwrap_or(Value::Null),
         };
         let started = Instant::now();
         let timeout = Duration::from_millis(cap.timeout_ms.max(1));
@@ -990,7 +1147,10 @@ impl RunActor {
                     });
                     return;
                 }
-                None => Err(ExecError::fatal("EXECUTOR_MISSING", format!("no builtin handler named `{handler}`"))),
+                None => Err(ExecError::fatal(
+                    "EXECUTOR_MISSING",
+                    format!("no builtin handler named `{handler}`"),
+                )),
             },
             ExecutorSpec::Http { .. } => self.typed_executor("http"),
             ExecutorSpec::Llm { .. } => self.typed_executor("llm"),
@@ -1012,7 +1172,10 @@ impl RunActor {
         tokio::spawn(async move {
             let result = match tokio::time::timeout(timeout, executor.execute(call)).await {
                 Ok(result) => result,
-                Err(_) => Err(ExecError::retryable("TIMEOUT", format!("node attempt exceeded {} ms", timeout.as_millis()))),
+                Err(_) => Err(ExecError::retryable(
+                    "TIMEOUT",
+                    format!("node attempt exceeded {} ms", timeout.as_millis()),
+                )),
             };
             let _ = tx.send(Msg::NodeDone {
                 node_id,
@@ -1023,18 +1186,29 @@ impl RunActor {
         });
     }
 
-    fn typed_executor(&self, executor_type: &str) -> Result<Arc<dyn super::NodeExecutor>, ExecError> {
+    fn typed_executor(
+        &self,
+        executor_type: &str,
+    ) -> Result<Arc<dyn super::NodeExecutor>, ExecError> {
         self.inner
             .executors
             .for_type(executor_type)
             .cloned()
-            .ok_or_else(|| ExecError::fatal("EXECUTOR_MISSING", format!("no executor registered for type `{executor_type}`")))
+            .ok_or_else(|| {
+                ExecError::fatal(
+                    "EXECUTOR_MISSING",
+                    format!("no executor registered for type `{executor_type}`"),
+                )
+            })
     }
 }
 
 fn node_of(event: &RunEvent) -> Result<String, EngineError> {
-    event
-        .node_id
-        .clone()
-        .ok_or_else(|| EngineError::Conflict(format!("`{}` event {} has no node id", event.kind(), event.seq)))
+    event.node_id.clone().ok_or_else(|| {
+        EngineError::Conflict(format!(
+            "`{}` event {} has no node id",
+            event.kind(),
+            event.seq
+        ))
+    })
 }

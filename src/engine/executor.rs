@@ -79,7 +79,8 @@ pub trait NodeExecutor: Send + Sync + 'static {
 
 /// A synchronous in-process handler (executor type `builtin`). Handlers run inline on the
 /// run's task, so they must be quick and must not block.
-pub type BuiltinHandler = Arc<dyn Fn(&NodeCall) -> Result<Map<String, Value>, ExecError> + Send + Sync>;
+pub type BuiltinHandler =
+    Arc<dyn Fn(&NodeCall) -> Result<Map<String, Value>, ExecError> + Send + Sync>;
 
 /// The executors an engine can use, by executor type.
 #[derive(Clone, Default)]
@@ -119,7 +120,11 @@ impl Executors {
     }
 
     /// Registers the executor for an executor type (`http`, `llm`, …).
-    pub fn with_type(mut self, executor_type: impl Into<String>, executor: Arc<dyn NodeExecutor>) -> Self {
+    pub fn with_type(
+        mut self,
+        executor_type: impl Into<String>,
+        executor: Arc<dyn NodeExecutor>,
+    ) -> Self {
         self.by_type.insert(executor_type.into(), executor);
         self
     }

@@ -188,7 +188,10 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn catalog(&self) -> Arc<CatalogState> {
-        self.catalog.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.catalog
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn publish(&self, event: &RunEvent) {
@@ -228,7 +231,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("planner", &self.inner.planner.name()).finish()
+        f.debug_struct("Engine")
+            .field("planner", &self.inner.planner.name())
+            .finish()
     }
 }
 
@@ -241,10 +246,16 @@ impl Engine {
         let store = config.store.clone();
         let mut catalog = CatalogState::default();
         for facet in store.facets()?.into_iter().chain(config.facets) {
-            catalog.facets.register(facet).map_err(|e| EngineError::Catalog(e.to_string()))?;
+            catalog
+                .facets
+                .register(facet)
+                .map_err(|e| EngineError::Catalog(e.to_string()))?;
         }
         for cap in store.capabilities()?.into_iter().chain(config.capabilities) {
-            catalog.registry.register(cap).map_err(|e| EngineError::Catalog(e.to_string()))?;
+            catalog
+                .registry
+                .register(cap)
+                .map_err(|e| EngineError::Catalog(e.to_string()))?;
         }
         let (events, _) = broadcast::channel(config.event_buffer.max(16));
         let inner = Arc::new(Inner {
@@ -261,7 +272,9 @@ impl Engine {
         for run_id in engine.inner.store.non_terminal_runs()? {
             match RunActor::recover(engine.inner.clone(), run_id).await {
                 Ok(actor) => engine.spawn(actor),
-                Err(e) => tracing::error!(run_id = %run_id, error = %e, "run could not be recovered"),
+                Err(e) => {
+                    tracing::error!(run_id = %run_id, error = %e, "run could not be recovered")
+                }
             }
         }
         Ok(engine)
@@ -284,7 +297,11 @@ impl Engine {
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
             actor.run().await;
-            inner.runs.lock().unwrap_or_else(PoisonError::into_inner).remove(&run_id);
+            inner
+                .runs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&run_id);
         });
         self.inner
             .runs
@@ -318,9 +335,15 @@ impl Engine {
     /// # Errors
     /// [`EngineError::Catalog`] when the facet is invalid; store errors.
     pub fn register_facet(&self, facet: Facet) -> Result<(), EngineError> {
-        let mut guard = self.inner.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self
+            .inner
+            .catalog
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut next = (**guard).clone();
-        next.facets.register(facet.clone()).map_err(|e| EngineError::Catalog(e.to_string()))?;
+        next.facets
+            .register(facet.clone())
+            .map_err(|e| EngineError::Catalog(e.to_string()))?;
         self.inner.store.put_facet(&facet)?;
         *guard = Arc::new(next);
         Ok(())
@@ -331,13 +354,19 @@ impl Engine {
     /// # Errors
     /// [`EngineError::Catalog`] when the capability is invalid or names unknown facets.
     pub fn register_capability(&self, capability: Capability) -> Result<(), EngineError> {
-        let mut guard = self.inner.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self
+            .inner
+            .catalog
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut next = (**guard).clone();
         let problems = crate::catalog::check_capability_facets(&capability, &next.facets);
         if let Some(d) = problems.iter().find(|d| d.is_error()) {
             return Err(EngineError::Catalog(d.message.clone()));
         }
-        next.registry.register(capability.clone()).map_err(|e| EngineError::Catalog(e.to_string()))?;
+        next.registry
+            .register(capability.clone())
+            .map_err(|e| EngineError::Catalog(e.to_string()))?;
         self.inner.store.put_capability(&capability)?;
         *guard = Arc::new(next);
         Ok(())
@@ -347,8 +376,16 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::Catalog`] when the capability is unknown.
-    pub fn set_capability_status(&self, capability_id: &str, status: CapabilityStatus) -> Result<(), EngineError> {
-        let mut guard = self.inner.catalog.write().unwrap_or_else(PoisonError::into_inner);
+    pub fn set_capability_status(
+        &self,
+        capability_id: &str,
+        status: CapabilityStatus,
+    ) -> Result<(), EngineError> {
+        let mut guard = self
+            .inner
+            .catalog
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut next = (**guard).clone();
         next.registry
             .set_status(capability_id, status)
@@ -362,7 +399,11 @@ impl Engine {
 
     async fn control(&self, run_id: RunId, control: Control) -> Result<(), EngineError> {
         let tx = {
-            let runs = self.inner.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            let runs = self
+                .inner
+                .runs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             runs.get(&run_id).map(|slot| slot.tx.clone())
         };
         let Some(tx) = tx else {
@@ -372,7 +413,8 @@ impl Engine {
             };
         };
         let (reply, rx) = oneshot::channel();
-        tx.send(Msg::Control { control, reply }).map_err(|_| EngineError::RunEnded(run_id))?;
+        tx.send(Msg::Control { control, reply })
+            .map_err(|_| EngineError::RunEnded(run_id))?;
         rx.await.map_err(|_| EngineError::RunEnded(run_id))?
     }
 
@@ -381,7 +423,12 @@ impl Engine {
     /// # Errors
     /// [`EngineError::Conflict`] when the request is unknown or already resolved;
     /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
-    pub async fn answer_hitl(&self, run_id: RunId, request_id: &str, answer: HitlAnswer) -> Result<(), EngineError> {
+    pub async fn answer_hitl(
+        &self,
+        run_id: RunId,
+        request_id: &str,
+        answer: HitlAnswer,
+    ) -> Result<(), EngineError> {
         self.control(
             run_id,
             Control::Answer {
@@ -396,7 +443,12 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
-    pub async fn signal(&self, run_id: RunId, name: &str, payload: Value) -> Result<(), EngineError> {
+    pub async fn signal(
+        &self,
+        run_id: RunId,
+        name: &str,
+        payload: Value,
+    ) -> Result<(), EngineError> {
         self.control(
             run_id,
             Control::Signal {
@@ -412,7 +464,13 @@ impl Engine {
     /// # Errors
     /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
     pub async fn cancel(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
-        self.control(run_id, Control::Cancel { reason: reason.to_owned() }).await
+        self.control(
+            run_id,
+            Control::Cancel {
+                reason: reason.to_owned(),
+            },
+        )
+        .await
     }
 
     /// Pauses an executing run (in-flight nodes finish; nothing new dispatches).
@@ -420,7 +478,13 @@ impl Engine {
     /// # Errors
     /// [`EngineError::Conflict`] when the run is not executing.
     pub async fn pause(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
-        self.control(run_id, Control::Pause { reason: reason.to_owned() }).await
+        self.control(
+            run_id,
+            Control::Pause {
+                reason: reason.to_owned(),
+            },
+        )
+        .await
     }
 
     /// Resumes a paused run.
@@ -428,7 +492,13 @@ impl Engine {
     /// # Errors
     /// [`EngineError::Conflict`] when the run is not paused or waits on a HITL answer.
     pub async fn resume(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
-        self.control(run_id, Control::Resume { reason: reason.to_owned() }).await
+        self.control(
+            run_id,
+            Control::Resume {
+                reason: reason.to_owned(),
+            },
+        )
+        .await
     }
 
     /// The run's head from the store.
@@ -436,7 +506,10 @@ impl Engine {
     /// # Errors
     /// [`EngineError::RunNotFound`]; store errors.
     pub fn head(&self, run_id: RunId) -> Result<RunHead, EngineError> {
-        self.inner.store.run_head(run_id)?.ok_or(EngineError::RunNotFound(run_id))
+        self.inner
+            .store
+            .run_head(run_id)?
+            .ok_or(EngineError::RunNotFound(run_id))
     }
 
     /// Waits until the run ends and returns how.
@@ -472,7 +545,11 @@ impl Engine {
     /// non-terminal in the store and resume when the engine is opened again.
     pub async fn shutdown(&self) {
         let slots: Vec<RunSlot> = {
-            let mut runs = self.inner.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut runs = self
+                .inner
+                .runs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             runs.drain().map(|(_, slot)| slot).collect()
         };
         for slot in &slots {
@@ -488,7 +565,11 @@ impl Engine {
     /// published. Returns once every actor is gone.
     pub async fn abort(&self) {
         let slots: Vec<RunSlot> = {
-            let mut runs = self.inner.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut runs = self
+                .inner
+                .runs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             runs.drain().map(|(_, slot)| slot).collect()
         };
         for slot in &slots {

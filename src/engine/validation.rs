@@ -49,7 +49,9 @@ pub(crate) fn validate_output(
 ) -> Result<Validated, Vec<Diagnostic>> {
     let graph = match (output, purpose, current) {
         (PlannerOutput::Draft(draft), Purpose::Initial, _) => PlanGraph::from_draft(draft)?,
-        (PlannerOutput::Delta(delta), Purpose::Replan, Some(base)) => base.apply_delta(delta, state)?,
+        (PlannerOutput::Delta(delta), Purpose::Replan, Some(base)) => {
+            base.apply_delta(delta, state)?
+        }
         (PlannerOutput::Delta(_), Purpose::Replan, None) => {
             return Err(vec![Diagnostic::error(
                 DiagnosticCode::PlannerOutputInvalid,
@@ -58,14 +60,20 @@ pub(crate) fn validate_output(
         }
         (PlannerOutput::Draft(_), Purpose::Replan, _) => {
             return Err(vec![
-                Diagnostic::error(DiagnosticCode::PlannerOutputInvalid, "a replan must return a delta, not a draft")
-                    .hint("return {baseVersion, operations} against the current plan"),
+                Diagnostic::error(
+                    DiagnosticCode::PlannerOutputInvalid,
+                    "a replan must return a delta, not a draft",
+                )
+                .hint("return {baseVersion, operations} against the current plan"),
             ]);
         }
         (PlannerOutput::Delta(_), Purpose::Initial, _) => {
             return Err(vec![
-                Diagnostic::error(DiagnosticCode::PlannerOutputInvalid, "an initial plan must be a draft, not a delta")
-                    .hint("return {nodes, edges} for the whole plan"),
+                Diagnostic::error(
+                    DiagnosticCode::PlannerOutputInvalid,
+                    "an initial plan must be a draft, not a delta",
+                )
+                .hint("return {nodes, edges} for the whole plan"),
             ]);
         }
     };
@@ -101,30 +109,48 @@ pub(crate) fn validate_output(
     })
 }
 
-fn compile_contracts(graph: &PlanGraph, catalog: &CatalogState) -> Result<HashMap<String, Arc<CompiledContract>>, Vec<Diagnostic>> {
+fn compile_contracts(
+    graph: &PlanGraph,
+    catalog: &CatalogState,
+) -> Result<HashMap<String, Arc<CompiledContract>>, Vec<Diagnostic>> {
     let mut contracts = HashMap::with_capacity(graph.len());
     let mut problems = Vec::new();
     for node in graph.nodes() {
-        match catalog
-            .contracts
-            .get_or_compile(&catalog.facets, &node.output_facets, ContractDirection::Output)
-        {
+        match catalog.contracts.get_or_compile(
+            &catalog.facets,
+            &node.output_facets,
+            ContractDirection::Output,
+        ) {
             Ok(c) => {
                 contracts.insert(node.id.clone(), c);
             }
             Err(ds) => problems.extend(ds.into_iter().map(|d| d.node(node.id.clone()))),
         }
     }
-    if problems.is_empty() { Ok(contracts) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(contracts)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Rebuilds a stored plan version (on recovery) with its contracts.
-pub(crate) fn revalidate(snapshot: &PlanSnapshot, catalog: &CatalogState) -> Result<Validated, EngineError> {
-    let graph = PlanGraph::from_snapshot(snapshot)
-        .map_err(|e| EngineError::Conflict(format!("stored plan version {} is corrupt: {e}", snapshot.version)))?;
+pub(crate) fn revalidate(
+    snapshot: &PlanSnapshot,
+    catalog: &CatalogState,
+) -> Result<Validated, EngineError> {
+    let graph = PlanGraph::from_snapshot(snapshot).map_err(|e| {
+        EngineError::Conflict(format!(
+            "stored plan version {} is corrupt: {e}",
+            snapshot.version
+        ))
+    })?;
     let contracts = compile_contracts(&graph, catalog).map_err(|ds| {
         let messages: Vec<String> = ds.iter().map(|d| d.message.clone()).collect();
-        EngineError::Conflict(format!("stored plan contracts no longer compile: {}", messages.join("; ")))
+        EngineError::Conflict(format!(
+            "stored plan contracts no longer compile: {}",
+            messages.join("; ")
+        ))
     })?;
     Ok(Validated {
         graph: Arc::new(graph),
@@ -141,18 +167,27 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> EngineError 
 }
 
 /// Checks an envelope at submission and normalizes its policies.
-pub(crate) fn check_envelope(envelope: &RunEnvelope, catalog: &CatalogState) -> Result<NormalizedPolicies, EngineError> {
+pub(crate) fn check_envelope(
+    envelope: &RunEnvelope,
+    catalog: &CatalogState,
+) -> Result<NormalizedPolicies, EngineError> {
     if envelope.objective.trim().is_empty() {
         return Err(invalid("objective", "must not be empty"));
     }
     match &envelope.output_contract {
         OutputContract::Facets { facets } => {
             if facets.is_empty() {
-                return Err(invalid("outputContract.facets", "must name at least one facet"));
+                return Err(invalid(
+                    "outputContract.facets",
+                    "must name at least one facet",
+                ));
             }
             for (i, facet) in facets.iter().enumerate() {
                 if !catalog.facets.contains(facet) {
-                    return Err(invalid(format!("outputContract.facets[{i}]"), format!("unknown facet `{facet}`")));
+                    return Err(invalid(
+                        format!("outputContract.facets[{i}]"),
+                        format!("unknown facet `{facet}`"),
+                    ));
                 }
             }
         }
@@ -163,7 +198,10 @@ pub(crate) fn check_envelope(envelope: &RunEnvelope, catalog: &CatalogState) -> 
             }
             for facet in envelope.output_contract.required_facets() {
                 if !catalog.facets.contains(&facet) {
-                    return Err(invalid("outputContract.schema.required", format!("unknown facet `{facet}`")));
+                    return Err(invalid(
+                        "outputContract.schema.required",
+                        format!("unknown facet `{facet}`"),
+                    ));
                 }
             }
         }
@@ -175,7 +213,10 @@ pub(crate) fn check_envelope(envelope: &RunEnvelope, catalog: &CatalogState) -> 
     }
     for name in envelope.inputs.keys() {
         if !catalog.facets.contains(name) {
-            return Err(invalid(format!("inputs.{name}"), format!("unknown facet `{name}`")));
+            return Err(invalid(
+                format!("inputs.{name}"),
+                format!("unknown facet `{name}`"),
+            ));
         }
     }
     if let Some(rule) = &envelope.goal_conditions {
@@ -183,16 +224,27 @@ pub(crate) fn check_envelope(envelope: &RunEnvelope, catalog: &CatalogState) -> 
     }
     crate::policy::normalize(&envelope.policies).map_err(|e| {
         let path = e.path();
-        let field = if path.is_empty() { "policies".to_owned() } else { format!("policies.{path}") };
+        let field = if path.is_empty() {
+            "policies".to_owned()
+        } else {
+            format!("policies.{path}")
+        };
         invalid(field, e.to_string())
     })
 }
 
 /// Checks the run's output contract and goal conditions once every node completed.
-pub(crate) fn check_goal(envelope: &RunEnvelope, facets: &Map<String, Value>, output: &Value) -> Result<(), String> {
+pub(crate) fn check_goal(
+    envelope: &RunEnvelope,
+    facets: &Map<String, Value>,
+    output: &Value,
+) -> Result<(), String> {
     if let OutputContract::JsonSchema { schema } = &envelope.output_contract {
-        let contract = compile_schema(schema).map_err(|_| "the output schema no longer compiles".to_owned())?;
-        contract.validate_value(output).map_err(|errors| errors.join("; "))?;
+        let contract = compile_schema(schema)
+            .map_err(|_| "the output schema no longer compiles".to_owned())?;
+        contract
+            .validate_value(output)
+            .map_err(|errors| errors.join("; "))?;
     }
     for facet in envelope.output_contract.required_facets() {
         if !facets.contains_key(&facet) {

@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use statig::blocking::*;
 
+use super::FsmError;
 use super::event::{
     EventBody, FollowUp, HitlDecision, HitlKind, PlanPhase, PlannerOutput, RunError, RunEvent,
     RunOutcome, TokenUsage, Trigger, TriggerSource,
 };
-use super::FsmError;
 use crate::diagnostics::Diagnostic;
 use crate::graph::PlanDiff;
 use crate::ids::{RunId, Timestamp};
@@ -486,9 +486,25 @@ impl RunCore {
         Handled
     }
 
-    fn finish(&mut self, ctx: &mut Ctx, status: RunOutcome, output: Option<Value>, error: Option<RunError>) -> Outcome<State> {
+    fn finish(
+        &mut self,
+        ctx: &mut Ctx,
+        status: RunOutcome,
+        output: Option<Value>,
+        error: Option<RunError>,
+    ) -> Outcome<State> {
         self.outcome = Some(status);
-        self.emit(ctx, None, EventBody::Complete { status, output, error });
+        self.hitl = None;
+        self.in_flight.clear();
+        self.emit(
+            ctx,
+            None,
+            EventBody::Complete {
+                status,
+                output,
+                error,
+            },
+        );
         Transition(State::done())
     }
 
@@ -508,7 +524,12 @@ impl RunCore {
                 self.replans,
                 self.limits.max_replans
             );
-            return self.finish(ctx, RunOutcome::Failed, None, Some(RunError::new("REPLANS_EXHAUSTED", message)));
+            return self.finish(
+                ctx,
+                RunOutcome::Failed,
+                None,
+                Some(RunError::new("REPLANS_EXHAUSTED", message)),
+            );
         }
         self.trigger = Some(trigger);
         self.emit(ctx, None, body);
@@ -540,12 +561,16 @@ impl RunCore {
             RunInput::Start => {
                 self.purpose = Purpose::Initial;
                 self.attempt = 1;
-                self.emit(context, None, EventBody::PlanRequested {
-                    phase: PlanPhase::Initial,
-                    attempt: 1,
-                    trigger: None,
-                    error: None,
-                });
+                self.emit(
+                    context,
+                    None,
+                    EventBody::PlanRequested {
+                        phase: PlanPhase::Initial,
+                        attempt: 1,
+                        trigger: None,
+                        error: None,
+                    },
+                );
                 Transition(State::requesting())
             }
             RunInput::PlanReturned { .. }
@@ -574,40 +599,66 @@ impl RunCore {
     #[superstate]
     fn live(&mut self, context: &mut Ctx, input: &RunInput) -> Outcome<State> {
         match input {
-            RunInput::NodeSucceeded { node_id, output, duration_ms } => {
+            RunInput::NodeSucceeded {
+                node_id,
+                output,
+                duration_ms,
+            } => {
                 let Some(attempt) = self.in_flight.remove(node_id) else {
                     return Self::reject(context, format!("node `{node_id}` is not in flight"));
                 };
-                self.emit(context, Some(node_id), EventBody::NodeComplete {
-                    attempt,
-                    output: output.clone(),
-                    duration_ms: *duration_ms,
-                });
+                self.emit(
+                    context,
+                    Some(node_id),
+                    EventBody::NodeComplete {
+                        attempt,
+                        output: output.clone(),
+                        duration_ms: *duration_ms,
+                    },
+                );
                 Handled
             }
-            RunInput::NodeFailed { node_id, error, will_retry } => {
+            RunInput::NodeFailed {
+                node_id,
+                error,
+                will_retry,
+            } => {
                 let Some(attempt) = self.in_flight.remove(node_id) else {
                     return Self::reject(context, format!("node `{node_id}` is not in flight"));
                 };
-                self.emit(context, Some(node_id), EventBody::NodeError {
-                    attempt,
-                    error: error.clone(),
-                    will_retry: *will_retry,
-                });
+                self.emit(
+                    context,
+                    Some(node_id),
+                    EventBody::NodeError {
+                        attempt,
+                        error: error.clone(),
+                        will_retry: *will_retry,
+                    },
+                );
                 Handled
             }
-            RunInput::OutputInvalid { node_id, errors, will_retry } => {
+            RunInput::OutputInvalid {
+                node_id,
+                errors,
+                will_retry,
+            } => {
                 let Some(attempt) = self.in_flight.remove(node_id) else {
                     return Self::reject(context, format!("node `{node_id}` is not in flight"));
                 };
-                self.emit(context, Some(node_id), EventBody::ValidationError {
-                    attempt,
-                    errors: errors.clone(),
-                    will_retry: *will_retry,
-                });
+                self.emit(
+                    context,
+                    Some(node_id),
+                    EventBody::ValidationError {
+                        attempt,
+                        errors: errors.clone(),
+                        will_retry: *will_retry,
+                    },
+                );
                 Handled
             }
-            RunInput::Fail { error } => self.finish(context, RunOutcome::Failed, None, Some(error.clone())),
+            RunInput::Fail { error } => {
+                self.finish(context, RunOutcome::Failed, None, Some(error.clone()))
+            }
             RunInput::Cancel { reason } => {
                 let error = RunError::new("CANCELLED", reason.clone());
                 self.finish(context, RunOutcome::Cancelled, None, Some(error))
@@ -634,34 +685,56 @@ impl RunCore {
     #[state(superstate = "live", entry_action = "enter_requesting")]
     fn requesting(&mut self, context: &mut Ctx, input: &RunInput) -> Outcome<State> {
         match input {
-            RunInput::PlanReturned { output, planner, latency_ms, usage } => {
+            RunInput::PlanReturned {
+                output,
+                planner,
+                latency_ms,
+                usage,
+            } => {
                 self.pending_output = Some(output.clone());
                 self.last_error = None;
-                self.emit(context, None, EventBody::PlanGenerated {
-                    phase: self.phase(),
-                    attempt: self.attempt,
-                    planner: planner.clone(),
-                    output: output.clone(),
-                    latency_ms: *latency_ms,
-                    usage: *usage,
-                });
+                self.emit(
+                    context,
+                    None,
+                    EventBody::PlanGenerated {
+                        phase: self.phase(),
+                        attempt: self.attempt,
+                        planner: planner.clone(),
+                        output: output.clone(),
+                        latency_ms: *latency_ms,
+                        usage: *usage,
+                    },
+                );
                 Transition(State::validating())
             }
             RunInput::PlannerFailed { error, retryable } => {
                 if *retryable && self.attempt < self.limits.max_attempts {
                     self.attempt += 1;
                     self.last_error = Some(error.clone());
-                    self.emit(context, None, EventBody::PlanRequested {
-                        phase: self.phase(),
-                        attempt: self.attempt,
-                        trigger: self.trigger.clone(),
-                        error: Some(error.clone()),
-                    });
+                    self.emit(
+                        context,
+                        None,
+                        EventBody::PlanRequested {
+                            phase: self.phase(),
+                            attempt: self.attempt,
+                            trigger: self.trigger.clone(),
+                            error: Some(error.clone()),
+                        },
+                    );
                     Transition(State::requesting())
                 } else {
-                    let code = if *retryable { "PLANNER_ATTEMPTS_EXHAUSTED" } else { "PLANNER_FAILED" };
+                    let code = if *retryable {
+                        "PLANNER_ATTEMPTS_EXHAUSTED"
+                    } else {
+                        "PLANNER_FAILED"
+                    };
                     let message = format!("planner failed on attempt {}: {error}", self.attempt);
-                    self.finish(context, RunOutcome::Failed, None, Some(RunError::new(code, message)))
+                    self.finish(
+                        context,
+                        RunOutcome::Failed,
+                        None,
+                        Some(RunError::new(code, message)),
+                    )
                 }
             }
             RunInput::Start
@@ -689,19 +762,27 @@ impl RunCore {
     #[state(superstate = "live", entry_action = "enter_validating")]
     fn validating(&mut self, context: &mut Ctx, input: &RunInput) -> Outcome<State> {
         match input {
-            RunInput::DraftValid { nodes, edges, warnings } => {
+            RunInput::DraftValid {
+                nodes,
+                edges,
+                warnings,
+            } => {
                 if self.purpose != Purpose::Initial {
                     return Self::reject(context, "a draft was validated during a replan");
                 }
                 self.pending_output = None;
                 self.diagnostics.clear();
                 self.plan_version = 1;
-                self.emit(context, None, EventBody::PlanAccepted {
-                    version: 1,
-                    nodes: *nodes,
-                    edges: *edges,
-                    warnings: warnings.clone(),
-                });
+                self.emit(
+                    context,
+                    None,
+                    EventBody::PlanAccepted {
+                        version: 1,
+                        nodes: *nodes,
+                        edges: *edges,
+                        warnings: warnings.clone(),
+                    },
+                );
                 Transition(State::executing())
             }
             RunInput::DeltaValid { diff, warnings } => {
@@ -718,13 +799,17 @@ impl RunCore {
                 self.diagnostics.clear();
                 let previous_version = self.plan_version;
                 self.plan_version += 1;
-                self.emit(context, None, EventBody::PlanUpdated {
-                    previous_version,
-                    version: self.plan_version,
-                    diff: diff.clone(),
-                    trigger,
-                    warnings: warnings.clone(),
-                });
+                self.emit(
+                    context,
+                    None,
+                    EventBody::PlanUpdated {
+                        previous_version,
+                        version: self.plan_version,
+                        diff: diff.clone(),
+                        trigger,
+                        warnings: warnings.clone(),
+                    },
+                );
                 Transition(State::executing())
             }
             RunInput::PlanInvalid { diagnostics } => {
@@ -734,19 +819,32 @@ impl RunCore {
                 if self.attempt < self.limits.max_attempts {
                     self.attempt += 1;
                     self.diagnostics = diagnostics.clone();
-                    self.emit(context, None, EventBody::PlanRejected {
-                        phase,
-                        attempt,
-                        diagnostics: diagnostics.clone(),
-                    });
+                    self.emit(
+                        context,
+                        None,
+                        EventBody::PlanRejected {
+                            phase,
+                            attempt,
+                            diagnostics: diagnostics.clone(),
+                        },
+                    );
                     Transition(State::requesting())
                 } else {
-                    let codes: Vec<&str> = diagnostics.iter().filter(|d| d.is_error()).map(|d| d.code.as_str()).collect();
+                    let codes: Vec<&str> = diagnostics
+                        .iter()
+                        .filter(|d| d.is_error())
+                        .map(|d| d.code.as_str())
+                        .collect();
                     let message = format!(
                         "no valid plan after {attempt} attempts; last diagnostics: {}",
                         codes.join(", ")
                     );
-                    self.finish(context, RunOutcome::Failed, None, Some(RunError::new("PLAN_ATTEMPTS_EXHAUSTED", message)))
+                    self.finish(
+                        context,
+                        RunOutcome::Failed,
+                        None,
+                        Some(RunError::new("PLAN_ATTEMPTS_EXHAUSTED", message)),
+                    )
                 }
             }
             RunInput::Start
@@ -773,17 +871,25 @@ impl RunCore {
     #[state(superstate = "live", entry_action = "enter_executing")]
     fn executing(&mut self, context: &mut Ctx, input: &RunInput) -> Outcome<State> {
         match input {
-            RunInput::NodeDispatched { node_id, capability_id, attempt } => {
+            RunInput::NodeDispatched {
+                node_id,
+                capability_id,
+                attempt,
+            } => {
                 if self.in_flight.contains_key(node_id) {
                     return Self::reject(context, format!("node `{node_id}` is already in flight"));
                 }
                 self.in_flight.insert(node_id.clone(), *attempt);
                 let idempotency_key = format!("{}/{node_id}", self.run_id);
-                self.emit(context, Some(node_id), EventBody::NodeStart {
-                    attempt: *attempt,
-                    capability_id: capability_id.clone(),
-                    idempotency_key,
-                });
+                self.emit(
+                    context,
+                    Some(node_id),
+                    EventBody::NodeStart {
+                        attempt: *attempt,
+                        capability_id: capability_id.clone(),
+                        idempotency_key,
+                    },
+                );
                 Handled
             }
             RunInput::PolicyReplan { policy_id, trigger } => {
@@ -795,11 +901,15 @@ impl RunCore {
                 self.begin_replan(context, trigger.clone(), body)
             }
             RunInput::PolicyPause { policy_id, trigger } => {
-                self.emit(context, None, EventBody::PolicyTriggered {
-                    policy_id: policy_id.clone(),
-                    action: "pause".to_owned(),
-                    trigger: trigger.clone(),
-                });
+                self.emit(
+                    context,
+                    None,
+                    EventBody::PolicyTriggered {
+                        policy_id: policy_id.clone(),
+                        action: "pause".to_owned(),
+                        trigger: trigger.clone(),
+                    },
+                );
                 Transition(State::paused())
             }
             RunInput::HitlRequested {
@@ -820,20 +930,30 @@ impl RunCore {
                     on_approve: *on_approve,
                     on_reject: *on_reject,
                 });
-                self.emit(context, node_id.as_deref(), EventBody::HitlRequest {
-                    request_id: request_id.clone(),
-                    kind: *kind,
-                    question: question.clone(),
-                    policy_id: policy_id.clone(),
-                    options: options.clone(),
-                    contract_summary: contract_summary.clone(),
-                    on_approve: *on_approve,
-                    on_reject: *on_reject,
-                });
+                self.emit(
+                    context,
+                    node_id.as_deref(),
+                    EventBody::HitlRequest {
+                        request_id: request_id.clone(),
+                        kind: *kind,
+                        question: question.clone(),
+                        policy_id: policy_id.clone(),
+                        options: options.clone(),
+                        contract_summary: contract_summary.clone(),
+                        on_approve: *on_approve,
+                        on_reject: *on_reject,
+                    },
+                );
                 Transition(State::paused())
             }
             RunInput::OperatorPause { reason } => {
-                self.emit(context, None, EventBody::RunPaused { reason: reason.clone() });
+                self.emit(
+                    context,
+                    None,
+                    EventBody::RunPaused {
+                        reason: reason.clone(),
+                    },
+                );
                 Transition(State::paused())
             }
             RunInput::AllDone { output } => {
@@ -871,12 +991,16 @@ impl RunCore {
                 self.purpose = Purpose::Replan;
                 self.attempt = 1;
                 self.diagnostics.clear();
-                self.emit(context, None, EventBody::PlanRequested {
-                    phase: PlanPhase::Replan,
-                    attempt: 1,
-                    trigger: self.trigger.clone(),
-                    error: None,
-                });
+                self.emit(
+                    context,
+                    None,
+                    EventBody::PlanRequested {
+                        phase: PlanPhase::Replan,
+                        attempt: 1,
+                        trigger: self.trigger.clone(),
+                        error: None,
+                    },
+                );
                 Transition(State::requesting())
             }
             RunInput::Start
@@ -905,16 +1029,26 @@ impl RunCore {
     #[state(superstate = "live", entry_action = "enter_paused")]
     fn paused(&mut self, context: &mut Ctx, input: &RunInput) -> Outcome<State> {
         match input {
-            RunInput::HitlAnswered { request_id, decision, text, responder } => {
+            RunInput::HitlAnswered {
+                request_id,
+                decision,
+                text,
+                responder,
+            } => {
                 let Some(pending) = self.hitl.clone() else {
                     return Self::reject(context, "no hitl request is pending");
                 };
                 if pending.request_id != *request_id {
-                    return Self::reject(context, format!("hitl request `{request_id}` is not pending"));
+                    return Self::reject(
+                        context,
+                        format!("hitl request `{request_id}` is not pending"),
+                    );
                 }
                 let next = match decision {
                     HitlDecision::Reject => pending.on_reject,
-                    HitlDecision::Approve | HitlDecision::Option | HitlDecision::Freeform => pending.on_approve,
+                    HitlDecision::Approve | HitlDecision::Option | HitlDecision::Freeform => {
+                        pending.on_approve
+                    }
                 };
                 self.hitl = None;
                 let resolved = EventBody::HitlResolved {
@@ -934,7 +1068,9 @@ impl RunCore {
                             source: TriggerSource::Hitl,
                             policy_id: pending.policy_id.clone(),
                             node_id: pending.node_id.clone(),
-                            reason: text.clone().unwrap_or_else(|| format!("hitl request `{request_id}` answered")),
+                            reason: text
+                                .clone()
+                                .unwrap_or_else(|| format!("hitl request `{request_id}` answered")),
                         };
                         self.begin_replan(context, trigger, resolved)
                     }
@@ -943,16 +1079,30 @@ impl RunCore {
                             Some(t) => format!("hitl request `{request_id}` rejected: {t}"),
                             None => format!("hitl request `{request_id}` rejected"),
                         };
-                        self.finish(context, RunOutcome::Failed, None, Some(RunError::new("HITL_REJECTED", message)))
+                        self.finish(
+                            context,
+                            RunOutcome::Failed,
+                            None,
+                            Some(RunError::new("HITL_REJECTED", message)),
+                        )
                     }
                 }
             }
             RunInput::Resume { reason } => {
                 if let Some(pending) = &self.hitl {
-                    let why = format!("hitl request `{}` must be answered to resume", pending.request_id);
+                    let why = format!(
+                        "hitl request `{}` must be answered to resume",
+                        pending.request_id
+                    );
                     return Self::reject(context, why);
                 }
-                self.emit(context, None, EventBody::RunResumed { reason: reason.clone() });
+                self.emit(
+                    context,
+                    None,
+                    EventBody::RunResumed {
+                        reason: reason.clone(),
+                    },
+                );
                 Transition(State::executing())
             }
             RunInput::Start
@@ -1109,7 +1259,9 @@ impl RunMachine {
             outcome: None,
         };
         let mut ctx = Ctx::default();
-        let sm = core.uninitialized_state_machine().init_with_context(&mut ctx);
+        let sm = core
+            .uninitialized_state_machine()
+            .init_with_context(&mut ctx);
         Self { sm: sm.into() }
     }
 
@@ -1206,7 +1358,10 @@ impl RunMachine {
     /// [`FsmError::IllegalTransition`] when the current state does not accept the input;
     /// nothing changes then. In `Done` every input is absorbed: `Ok` with no events.
     pub fn apply(&mut self, input: &RunInput, now: Timestamp) -> Result<Step, FsmError> {
-        let mut ctx = Ctx { now, ..Ctx::default() };
+        let mut ctx = Ctx {
+            now,
+            ..Ctx::default()
+        };
         let state = self.state();
         // Every guard rejects before mutating, so a rejected input leaves the machine as it was.
         self.sm.handle_with_context(input, &mut ctx);
@@ -1240,14 +1395,23 @@ impl RunMachine {
         };
         self.sm.handle_with_context(&input, &mut ctx);
         if let Some(reason) = ctx.rejected {
-            return Err(FsmError::Replay { seq: event.seq, reason });
+            return Err(FsmError::Replay {
+                seq: event.seq,
+                reason,
+            });
         }
-        debug_assert!(ctx.commands.is_empty(), "entry actions are silent while restoring");
+        debug_assert!(
+            ctx.commands.is_empty(),
+            "entry actions are silent while restoring"
+        );
         let produced = ctx.events.first().map(|e| (&e.body, e.plan_version));
         if produced != Some((&event.body, event.plan_version)) {
             return Err(FsmError::Replay {
                 seq: event.seq,
-                reason: format!("event `{}` does not follow from the state before it", event.kind()),
+                reason: format!(
+                    "event `{}` does not follow from the state before it",
+                    event.kind()
+                ),
             });
         }
         Ok(())
@@ -1266,16 +1430,30 @@ fn input_for(event: &RunEvent, machine: &RunMachine) -> Result<RunInput, FsmErro
         EventBody::PlanRequested { error, .. } => match (machine.state(), error) {
             (RunState::New, _) => RunInput::Start,
             (RunState::Replanning, _) => RunInput::Drained,
-            (_, Some(error)) => RunInput::PlannerFailed { error: error.clone(), retryable: true },
+            (_, Some(error)) => RunInput::PlannerFailed {
+                error: error.clone(),
+                retryable: true,
+            },
             (_, None) => RunInput::Drained,
         },
-        EventBody::PlanGenerated { output, planner, latency_ms, usage, .. } => RunInput::PlanReturned {
+        EventBody::PlanGenerated {
+            output,
+            planner,
+            latency_ms,
+            usage,
+            ..
+        } => RunInput::PlanReturned {
             output: output.clone(),
             planner: planner.clone(),
             latency_ms: *latency_ms,
             usage: *usage,
         },
-        EventBody::PlanAccepted { nodes, edges, warnings, .. } => RunInput::DraftValid {
+        EventBody::PlanAccepted {
+            nodes,
+            edges,
+            warnings,
+            ..
+        } => RunInput::DraftValid {
             nodes: *nodes,
             edges: *edges,
             warnings: warnings.clone(),
@@ -1284,30 +1462,54 @@ fn input_for(event: &RunEvent, machine: &RunMachine) -> Result<RunInput, FsmErro
             diff: diff.clone(),
             warnings: warnings.clone(),
         },
-        EventBody::PlanRejected { diagnostics, .. } => RunInput::PlanInvalid { diagnostics: diagnostics.clone() },
-        EventBody::NodeStart { attempt, capability_id, .. } => RunInput::NodeDispatched {
+        EventBody::PlanRejected { diagnostics, .. } => RunInput::PlanInvalid {
+            diagnostics: diagnostics.clone(),
+        },
+        EventBody::NodeStart {
+            attempt,
+            capability_id,
+            ..
+        } => RunInput::NodeDispatched {
             node_id: node()?,
             capability_id: capability_id.clone(),
             attempt: *attempt,
         },
-        EventBody::NodeComplete { output, duration_ms, .. } => RunInput::NodeSucceeded {
+        EventBody::NodeComplete {
+            output,
+            duration_ms,
+            ..
+        } => RunInput::NodeSucceeded {
             node_id: node()?,
             output: output.clone(),
             duration_ms: *duration_ms,
         },
-        EventBody::NodeError { error, will_retry, .. } => RunInput::NodeFailed {
+        EventBody::NodeError {
+            error, will_retry, ..
+        } => RunInput::NodeFailed {
             node_id: node()?,
             error: error.clone(),
             will_retry: *will_retry,
         },
-        EventBody::ValidationError { errors, will_retry, .. } => RunInput::OutputInvalid {
+        EventBody::ValidationError {
+            errors, will_retry, ..
+        } => RunInput::OutputInvalid {
             node_id: node()?,
             errors: errors.clone(),
             will_retry: *will_retry,
         },
-        EventBody::PolicyTriggered { policy_id, action, trigger } => match action.as_str() {
-            "replan" => RunInput::PolicyReplan { policy_id: policy_id.clone(), trigger: trigger.clone() },
-            "pause" => RunInput::PolicyPause { policy_id: policy_id.clone(), trigger: trigger.clone() },
+        EventBody::PolicyTriggered {
+            policy_id,
+            action,
+            trigger,
+        } => match action.as_str() {
+            "replan" => RunInput::PolicyReplan {
+                policy_id: policy_id.clone(),
+                trigger: trigger.clone(),
+            },
+            "pause" => RunInput::PolicyPause {
+                policy_id: policy_id.clone(),
+                trigger: trigger.clone(),
+            },
             other => {
                 return Err(FsmError::Replay {
                     seq: event.seq,
@@ -1335,23 +1537,47 @@ fn input_for(event: &RunEvent, machine: &RunMachine) -> Result<RunInput, FsmErro
             on_approve: *on_approve,
             on_reject: *on_reject,
         },
-        EventBody::HitlResolved { request_id, decision, text, responder, .. } => RunInput::HitlAnswered {
+        EventBody::HitlResolved {
+            request_id,
+            decision,
+            text,
+            responder,
+            ..
+        } => RunInput::HitlAnswered {
             request_id: request_id.clone(),
             decision: *decision,
             text: text.clone(),
             responder: responder.clone(),
         },
-        EventBody::RunPaused { reason } => RunInput::OperatorPause { reason: reason.clone() },
-        EventBody::RunResumed { reason } => RunInput::Resume { reason: reason.clone() },
-        EventBody::Complete { status, output, error } => complete_input(*status, output, error),
+        EventBody::RunPaused { reason } => RunInput::OperatorPause {
+            reason: reason.clone(),
+        },
+        EventBody::RunResumed { reason } => RunInput::Resume {
+            reason: reason.clone(),
+        },
+        EventBody::Complete {
+            status,
+            output,
+            error,
+        } => complete_input(*status, output, error),
     })
 }
 
-fn complete_input(status: RunOutcome, output: &Option<Value>, error: &Option<RunError>) -> RunInput {
-    let error = error.clone().unwrap_or_else(|| RunError::new("UNKNOWN", ""));
+fn complete_input(
+    status: RunOutcome,
+    output: &Option<Value>,
+    error: &Option<RunError>,
+) -> RunInput {
+    let error = error
+        .clone()
+        .unwrap_or_else(|| RunError::new("UNKNOWN", ""));
     match status {
-        RunOutcome::Completed => RunInput::AllDone { output: output.clone().unwrap_or(Value::Null) },
-        RunOutcome::Cancelled => RunInput::Cancel { reason: error.message },
+        RunOutcome::Completed => RunInput::AllDone {
+            output: output.clone().unwrap_or(Value::Null),
+        },
+        RunOutcome::Cancelled => RunInput::Cancel {
+            reason: error.message,
+        },
         RunOutcome::Failed => RunInput::Fail { error },
     }
 }

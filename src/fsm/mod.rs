@@ -41,3 +41,6 @@ pub enum FsmError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -72,7 +72,13 @@ pub struct Edge {
 }
 
 const fn edge(from: From, input: InputKind, guard: Guard, to: To, event: EventKind) -> Edge {
-    Edge { from, input, guard, to, event }
+    Edge {
+        from,
+        input,
+        guard,
+        to,
+        event,
+    }
 }
 
 use EventKind as E;
@@ -83,31 +89,181 @@ use RunState as S;
 /// Every edge of the run machine. `Done` absorbs every input without an edge; any pair
 /// not listed here is rejected with `FsmError::IllegalTransition`.
 pub const EDGES: &[Edge] = &[
-    edge(From::State(S::New), I::Start, G::Always, To::State(S::Requesting), E::PlanRequested),
-    edge(From::State(S::Requesting), I::PlanReturned, G::Always, To::State(S::Validating), E::PlanGenerated),
-    edge(From::State(S::Requesting), I::PlannerFailed, G::AttemptsLeft, To::State(S::Requesting), E::PlanRequested),
-    edge(From::State(S::Requesting), I::PlannerFailed, G::AttemptsExhausted, To::State(S::Done), E::Complete),
-    edge(From::State(S::Validating), I::DraftValid, G::InitialPlan, To::State(S::Executing), E::PlanAccepted),
-    edge(From::State(S::Validating), I::DeltaValid, G::Replan, To::State(S::Executing), E::PlanUpdated),
-    edge(From::State(S::Validating), I::PlanInvalid, G::AttemptsLeft, To::State(S::Requesting), E::PlanRejected),
-    edge(From::State(S::Validating), I::PlanInvalid, G::AttemptsExhausted, To::State(S::Done), E::Complete),
-    edge(From::State(S::Executing), I::NodeDispatched, G::Always, To::Same, E::NodeStart),
-    edge(From::Live, I::NodeSucceeded, G::NodeInFlight, To::Same, E::NodeComplete),
-    edge(From::Live, I::NodeFailed, G::NodeInFlight, To::Same, E::NodeError),
-    edge(From::Live, I::OutputInvalid, G::NodeInFlight, To::Same, E::ValidationError),
-    edge(From::State(S::Executing), I::PolicyReplan, G::ReplansLeft, To::State(S::Replanning), E::PolicyTriggered),
-    edge(From::State(S::Executing), I::PolicyReplan, G::ReplansExhausted, To::State(S::Done), E::Complete),
-    edge(From::State(S::Executing), I::PolicyPause, G::Always, To::State(S::Paused), E::PolicyTriggered),
-    edge(From::State(S::Executing), I::HitlRequested, G::Always, To::State(S::Paused), E::HitlRequest),
-    edge(From::State(S::Executing), I::OperatorPause, G::Always, To::State(S::Paused), E::RunPaused),
-    edge(From::State(S::Replanning), I::Drained, G::NothingInFlight, To::State(S::Requesting), E::PlanRequested),
-    edge(From::State(S::Paused), I::HitlAnswered, G::FollowUpContinue, To::State(S::Executing), E::HitlResolved),
-    edge(From::State(S::Paused), I::HitlAnswered, G::FollowUpReplan, To::State(S::Replanning), E::HitlResolved),
-    edge(From::State(S::Paused), I::HitlAnswered, G::FollowUpFail, To::State(S::Done), E::Complete),
-    edge(From::State(S::Paused), I::Resume, G::NoHitlPending, To::State(S::Executing), E::RunResumed),
-    edge(From::State(S::Executing), I::AllDone, G::NothingInFlight, To::State(S::Done), E::Complete),
-    edge(From::Live, I::Fail, G::Always, To::State(S::Done), E::Complete),
-    edge(From::Live, I::Cancel, G::Always, To::State(S::Done), E::Complete),
+    edge(
+        From::State(S::New),
+        I::Start,
+        G::Always,
+        To::State(S::Requesting),
+        E::PlanRequested,
+    ),
+    edge(
+        From::State(S::Requesting),
+        I::PlanReturned,
+        G::Always,
+        To::State(S::Validating),
+        E::PlanGenerated,
+    ),
+    edge(
+        From::State(S::Requesting),
+        I::PlannerFailed,
+        G::AttemptsLeft,
+        To::State(S::Requesting),
+        E::PlanRequested,
+    ),
+    edge(
+        From::State(S::Requesting),
+        I::PlannerFailed,
+        G::AttemptsExhausted,
+        To::State(S::Done),
+        E::Complete,
+    ),
+    edge(
+        From::State(S::Validating),
+        I::DraftValid,
+        G::InitialPlan,
+        To::State(S::Executing),
+        E::PlanAccepted,
+    ),
+    edge(
+        From::State(S::Validating),
+        I::DeltaValid,
+        G::Replan,
+        To::State(S::Executing),
+        E::PlanUpdated,
+    ),
+    edge(
+        From::State(S::Validating),
+        I::PlanInvalid,
+        G::AttemptsLeft,
+        To::State(S::Requesting),
+        E::PlanRejected,
+    ),
+    edge(
+        From::State(S::Validating),
+        I::PlanInvalid,
+        G::AttemptsExhausted,
+        To::State(S::Done),
+        E::Complete,
+    ),
+    edge(
+        From::State(S::Executing),
+        I::NodeDispatched,
+        G::Always,
+        To::Same,
+        E::NodeStart,
+    ),
+    edge(
+        From::Live,
+        I::NodeSucceeded,
+        G::NodeInFlight,
+        To::Same,
+        E::NodeComplete,
+    ),
+    edge(
+        From::Live,
+        I::NodeFailed,
+        G::NodeInFlight,
+        To::Same,
+        E::NodeError,
+    ),
+    edge(
+        From::Live,
+        I::OutputInvalid,
+        G::NodeInFlight,
+        To::Same,
+        E::ValidationError,
+    ),
+    edge(
+        From::State(S::Executing),
+        I::PolicyReplan,
+        G::ReplansLeft,
+        To::State(S::Replanning),
+        E::PolicyTriggered,
+    ),
+    edge(
+        From::State(S::Executing),
+        I::PolicyReplan,
+        G::ReplansExhausted,
+        To::State(S::Done),
+        E::Complete,
+    ),
+    edge(
+        From::State(S::Executing),
+        I::PolicyPause,
+        G::Always,
+        To::State(S::Paused),
+        E::PolicyTriggered,
+    ),
+    edge(
+        From::State(S::Executing),
+        I::HitlRequested,
+        G::Always,
+        To::State(S::Paused),
+        E::HitlRequest,
+    ),
+    edge(
+        From::State(S::Executing),
+        I::OperatorPause,
+        G::Always,
+        To::State(S::Paused),
+        E::RunPaused,
+    ),
+    edge(
+        From::State(S::Replanning),
+        I::Drained,
+        G::NothingInFlight,
+        To::State(S::Requesting),
+        E::PlanRequested,
+    ),
+    edge(
+        From::State(S::Paused),
+        I::HitlAnswered,
+        G::FollowUpContinue,
+        To::State(S::Executing),
+        E::HitlResolved,
+    ),
+    edge(
+        From::State(S::Paused),
+        I::HitlAnswered,
+        G::FollowUpReplan,
+        To::State(S::Replanning),
+        E::HitlResolved,
+    ),
+    edge(
+        From::State(S::Paused),
+        I::HitlAnswered,
+        G::FollowUpFail,
+        To::State(S::Done),
+        E::Complete,
+    ),
+    edge(
+        From::State(S::Paused),
+        I::Resume,
+        G::NoHitlPending,
+        To::State(S::Executing),
+        E::RunResumed,
+    ),
+    edge(
+        From::State(S::Executing),
+        I::AllDone,
+        G::NothingInFlight,
+        To::State(S::Done),
+        E::Complete,
+    ),
+    edge(
+        From::Live,
+        I::Fail,
+        G::Always,
+        To::State(S::Done),
+        E::Complete,
+    ),
+    edge(
+        From::Live,
+        I::Cancel,
+        G::Always,
+        To::State(S::Done),
+        E::Complete,
+    ),
 ];
 
 /// The rows that apply to `state` on `input`: rows of the state itself first, then `Live` rows.
@@ -144,7 +300,13 @@ fn state_label(from: From) -> &'static str {
 pub fn mermaid_state_diagram() -> String {
     let mut out = String::from("stateDiagram-v2\n");
     out.push_str("    state Live {\n");
-    for s in [S::Requesting, S::Validating, S::Executing, S::Replanning, S::Paused] {
+    for s in [
+        S::Requesting,
+        S::Validating,
+        S::Executing,
+        S::Replanning,
+        S::Paused,
+    ] {
         out.push_str(&format!("        {}\n", state_label(From::State(s))));
     }
     out.push_str("    }\n");
@@ -158,7 +320,10 @@ pub fn mermaid_state_diagram() -> String {
             G::Always => String::new(),
             other => format!(" [{}]", guard_label(other)),
         };
-        out.push_str(&format!("    {from} --> {to}: {}{guard} / {}\n", e.input, e.event));
+        out.push_str(&format!(
+            "    {from} --> {to}: {}{guard} / {}\n",
+            e.input, e.event
+        ));
     }
     out.push_str("    Done --> [*]\n");
     out

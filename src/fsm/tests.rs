@@ -145,7 +145,11 @@ fn setup(state: RunState, kind: InputKind, guard: Guard) -> Option<(RunMachine, 
         (RunState::Replanning, Guard::NodeInFlight) => replanning(roomy, true),
         (RunState::Replanning, _) => replanning(roomy, false),
         (RunState::Paused, g) => {
-            let l = if g == Guard::FollowUpFail { limits(3, 0) } else { roomy };
+            let l = if g == Guard::FollowUpFail {
+                limits(3, 0)
+            } else {
+                roomy
+            };
             let mut m = executing(l);
             if g == Guard::NodeInFlight {
                 apply(&mut m, dispatched("n"));
@@ -161,14 +165,24 @@ fn setup(state: RunState, kind: InputKind, guard: Guard) -> Option<(RunMachine, 
                     apply(&mut m, hitl(FollowUp::Replan, FollowUp::Fail));
                 }
                 _ => {
-                    apply(&mut m, RunInput::OperatorPause { reason: "op".into() });
+                    apply(
+                        &mut m,
+                        RunInput::OperatorPause {
+                            reason: "op".into(),
+                        },
+                    );
                 }
             }
             m
         }
         (RunState::Done, _) => {
             let mut m = executing(roomy);
-            apply(&mut m, RunInput::Cancel { reason: "stop".into() });
+            apply(
+                &mut m,
+                RunInput::Cancel {
+                    reason: "stop".into(),
+                },
+            );
             m
         }
     };
@@ -217,7 +231,9 @@ fn setup(state: RunState, kind: InputKind, guard: Guard) -> Option<(RunMachine, 
             trigger: trigger(),
         },
         InputKind::HitlRequested => hitl(FollowUp::Continue, FollowUp::Fail),
-        InputKind::OperatorPause => RunInput::OperatorPause { reason: "op".into() },
+        InputKind::OperatorPause => RunInput::OperatorPause {
+            reason: "op".into(),
+        },
         InputKind::Drained => RunInput::Drained,
         InputKind::HitlAnswered => RunInput::HitlAnswered {
             request_id: "h1".into(),
@@ -229,12 +245,16 @@ fn setup(state: RunState, kind: InputKind, guard: Guard) -> Option<(RunMachine, 
             text: None,
             responder: None,
         },
-        InputKind::Resume => RunInput::Resume { reason: "go".into() },
+        InputKind::Resume => RunInput::Resume {
+            reason: "go".into(),
+        },
         InputKind::AllDone => RunInput::AllDone { output: json!({}) },
         InputKind::Fail => RunInput::Fail {
             error: RunError::new("E", "fatal"),
         },
-        InputKind::Cancel => RunInput::Cancel { reason: "stop".into() },
+        InputKind::Cancel => RunInput::Cancel {
+            reason: "stop".into(),
+        },
     };
     Some((m, input))
 }
@@ -253,7 +273,10 @@ fn every_state_input_pair_matches_the_edge_table() {
                 let (mut m, input) = setup(state, kind, Guard::Always).unwrap();
                 let seq = m.seq();
                 let step = m.apply(&input, NOW).expect("done absorbs every input");
-                assert!(step.events.is_empty() && step.commands.is_empty(), "{kind} in done");
+                assert!(
+                    step.events.is_empty() && step.commands.is_empty(),
+                    "{kind} in done"
+                );
                 assert_eq!((m.state(), m.seq()), (RunState::Done, seq));
                 checked += 1;
                 continue;
@@ -261,9 +284,17 @@ fn every_state_input_pair_matches_the_edge_table() {
             if rows.is_empty() {
                 let (mut m, input) = setup(state, kind, Guard::Always).unwrap();
                 let seq = m.seq();
-                let err = m.apply(&input, NOW).expect_err(&format!("{kind} must be illegal in {state}"));
-                assert!(matches!(err, FsmError::IllegalTransition { state: s, input: i, .. } if s == state && i == kind));
-                assert_eq!((m.state(), m.seq()), (state, seq), "rejection changes nothing");
+                let err = m
+                    .apply(&input, NOW)
+                    .expect_err(&format!("{kind} must be illegal in {state}"));
+                assert!(
+                    matches!(err, FsmError::IllegalTransition { state: s, input: i, .. } if s == state && i == kind)
+                );
+                assert_eq!(
+                    (m.state(), m.seq()),
+                    (state, seq),
+                    "rejection changes nothing"
+                );
                 checked += 1;
                 continue;
             }
@@ -272,14 +303,28 @@ fn every_state_input_pair_matches_the_edge_table() {
                 assert_eq!(m.state(), state, "setup for {kind} in {state}");
                 if !guard_reachable(state, row.guard) {
                     let err = m.apply(&input, NOW);
-                    assert!(err.is_err(), "{kind} in {state} without its guard must be illegal");
+                    assert!(
+                        err.is_err(),
+                        "{kind} in {state} without its guard must be illegal"
+                    );
                     checked += 1;
                     continue;
                 }
                 let seq = m.seq();
-                let step = m.apply(&input, NOW).unwrap_or_else(|e| panic!("{kind} in {state} [{:?}]: {e}", row.guard));
-                assert_eq!(step.events.len(), 1, "exactly one event for {kind} in {state}");
-                assert_eq!(step.events[0].kind(), row.event, "{kind} in {state} [{:?}]", row.guard);
+                let step = m
+                    .apply(&input, NOW)
+                    .unwrap_or_else(|e| panic!("{kind} in {state} [{:?}]: {e}", row.guard));
+                assert_eq!(
+                    step.events.len(),
+                    1,
+                    "exactly one event for {kind} in {state}"
+                );
+                assert_eq!(
+                    step.events[0].kind(),
+                    row.event,
+                    "{kind} in {state} [{:?}]",
+                    row.guard
+                );
                 assert_eq!(step.events[0].seq, seq + 1);
                 let expected = match row.to {
                     To::State(s) => s,
@@ -296,8 +341,8 @@ fn every_state_input_pair_matches_the_edge_table() {
 #[test]
 fn guards_that_fail_reject_instead_of_emitting() {
     let mut m = executing(limits(3, 3));
-    assert!(m
-        .apply(
+    assert!(
+        m.apply(
             &RunInput::NodeSucceeded {
                 node_id: "ghost".into(),
                 output: Map::new(),
@@ -305,15 +350,32 @@ fn guards_that_fail_reject_instead_of_emitting() {
             },
             NOW
         )
-        .is_err());
+        .is_err()
+    );
     apply(&mut m, dispatched("a"));
     assert!(m.apply(&dispatched("a"), NOW).is_err(), "double dispatch");
-    assert!(m.apply(&RunInput::AllDone { output: Value::Null }, NOW).is_err(), "in flight");
+    assert!(
+        m.apply(
+            &RunInput::AllDone {
+                output: Value::Null
+            },
+            NOW
+        )
+        .is_err(),
+        "in flight"
+    );
     let mut r = replanning(limits(3, 3), true);
-    assert!(r.apply(&RunInput::Drained, NOW).is_err(), "drained while in flight");
+    assert!(
+        r.apply(&RunInput::Drained, NOW).is_err(),
+        "drained while in flight"
+    );
     let mut p = executing(limits(3, 3));
     apply(&mut p, hitl(FollowUp::Continue, FollowUp::Fail));
-    assert!(p.apply(&RunInput::Resume { reason: "x".into() }, NOW).is_err(), "resume needs an answer");
+    assert!(
+        p.apply(&RunInput::Resume { reason: "x".into() }, NOW)
+            .is_err(),
+        "resume needs an answer"
+    );
     let wrong = RunInput::HitlAnswered {
         request_id: "nope".into(),
         decision: HitlDecision::Approve,
@@ -327,28 +389,43 @@ fn guards_that_fail_reject_instead_of_emitting() {
 fn entry_actions_issue_commands_and_restore_stays_silent() {
     let mut m = RunMachine::new(RunId::new(), limits(3, 3));
     let step = apply(&mut m, RunInput::Start);
-    assert!(matches!(&step.commands[..], [Command::CallPlanner(c)] if c.attempt == 1 && c.phase == PlanPhase::Initial));
+    assert!(
+        matches!(&step.commands[..], [Command::CallPlanner(c)] if c.attempt == 1 && c.phase == PlanPhase::Initial)
+    );
     let mut events = step.events;
     let step = apply(&mut m, draft_returned());
-    assert!(matches!(&step.commands[..], [Command::Validate(PlannerOutput::Draft(_))]));
+    assert!(matches!(
+        &step.commands[..],
+        [Command::Validate(PlannerOutput::Draft(_))]
+    ));
     events.extend(step.events);
     let step = apply(
         &mut m,
         RunInput::PlanInvalid {
-            diagnostics: vec![Diagnostic::error(DiagnosticCode::CapabilityNotRegistered, "x")],
+            diagnostics: vec![Diagnostic::error(
+                DiagnosticCode::CapabilityNotRegistered,
+                "x",
+            )],
         },
     );
     let [Command::CallPlanner(call)] = &step.commands[..] else {
         panic!("revision call expected: {:?}", step.commands)
     };
     assert_eq!((call.attempt, call.phase), (2, PlanPhase::Revision));
-    assert_eq!(call.diagnostics[0].code, DiagnosticCode::CapabilityNotRegistered);
+    assert_eq!(
+        call.diagnostics[0].code,
+        DiagnosticCode::CapabilityNotRegistered
+    );
     events.extend(step.events);
 
     let restored = RunMachine::restore(m.run_id(), limits(3, 3), &events).unwrap();
     assert_eq!(restored.state(), RunState::Requesting);
     assert_eq!(restored.seq(), 3);
-    assert_eq!(restored.plan_call(), *call, "restore rebuilds the pending call without issuing it");
+    assert_eq!(
+        restored.plan_call(),
+        *call,
+        "restore rebuilds the pending call without issuing it"
+    );
 }
 
 #[test]
@@ -358,7 +435,10 @@ fn restore_rejects_gaps_and_foreign_events() {
     events.extend(apply(&mut m, draft_returned()).events);
     let mut gap = events.clone();
     gap.remove(0);
-    assert!(matches!(RunMachine::restore(m.run_id(), limits(3, 3), &gap), Err(FsmError::Replay { seq: 2, .. })));
+    assert!(matches!(
+        RunMachine::restore(m.run_id(), limits(3, 3), &gap),
+        Err(FsmError::Replay { seq: 2, .. })
+    ));
     assert!(RunMachine::restore(RunId::new(), limits(3, 3), &events).is_err());
 }
 
@@ -383,9 +463,17 @@ fn replan_cycle_bumps_version_and_counts_replans() {
         },
     );
     let step = apply(&mut m, RunInput::Drained);
-    let [Command::CallPlanner(call)] = &step.commands[..] else { panic!() };
-    assert_eq!((call.purpose, call.phase), (Purpose::Replan, PlanPhase::Replan));
-    assert_eq!(call.trigger.as_ref().unwrap().policy_id.as_deref(), Some("p"));
+    let [Command::CallPlanner(call)] = &step.commands[..] else {
+        panic!()
+    };
+    assert_eq!(
+        (call.purpose, call.phase),
+        (Purpose::Replan, PlanPhase::Replan)
+    );
+    assert_eq!(
+        call.trigger.as_ref().unwrap().policy_id.as_deref(),
+        Some("p")
+    );
     apply(&mut m, delta_returned(1));
     let step = apply(
         &mut m,
@@ -394,7 +482,15 @@ fn replan_cycle_bumps_version_and_counts_replans() {
             warnings: vec![],
         },
     );
-    let EventBody::PlanUpdated { previous_version, version, trigger, .. } = &step.events[0].body else { panic!() };
+    let EventBody::PlanUpdated {
+        previous_version,
+        version,
+        trigger,
+        ..
+    } = &step.events[0].body
+    else {
+        panic!()
+    };
     assert_eq!((*previous_version, *version), (1, 2));
     assert_eq!(trigger.policy_id.as_deref(), Some("p"));
     assert_eq!((m.plan_version(), m.replans()), (2, 1));
@@ -405,7 +501,9 @@ fn replan_cycle_bumps_version_and_counts_replans() {
             trigger: trigger.clone(),
         },
     );
-    let EventBody::Complete { status, error, .. } = &step.events[0].body else { panic!() };
+    let EventBody::Complete { status, error, .. } = &step.events[0].body else {
+        panic!()
+    };
     assert_eq!(*status, RunOutcome::Failed);
     assert_eq!(error.as_ref().unwrap().code, "REPLANS_EXHAUSTED");
 }

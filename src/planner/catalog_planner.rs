@@ -37,7 +37,11 @@ impl Planner for CatalogPlanner {
 /// Capabilities the planner may use for this request, cheapest first.
 fn candidates(req: &PlanRequest) -> Vec<&Capability> {
     let policy = &req.policies.planner;
-    let mut excluded: BTreeSet<&str> = policy.forbidden_capabilities.iter().map(String::as_str).collect();
+    let mut excluded: BTreeSet<&str> = policy
+        .forbidden_capabilities
+        .iter()
+        .map(String::as_str)
+        .collect();
     for d in &req.diagnostics {
         let blames_capability = matches!(
             d.code,
@@ -58,14 +62,24 @@ fn candidates(req: &PlanRequest) -> Vec<&Capability> {
         .filter(|c| !excluded.contains(c.capability_id.as_str()))
         .filter(|c| !policy.forbidden_kinds.contains(&c.kind))
         .collect();
-    caps.sort_by(|a, b| a.cost.total_cmp(&b.cost).then_with(|| a.capability_id.cmp(&b.capability_id)));
+    caps.sort_by(|a, b| {
+        a.cost
+            .total_cmp(&b.cost)
+            .then_with(|| a.capability_id.cmp(&b.capability_id))
+    });
     caps
 }
 
 fn node_id_for(capability_id: &str, taken: &dyn Fn(&str) -> bool) -> String {
     let base: String = capability_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     let mut id = base.clone();
     let mut n = 2;
@@ -148,9 +162,13 @@ impl<'a> Chain<'a> {
     }
 
     fn add(&mut self, cap: &Capability, rationale: String) {
-        let id = node_id_for(&cap.capability_id, &|id| self.nodes.iter().any(|n| n.id == id));
+        let id = node_id_for(&cap.capability_id, &|id| {
+            self.nodes.iter().any(|n| n.id == id)
+        });
         for f in &cap.output_facets {
-            self.producer_of.entry(f.clone()).or_insert_with(|| id.clone());
+            self.producer_of
+                .entry(f.clone())
+                .or_insert_with(|| id.clone());
         }
         let node = node_for(cap, id, self.req, rationale);
         self.nodes.push(node);
@@ -186,14 +204,22 @@ fn draft(req: &PlanRequest) -> Result<PlanDraft, PlannerError> {
     if !missing.is_empty() {
         return Err(PlannerError::Fatal(format!(
             "no chain of active capabilities produces {} from the inputs {:?}",
-            missing.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", "),
+            missing
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
             req.inputs.keys().collect::<Vec<_>>()
         )));
     }
     let policy = &req.policies.planner;
     for required in &policy.required_capabilities {
         let already = chain.nodes.iter().any(|n| &n.capability_id == required);
-        let cap = chain.caps.iter().copied().find(|c| &c.capability_id == required);
+        let cap = chain
+            .caps
+            .iter()
+            .copied()
+            .find(|c| &c.capability_id == required);
         if let (false, Some(cap)) = (already, cap) {
             let mut stack = vec![cap.capability_id.as_str()];
             if cap.input_facets.iter().all(|f| chain.need(f, &mut stack)) {
@@ -209,12 +235,22 @@ fn draft(req: &PlanRequest) -> Result<PlanDraft, PlannerError> {
         if let Some(cap) = found {
             let mut stack = vec![cap.capability_id.as_str()];
             if cap.input_facets.iter().all(|f| chain.need(f, &mut stack)) {
-                chain.add(cap, format!("a `{}` node is required by the planner policy", kind.as_str()));
+                chain.add(
+                    cap,
+                    format!(
+                        "a `{}` node is required by the planner policy",
+                        kind.as_str()
+                    ),
+                );
             }
         }
     }
     let edges = chain.edges();
-    let names: Vec<&str> = chain.nodes.iter().map(|n| n.capability_id.as_str()).collect();
+    let names: Vec<&str> = chain
+        .nodes
+        .iter()
+        .map(|n| n.capability_id.as_str())
+        .collect();
     Ok(PlanDraft {
         rationale: format!(
             "chain {} to produce {} from the run inputs",
@@ -228,10 +264,9 @@ fn draft(req: &PlanRequest) -> Result<PlanDraft, PlannerError> {
 }
 
 fn delta(req: &PlanRequest) -> Result<PlanDelta, PlannerError> {
-    let plan = req
-        .current_plan
-        .as_ref()
-        .ok_or_else(|| PlannerError::Fatal("a replan request carries no current plan".to_owned()))?;
+    let plan = req.current_plan.as_ref().ok_or_else(|| {
+        PlannerError::Fatal("a replan request carries no current plan".to_owned())
+    })?;
     let completed: BTreeSet<&str> = req.completed.iter().map(|c| c.node_id.as_str()).collect();
     let focus = req
         .trigger
@@ -244,34 +279,62 @@ fn delta(req: &PlanRequest) -> Result<PlanDelta, PlannerError> {
                 .rev()
                 .find_map(|c| plan.nodes.iter().find(|n| n.id == c.node_id))
         })
-        .ok_or_else(|| PlannerError::Fatal("the replan names no node and none has completed".to_owned()))?;
+        .ok_or_else(|| {
+            PlannerError::Fatal("the replan names no node and none has completed".to_owned())
+        })?;
 
     let mut produced: BTreeSet<&str> = req.inputs.keys().map(String::as_str).collect();
     for n in &plan.nodes {
         produced.extend(n.output_facets.iter().map(String::as_str));
     }
     let caps = candidates(req);
-    let fits = |cap: &Capability| cap.input_facets.iter().all(|f| produced.contains(f.as_str()));
-    let consumes_focus = |cap: &Capability| cap.input_facets.iter().any(|f| focus.output_facets.contains(f));
+    let fits = |cap: &Capability| {
+        cap.input_facets
+            .iter()
+            .all(|f| produced.contains(f.as_str()))
+    };
+    let consumes_focus = |cap: &Capability| {
+        cap.input_facets
+            .iter()
+            .any(|f| focus.output_facets.contains(f))
+    };
 
     let qa = caps.iter().copied().find(|c| {
         c.kind == CapabilityKind::Validation
             && fits(c)
             && consumes_focus(c)
-            && !plan.nodes.iter().any(|n| n.capability_id == c.capability_id && feeds(plan, &focus.id, &n.id))
+            && !plan
+                .nodes
+                .iter()
+                .any(|n| n.capability_id == c.capability_id && feeds(plan, &focus.id, &n.id))
     });
     let (cap, why) = match qa {
-        Some(cap) => (cap, format!("add a `{}` pass after `{}`", cap.capability_id, focus.id)),
+        Some(cap) => (
+            cap,
+            format!("add a `{}` pass after `{}`", cap.capability_id, focus.id),
+        ),
         None => {
             let alt = caps.iter().copied().find(|c| {
                 c.kind != CapabilityKind::Validation
                     && c.capability_id != focus.capability_id
                     && fits(c)
-                    && focus.output_facets.iter().any(|f| c.output_facets.contains(f))
-                    && !plan.nodes.iter().any(|n| n.capability_id == c.capability_id)
+                    && focus
+                        .output_facets
+                        .iter()
+                        .any(|f| c.output_facets.contains(f))
+                    && !plan
+                        .nodes
+                        .iter()
+                        .any(|n| n.capability_id == c.capability_id)
             });
             match alt {
-                Some(cap) => (cap, format!("redo the work of `{}` with `{}`", focus.id, cap.capability_id)),
+                Some(cap) => (
+                    cap,
+                    format!(
+                        "redo the work of `{}` with `{}`",
+                        focus.id, cap.capability_id
+                    ),
+                ),
                 None => {
                     return Err(PlannerError::Fatal(format!(
                         "no active validation capability accepts the outputs of `{}` and no alternative producer exists",
@@ -302,7 +365,9 @@ fn delta(req: &PlanRequest) -> Result<PlanDelta, PlannerError> {
             to: id.clone(),
         });
     }
-    let sources_settled = sources.iter().all(|s| completed.contains(s.as_str()) || *s == focus.id);
+    let sources_settled = sources
+        .iter()
+        .all(|s| completed.contains(s.as_str()) || *s == focus.id);
     if sources_settled {
         for e in plan.edges.iter().filter(|e| e.from == focus.id) {
             if !completed.contains(e.to.as_str()) && e.to != id {
@@ -329,7 +394,12 @@ fn feeds(plan: &PlanSnapshot, from: &str, to: &str) -> bool {
             return true;
         }
         if seen.insert(n) {
-            stack.extend(plan.edges.iter().filter(|e| e.from == n).map(|e| e.to.as_str()));
+            stack.extend(
+                plan.edges
+                    .iter()
+                    .filter(|e| e.from == n)
+                    .map(|e| e.to.as_str()),
+            );
         }
     }
     false
@@ -337,7 +407,11 @@ fn feeds(plan: &PlanSnapshot, from: &str, to: &str) -> bool {
 
 /// A node of `plan` producing `facet`, completed ones first.
 fn producer_in(plan: &PlanSnapshot, facet: &str, completed: &BTreeSet<&str>) -> Option<String> {
-    let mut producers: Vec<&PlanNode> = plan.nodes.iter().filter(|n| n.output_facets.iter().any(|f| f == facet)).collect();
+    let mut producers: Vec<&PlanNode> = plan
+        .nodes
+        .iter()
+        .filter(|n| n.output_facets.iter().any(|f| f == facet))
+        .collect();
     producers.sort_by_key(|n| !completed.contains(n.id.as_str()));
     producers.first().map(|n| n.id.clone())
 }

@@ -86,7 +86,10 @@ pub struct PlanResponse {
 impl PlanResponse {
     /// A response without usage figures.
     pub fn new(output: PlannerOutput) -> Self {
-        Self { output, usage: None }
+        Self {
+            output,
+            usage: None,
+        }
     }
 }
 

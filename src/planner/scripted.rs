@@ -39,17 +39,26 @@ impl ScriptedPlanner {
 
     /// Appends a step to the script.
     pub fn push(&self, step: ScriptStep) {
-        self.script.lock().unwrap_or_else(PoisonError::into_inner).push_back(step);
+        self.script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(step);
     }
 
     /// Every request received so far.
     pub fn requests(&self) -> Vec<PlanRequest> {
-        self.requests.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Steps not yet used.
     pub fn remaining(&self) -> usize {
-        self.script.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -60,13 +69,22 @@ impl Planner for ScriptedPlanner {
     }
 
     async fn plan(&self, request: PlanRequest) -> Result<PlanResponse, PlannerError> {
-        self.requests.lock().unwrap_or_else(PoisonError::into_inner).push(request);
-        let step = self.script.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(request);
+        let step = self
+            .script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
         match step {
             Some(ScriptStep::Draft(d)) => Ok(PlanResponse::new(PlannerOutput::Draft(d))),
             Some(ScriptStep::Delta(d)) => Ok(PlanResponse::new(PlannerOutput::Delta(d))),
             Some(ScriptStep::Error(e)) => Err(e),
-            None => Err(PlannerError::Fatal("the planner script is exhausted".to_owned())),
+            None => Err(PlannerError::Fatal(
+                "the planner script is exhausted".to_owned(),
+            )),
         }
     }
 }

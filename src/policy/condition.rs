@@ -187,8 +187,15 @@ mod evaluate_tests {
 
     #[test]
     fn evaluates_against_plain_json() {
-        let rule = Condition::compile(json!({">=": [{"var": "facets.qaReport.score"}, 0.5]})).unwrap();
-        assert_eq!(rule.evaluate(&json!({"facets": {"qaReport": {"score": 0.9}}})), Ok(true));
-        assert_eq!(rule.evaluate(&json!({"facets": {"qaReport": {"score": 0.1}}})), Ok(false));
+        let rule =
+            Condition::compile(json!({">=": [{"var": "facets.qaReport.score"}, 0.5]})).unwrap();
+        assert_eq!(
+            rule.evaluate(&json!({"facets": {"qaReport": {"score": 0.9}}})),
+            Ok(true)
+        );
+        assert_eq!(
+            rule.evaluate(&json!({"facets": {"qaReport": {"score": 0.1}}})),
+            Ok(false)
+        );
     }
 }

@@ -30,7 +30,10 @@ struct Answer;
 impl NodeExecutor for Answer {
     async fn execute(&self, call: NodeCall) -> Result<Map<String, Value>, ExecError> {
         let mut out = Map::new();
-        out.insert("copyVariants".into(), json!([format!("attempt {} of {}", call.attempt, call.node_id)]));
+        out.insert(
+            "copyVariants".into(),
+            json!([format!("attempt {} of {}", call.attempt, call.node_id)]),
+        );
         Ok(out)
     }
 }
@@ -48,7 +51,9 @@ fn slow_writer() -> Capability {
         cost: 0.1,
         timeout_ms: 60_000,
         max_attempts: 1,
-        executor: ExecutorSpec::Http { url: "http://127.0.0.1:9/exec".into() },
+        executor: ExecutorSpec::Http {
+            url: "http://127.0.0.1:9/exec".into(),
+        },
         status: CapabilityStatus::Active,
     }
 }
@@ -60,22 +65,36 @@ async fn a_crashed_engine_resumes_the_run_from_the_store() {
     let (calls_tx, mut calls) = mpsc::unbounded_channel();
     let engine = open(path.clone(), None, |mut c| {
         c.capabilities.push(slow_writer());
-        c.executors = c.executors.clone().with_type("http", Arc::new(Hang(calls_tx)));
+        c.executors = c
+            .executors
+            .clone()
+            .with_type("http", Arc::new(Hang(calls_tx)));
         c
     })
     .await;
     let mut rx = engine.subscribe();
     let policies = json!({"planner": {"forbiddenCapabilities": ["writer.en", "writer.formal"]}});
-    let run = engine.submit(copy_envelope(&["copyVariants"], policies)).await.unwrap();
+    let run = engine
+        .submit(copy_envelope(&["copyVariants"], policies))
+        .await
+        .unwrap();
     let first_call = calls.recv().await.unwrap();
-    assert_eq!((first_call.node_id.as_str(), first_call.attempt), ("writer-slow", 1));
+    assert_eq!(
+        (first_call.node_id.as_str(), first_call.attempt),
+        ("writer-slow", 1)
+    );
     let mut before = Vec::new();
     while let Ok(ev) = rx.try_recv() {
         if ev.run_id == run {
             before.push((*ev).clone());
         }
     }
-    assert_eq!(before.last().map(|e| e.kind()), Some(EventKind::NodeStart), "{:?}", labels(&before));
+    assert_eq!(
+        before.last().map(|e| e.kind()),
+        Some(EventKind::NodeStart),
+        "{:?}",
+        labels(&before)
+    );
     engine.abort().await;
     drop(rx);
     drop(engine);
@@ -90,23 +109,57 @@ async fn a_crashed_engine_resumes_the_run_from_the_store() {
     assert_eq!(format!("{outcome:?}"), "Completed");
     let all = engine.store().events_after(run, 0, usize::MAX).unwrap();
     assert_gap_free(&all);
-    assert_eq!(&all[..before.len()], &before[..], "every committed event survives the crash");
+    assert_eq!(
+        &all[..before.len()],
+        &before[..],
+        "every committed event survives the crash"
+    );
     assert_eq!(
         labels(&all[before.len()..]),
-        ["node_error:writer-slow", "node_start:writer-slow", "node_complete:writer-slow", "complete"]
+        [
+            "node_error:writer-slow",
+            "node_start:writer-slow",
+            "node_complete:writer-slow",
+            "complete"
+        ]
     );
-    let EventBody::NodeError { error, will_retry, attempt } = &all[before.len()].body else { panic!() };
-    assert_eq!((error.code.as_str(), *will_retry, *attempt), ("INTERRUPTED", true, 1));
+    let EventBody::NodeError {
+        error,
+        will_retry,
+        attempt,
+    } = &all[before.len()].body
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (error.code.as_str(), *will_retry, *attempt),
+        ("INTERRUPTED", true, 1)
+    );
     let keys: Vec<(u32, String)> = all
         .iter()
         .filter_map(|e| match &e.body {
-            EventBody::NodeStart { attempt, idempotency_key, .. } if e.node_id.as_deref() == Some("writer-slow") => Some((*attempt, idempotency_key.clone())),
+            EventBody::NodeStart {
+                attempt,
+                idempotency_key,
+                ..
+            } if e.node_id.as_deref() == Some("writer-slow") => {
+                Some((*attempt, idempotency_key.clone()))
+            }
             _ => None,
         })
         .collect();
     assert_eq!(keys.len(), 2);
-    assert_eq!((keys[0].0, keys[1].0), (1, 2), "re-dispatched with a new attempt number");
+    assert_eq!(
+        (keys[0].0, keys[1].0),
+        (1, 2),
+        "re-dispatched with a new attempt number"
+    );
     assert_eq!(keys[0].1, keys[1].1, "and the same idempotency key");
-    let EventBody::Complete { output, .. } = &all.last().unwrap().body else { panic!() };
-    assert_eq!(output.as_ref().unwrap()["copyVariants"][0], "attempt 2 of writer-slow");
+    let EventBody::Complete { output, .. } = &all.last().unwrap().body else {
+        panic!()
+    };
+    assert_eq!(
+        output.as_ref().unwrap()["copyVariants"][0],
+        "attempt 2 of writer-slow"
+    );
 }

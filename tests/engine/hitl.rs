@@ -1,7 +1,7 @@
 //! (d) HITL: approve continues; reject with a replan follow-up produces a new version.
 
 use flexrun::fsm::{EventBody, EventKind, FollowUp, HitlDecision};
-use flexrun::{EngineError, HitlAnswer, Store};
+use flexrun::{EngineError, HitlAnswer};
 use serde_json::json;
 
 use crate::support::*;
@@ -15,30 +15,80 @@ fn approval(on_reject: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_continues_the_run() {
     let mut env = TestEnv::start(None).await;
-    let run = env.engine.submit(copy_envelope(&["copyVariants", "summary"], approval("fail"))).await.unwrap();
+    let run = env
+        .engine
+        .submit(copy_envelope(
+            &["copyVariants", "summary"],
+            approval("fail"),
+        ))
+        .await
+        .unwrap();
     let before = env.until(run, |e| e.kind() == EventKind::HitlRequest).await;
-    let EventBody::HitlRequest { request_id, question, on_approve, contract_summary, .. } = &before.last().unwrap().body else { panic!() };
-    assert_eq!((question.as_str(), *on_approve), ("publish this copy?", FollowUp::Continue));
-    assert_eq!(contract_summary.as_ref().unwrap()["capabilityId"], "writer.en");
+    let EventBody::HitlRequest {
+        request_id,
+        question,
+        on_approve,
+        contract_summary,
+        ..
+    } = &before.last().unwrap().body
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (question.as_str(), *on_approve),
+        ("publish this copy?", FollowUp::Continue)
+    );
+    assert_eq!(
+        contract_summary.as_ref().unwrap()["capabilityId"],
+        "writer.en"
+    );
     assert_eq!(env.engine.head(run).unwrap().state, "paused");
     let hitl = env.engine.store().hitl_records(run).unwrap();
     assert_eq!(hitl.len(), 1);
 
     let resume = env.engine.resume(run, "skip the human").await.unwrap_err();
-    assert!(matches!(resume, EngineError::Conflict(_)), "resume needs the answer first: {resume}");
-    env.engine.answer_hitl(run, request_id, HitlAnswer::new(HitlDecision::Approve)).await.unwrap();
-    let again = env.engine.answer_hitl(run, request_id, HitlAnswer::new(HitlDecision::Approve)).await;
+    assert!(
+        matches!(resume, EngineError::Conflict(_)),
+        "resume needs the answer first: {resume}"
+    );
+    env.engine
+        .answer_hitl(run, request_id, HitlAnswer::new(HitlDecision::Approve))
+        .await
+        .unwrap();
+    let again = env
+        .engine
+        .answer_hitl(run, request_id, HitlAnswer::new(HitlDecision::Approve))
+        .await;
     let after = env.until_complete(run).await;
-    assert!(again.is_err(), "a resolved request cannot be answered twice");
+    assert!(
+        again.is_err(),
+        "a resolved request cannot be answered twice"
+    );
     assert_eq!(
         labels(&after),
-        ["hitl_resolved", "node_start:copy-summarizer", "node_complete:copy-summarizer", "complete"]
+        [
+            "hitl_resolved",
+            "node_start:copy-summarizer",
+            "node_complete:copy-summarizer",
+            "complete"
+        ]
     );
     assert_eq!(complete_status(&after).as_deref(), Some("completed"));
     let all = env.stored_events(run);
-    let paused_at = all.iter().position(|e| e.kind() == EventKind::HitlRequest).unwrap();
-    let resolved_at = all.iter().position(|e| e.kind() == EventKind::HitlResolved).unwrap();
-    assert!(all[paused_at..resolved_at].iter().all(|e| e.kind() != EventKind::NodeStart), "nothing dispatches while paused");
+    let paused_at = all
+        .iter()
+        .position(|e| e.kind() == EventKind::HitlRequest)
+        .unwrap();
+    let resolved_at = all
+        .iter()
+        .position(|e| e.kind() == EventKind::HitlResolved)
+        .unwrap();
+    assert!(
+        all[paused_at..resolved_at]
+            .iter()
+            .all(|e| e.kind() != EventKind::NodeStart),
+        "nothing dispatches while paused"
+    );
     let records = env.engine.store().hitl_records(run).unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(format!("{:?}", records[0].status), "Resolved");
@@ -47,19 +97,45 @@ async fn approval_continues_the_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejection_with_replan_follow_up_produces_a_new_version() {
     let mut env = TestEnv::start(None).await;
-    let run = env.engine.submit(copy_envelope(&["copyVariants", "summary"], approval("replan"))).await.unwrap();
+    let run = env
+        .engine
+        .submit(copy_envelope(
+            &["copyVariants", "summary"],
+            approval("replan"),
+        ))
+        .await
+        .unwrap();
     let before = env.until(run, |e| e.kind() == EventKind::HitlRequest).await;
-    let EventBody::HitlRequest { request_id, .. } = &before.last().unwrap().body else { panic!() };
+    let EventBody::HitlRequest { request_id, .. } = &before.last().unwrap().body else {
+        panic!()
+    };
     env.engine
-        .answer_hitl(run, request_id, HitlAnswer::new(HitlDecision::Reject).with_text("too cute, check it"))
+        .answer_hitl(
+            run,
+            request_id,
+            HitlAnswer::new(HitlDecision::Reject).with_text("too cute, check it"),
+        )
         .await
         .unwrap();
     let after = env.until_complete(run).await;
     let ks = kinds(&after);
-    assert_eq!(&ks[..4], ["hitl_resolved", "plan_requested", "plan_generated", "plan_updated"], "{ks:?}");
-    let EventBody::HitlResolved { next, decision, .. } = &after[0].body else { panic!() };
+    assert_eq!(
+        &ks[..4],
+        [
+            "hitl_resolved",
+            "plan_requested",
+            "plan_generated",
+            "plan_updated"
+        ],
+        "{ks:?}"
+    );
+    let EventBody::HitlResolved { next, decision, .. } = &after[0].body else {
+        panic!()
+    };
     assert_eq!((*next, *decision), (FollowUp::Replan, HitlDecision::Reject));
-    let EventBody::PlanRequested { trigger, .. } = &after[1].body else { panic!() };
+    let EventBody::PlanRequested { trigger, .. } = &after[1].body else {
+        panic!()
+    };
     assert_eq!(trigger.as_ref().unwrap().reason, "too cute, check it");
     assert_eq!(env.engine.store().plan_versions(run).unwrap(), [1, 2]);
     assert_eq!(complete_status(&after).as_deref(), Some("completed"));
@@ -68,13 +144,30 @@ async fn rejection_with_replan_follow_up_produces_a_new_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejection_with_fail_follow_up_fails_the_run() {
     let mut env = TestEnv::start(None).await;
-    let run = env.engine.submit(copy_envelope(&["copyVariants", "summary"], approval("fail"))).await.unwrap();
+    let run = env
+        .engine
+        .submit(copy_envelope(
+            &["copyVariants", "summary"],
+            approval("fail"),
+        ))
+        .await
+        .unwrap();
     let before = env.until(run, |e| e.kind() == EventKind::HitlRequest).await;
-    let EventBody::HitlRequest { request_id, .. } = &before.last().unwrap().body else { panic!() };
-    env.engine.answer_hitl(run, request_id, HitlAnswer::new(HitlDecision::Reject)).await.unwrap();
+    let EventBody::HitlRequest { request_id, .. } = &before.last().unwrap().body else {
+        panic!()
+    };
+    env.engine
+        .answer_hitl(run, request_id, HitlAnswer::new(HitlDecision::Reject))
+        .await
+        .unwrap();
     let after = env.until_complete(run).await;
     assert_eq!(kinds(&after), ["complete"]);
-    let EventBody::Complete { error, .. } = &after[0].body else { panic!() };
+    let EventBody::Complete { error, .. } = &after[0].body else {
+        panic!()
+    };
     assert_eq!(error.as_ref().unwrap().code, "HITL_REJECTED");
-    assert!(matches!(env.engine.cancel(run, "late").await, Err(EngineError::RunEnded(_))));
+    assert!(matches!(
+        env.engine.cancel(run, "late").await,
+        Err(EngineError::RunEnded(_))
+    ));
 }

@@ -14,7 +14,11 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_plan_is_accepted_executed_and_completed() {
     let mut env = TestEnv::start(None).await;
-    let run = env.engine.submit(copy_envelope(&["copyVariants"], json!(null))).await.unwrap();
+    let run = env
+        .engine
+        .submit(copy_envelope(&["copyVariants"], json!(null)))
+        .await
+        .unwrap();
     let events = env.until_complete(run).await;
     assert_eq!(
         labels(&events),
@@ -30,13 +34,25 @@ async fn initial_plan_is_accepted_executed_and_completed() {
         ]
     );
     assert_gap_free(&events);
-    let EventBody::Complete { status, output, .. } = &events.last().unwrap().body else { panic!() };
+    let EventBody::Complete { status, output, .. } = &events.last().unwrap().body else {
+        panic!()
+    };
     assert_eq!(*status, RunOutcome::Completed);
     let variants = output.as_ref().unwrap()["copyVariants"].as_array().unwrap();
-    assert_eq!(variants[0], "Fresh sourdough baked daily! Made for busy parents.");
-    assert_eq!(env.stored_events(run), events, "published events are exactly the committed ones");
+    assert_eq!(
+        variants[0],
+        "Fresh sourdough baked daily! Made for busy parents."
+    );
+    assert_eq!(
+        env.stored_events(run),
+        events,
+        "published events are exactly the committed ones"
+    );
     let head = env.engine.head(run).unwrap();
-    assert_eq!((head.state.as_str(), head.plan_version, head.last_seq), ("done", 1, 8));
+    assert_eq!(
+        (head.state.as_str(), head.plan_version, head.last_seq),
+        ("done", 1, 8)
+    );
     assert_eq!(env.engine.wait(run).await.unwrap(), RunOutcome::Completed);
 }
 
@@ -56,8 +72,20 @@ fn node(id: &str, cap: &str, kind: CapabilityKind, inputs: &[&str], outputs: &[&
 fn draft(writer: &str) -> PlanDraft {
     PlanDraft {
         nodes: vec![
-            node("brief", "brief.structurer", CapabilityKind::Structuring, &["objectiveBrief"], &["writerBrief"]),
-            node("write", writer, CapabilityKind::Execution, &["writerBrief"], &["copyVariants"]),
+            node(
+                "brief",
+                "brief.structurer",
+                CapabilityKind::Structuring,
+                &["objectiveBrief"],
+                &["writerBrief"],
+            ),
+            node(
+                "write",
+                writer,
+                CapabilityKind::Execution,
+                &["writerBrief"],
+                &["copyVariants"],
+            ),
         ],
         edges: vec![PlanEdge::new("brief", "write")],
         system_instructions: "be brief".into(),
@@ -67,9 +95,16 @@ fn draft(writer: &str) -> PlanDraft {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_draft_diagnostics_reach_the_next_planner_request() {
-    let planner = ScriptedPlanner::new([ScriptStep::Draft(draft("writer.de")), ScriptStep::Draft(draft("writer.en"))]);
+    let planner = ScriptedPlanner::new([
+        ScriptStep::Draft(draft("writer.de")),
+        ScriptStep::Draft(draft("writer.en")),
+    ]);
     let mut env = TestEnv::start(Some(Arc::new(planner.clone()))).await;
-    let run = env.engine.submit(copy_envelope(&["copyVariants"], json!(null))).await.unwrap();
+    let run = env
+        .engine
+        .submit(copy_envelope(&["copyVariants"], json!(null)))
+        .await
+        .unwrap();
     let events = env.until_complete(run).await;
     assert_eq!(
         labels(&events),
@@ -86,17 +121,37 @@ async fn rejected_draft_diagnostics_reach_the_next_planner_request() {
             "complete"
         ]
     );
-    let EventBody::PlanRejected { diagnostics, attempt, .. } = &events[2].body else { panic!() };
+    let EventBody::PlanRejected {
+        diagnostics,
+        attempt,
+        ..
+    } = &events[2].body
+    else {
+        panic!()
+    };
     assert_eq!(*attempt, 1);
-    let d = diagnostics.iter().find(|d| d.code == DiagnosticCode::CapabilityNotRegistered).expect("CAPABILITY_NOT_REGISTERED");
-    assert_eq!((d.node_id.as_deref(), d.capability_id.as_deref()), (Some("write"), Some("writer.de")));
+    let d = diagnostics
+        .iter()
+        .find(|d| d.code == DiagnosticCode::CapabilityNotRegistered)
+        .expect("CAPABILITY_NOT_REGISTERED");
+    assert_eq!(
+        (d.node_id.as_deref(), d.capability_id.as_deref()),
+        (Some("write"), Some("writer.de"))
+    );
 
     let requests = planner.requests();
     assert_eq!(requests.len(), 2);
     assert!(requests[0].diagnostics.is_empty());
-    assert_eq!((requests[1].attempt, requests[1].phase), (2, PlanPhase::Revision));
+    assert_eq!(
+        (requests[1].attempt, requests[1].phase),
+        (2, PlanPhase::Revision)
+    );
     assert!(
-        requests[1].diagnostics.iter().any(|d| d.code == DiagnosticCode::CapabilityNotRegistered && d.capability_id.as_deref() == Some("writer.de")),
+        requests[1]
+            .diagnostics
+            .iter()
+            .any(|d| d.code == DiagnosticCode::CapabilityNotRegistered
+                && d.capability_id.as_deref() == Some("writer.de")),
         "the revision request carries the diagnostics: {:?}",
         requests[1].diagnostics
     );
@@ -111,10 +166,25 @@ async fn attempts_exhausted_fail_the_run_with_a_complete_frame() {
     ]);
     let mut env = TestEnv::start(Some(Arc::new(planner))).await;
     let policies = json!({"planner": {"maxAttempts": 2}});
-    let run = env.engine.submit(copy_envelope(&["copyVariants"], policies)).await.unwrap();
+    let run = env
+        .engine
+        .submit(copy_envelope(&["copyVariants"], policies))
+        .await
+        .unwrap();
     let events = env.until_complete(run).await;
-    assert_eq!(kinds(&events), ["plan_requested", "plan_generated", "plan_rejected", "plan_generated", "complete"]);
-    let EventBody::Complete { status, error, .. } = &events[4].body else { panic!() };
+    assert_eq!(
+        kinds(&events),
+        [
+            "plan_requested",
+            "plan_generated",
+            "plan_rejected",
+            "plan_generated",
+            "complete"
+        ]
+    );
+    let EventBody::Complete { status, error, .. } = &events[4].body else {
+        panic!()
+    };
     assert_eq!(*status, RunOutcome::Failed);
     assert_eq!(error.as_ref().unwrap().code, "PLAN_ATTEMPTS_EXHAUSTED");
 }
@@ -123,9 +193,18 @@ async fn attempts_exhausted_fail_the_run_with_a_complete_frame() {
 async fn bad_envelopes_are_refused_naming_the_field_and_store_nothing() {
     let env = TestEnv::start(None).await;
     let cases = [
-        (json!({"objective": " ", "outputContract": {"mode": "facets", "facets": ["copyVariants"]}}), "objective"),
-        (json!({"objective": "x", "outputContract": {"mode": "facets", "facets": ["nope"]}}), "outputContract.facets[0]"),
-        (json!({"objective": "x", "inputs": {"zzz": 1}, "outputContract": {"mode": "facets", "facets": ["copyVariants"]}}), "inputs.zzz"),
+        (
+            json!({"objective": " ", "outputContract": {"mode": "facets", "facets": ["copyVariants"]}}),
+            "objective",
+        ),
+        (
+            json!({"objective": "x", "outputContract": {"mode": "facets", "facets": ["nope"]}}),
+            "outputContract.facets[0]",
+        ),
+        (
+            json!({"objective": "x", "inputs": {"zzz": 1}, "outputContract": {"mode": "facets", "facets": ["copyVariants"]}}),
+            "inputs.zzz",
+        ),
         (
             json!({"objective": "x", "outputContract": {"mode": "facets", "facets": ["copyVariants"]}, "policies": {"runtime": [{"id": "a", "trigger": {"kind": "onWhatever"}, "action": {"type": "replan"}}]}}),
             "policies.runtime[0].trigger.kind",

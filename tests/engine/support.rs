@@ -49,11 +49,18 @@ impl TestEnv {
     }
 
     pub fn stored_events(&self, run: RunId) -> Vec<RunEvent> {
-        self.engine.store().events_after(run, 0, usize::MAX).unwrap()
+        self.engine
+            .store()
+            .events_after(run, 0, usize::MAX)
+            .unwrap()
     }
 }
 
-pub async fn open(path: PathBuf, planner: Option<Arc<dyn Planner>>, tweak: impl FnOnce(EngineConfig) -> EngineConfig) -> Engine {
+pub async fn open(
+    path: PathBuf,
+    planner: Option<Arc<dyn Planner>>,
+    tweak: impl FnOnce(EngineConfig) -> EngineConfig,
+) -> Engine {
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(path, Durability::Fsync).unwrap());
     let mut config = flexrun::demo::config(store);
     if let Some(p) = planner {
@@ -79,7 +86,12 @@ pub fn labels(events: &[RunEvent]) -> Vec<String> {
 
 pub fn assert_gap_free(events: &[RunEvent]) {
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.seq, i as u64 + 1, "seq gap at index {i}: {:?}", labels(events));
+        assert_eq!(
+            e.seq,
+            i as u64 + 1,
+            "seq gap at index {i}: {:?}",
+            labels(events)
+        );
     }
 }
 
