@@ -490,11 +490,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
         .or_else(|| tmp.clone())
         .ok_or("no directory")?;
     std::fs::create_dir_all(&dir)?;
-    let runs = if opts.scenario == Scenario::Fanout {
-        opts.runs.max(1)
-    } else {
-        opts.runs.max(1)
-    };
+    let runs = opts.runs.max(1);
     if opts.warmup {
         let warm = open_store(opts.level, &dir, "warmup.redb")?;
         let engine = Engine::open(bench_config(warm, 8)).await?;

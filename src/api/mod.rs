@@ -98,7 +98,7 @@ pub fn summary(event: &RunEvent) -> String {
         } => {
             let out = serde_json::to_string(output).unwrap_or_default();
             let out = if out.len() > 160 {
-                format!("{}…", &out[..out.floor_char_boundary(160)])
+                format!("{}…", out.chars().take(160).collect::<String>())
             } else {
                 out
             };

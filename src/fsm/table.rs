@@ -32,8 +32,10 @@ pub enum Guard {
     Always,
     /// Planner attempts remain (and the error is retryable, for planner failures).
     AttemptsLeft,
-    /// Planner attempts are used up, or the planner error is fatal.
+    /// Planner attempts are used up.
     AttemptsExhausted,
+    /// Planner attempts are used up, or the planner error is fatal.
+    ExhaustedOrFatal,
     /// The node named by the input is in flight.
     NodeInFlight,
     /// Replans remain.
@@ -113,7 +115,7 @@ pub const EDGES: &[Edge] = &[
     edge(
         From::State(S::Requesting),
         I::PlannerFailed,
-        G::AttemptsExhausted,
+        G::ExhaustedOrFatal,
         To::State(S::Done),
         E::Complete,
     ),
@@ -355,14 +357,15 @@ fn guard_label(guard: Guard) -> &'static str {
     match guard {
         G::Always => "always",
         G::AttemptsLeft => "attempts left",
-        G::AttemptsExhausted => "attempts exhausted or fatal",
+        G::AttemptsExhausted => "attempts exhausted",
+        G::ExhaustedOrFatal => "attempts exhausted or fatal error",
         G::NodeInFlight => "node in flight",
         G::ReplansLeft => "replans left",
         G::ReplansExhausted => "replans exhausted",
         G::NothingInFlight => "nothing in flight",
         G::FollowUpContinue => "follow-up continue",
         G::FollowUpReplan => "follow-up replan, replans left",
-        G::FollowUpFail => "follow-up fail",
+        G::FollowUpFail => "follow-up fail, or replan with none left",
         G::NoHitlPending => "no hitl pending",
         G::InitialPlan => "initial plan",
         G::Replan => "replan",

@@ -122,7 +122,7 @@ fn setup(state: RunState, kind: InputKind, guard: Guard) -> Option<(RunMachine, 
     let tight = limits(1, 0);
     let mut m = match (state, guard) {
         (RunState::New, _) => RunMachine::new(RunId::new(), roomy),
-        (RunState::Requesting, Guard::AttemptsExhausted) => requesting(tight),
+        (RunState::Requesting, Guard::ExhaustedOrFatal) => requesting(tight),
         (RunState::Requesting, _) => requesting(roomy),
         (RunState::Validating, Guard::Replan) => validating_replan(roomy),
         (RunState::Validating, Guard::AttemptsExhausted) => {
@@ -192,7 +192,7 @@ fn setup(state: RunState, kind: InputKind, guard: Guard) -> Option<(RunMachine, 
         InputKind::PlanReturned => draft_returned(),
         InputKind::PlannerFailed => RunInput::PlannerFailed {
             error: "boom".into(),
-            retryable: guard != Guard::AttemptsExhausted,
+            retryable: guard != Guard::ExhaustedOrFatal,
         },
         InputKind::DraftValid => RunInput::DraftValid {
             nodes: 1,

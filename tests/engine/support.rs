@@ -9,6 +9,9 @@ use flexrun::{Durability, Engine, EngineConfig, RedbStore, RunEnvelope, RunId, S
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+/// A guard against hangs (not a synchronisation sleep): a test waiting this long has failed.
+pub const GUARD: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub engine: Engine,
@@ -36,7 +39,10 @@ impl TestEnv {
     pub async fn until(&mut self, run: RunId, stop: impl Fn(&RunEvent) -> bool) -> Vec<RunEvent> {
         let mut out = Vec::new();
         loop {
-            let ev = self.rx.recv().await.expect("event stream");
+            let ev = tokio::time::timeout(GUARD, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no event within {GUARD:?}; got so far: {:?}", labels(&out)))
+                .expect("event stream");
             if ev.run_id != run {
                 continue;
             }
