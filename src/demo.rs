@@ -310,10 +310,7 @@ fn write_copy(call: &NodeCall, formal: bool) -> Result<Map<String, Value>, ExecE
             .map(String::as_str)
             .unwrap_or("something new"),
     );
-    let second = points
-        .get(1)
-        .map(|p| p.to_lowercase())
-        .unwrap_or_else(|| "made with care".to_owned());
+    let second = points.get(1).unwrap_or(&lead).to_lowercase();
     let variants = if formal || tone == "formal" {
         vec![
             format!("{lead}. Designed for {audience}."),

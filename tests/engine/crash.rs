@@ -78,7 +78,10 @@ async fn a_crashed_engine_resumes_the_run_from_the_store() {
         .submit(copy_envelope(&["copyVariants"], policies))
         .await
         .unwrap();
-    let first_call = tokio::time::timeout(GUARD, calls.recv()).await.expect("the node is dispatched").unwrap();
+    let first_call = tokio::time::timeout(GUARD, calls.recv())
+        .await
+        .expect("the node is dispatched")
+        .unwrap();
     assert_eq!(
         (first_call.node_id.as_str(), first_call.attempt),
         ("writer-slow", 1)
@@ -105,7 +108,10 @@ async fn a_crashed_engine_resumes_the_run_from_the_store() {
         c
     })
     .await;
-    let outcome = tokio::time::timeout(GUARD, engine.wait(run)).await.expect("the run finishes").unwrap();
+    let outcome = tokio::time::timeout(GUARD, engine.wait(run))
+        .await
+        .expect("the run finishes")
+        .unwrap();
     assert_eq!(format!("{outcome:?}"), "Completed");
     let all = engine.store().events_after(run, 0, usize::MAX).unwrap();
     assert_gap_free(&all);

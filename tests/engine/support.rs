@@ -41,7 +41,9 @@ impl TestEnv {
         loop {
             let ev = tokio::time::timeout(GUARD, self.rx.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no event within {GUARD:?}; got so far: {:?}", labels(&out)))
+                .unwrap_or_else(|_| {
+                    panic!("no event within {GUARD:?}; got so far: {:?}", labels(&out))
+                })
                 .expect("event stream");
             if ev.run_id != run {
                 continue;
