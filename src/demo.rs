@@ -429,7 +429,7 @@ mod tests {
             objective: "o".into(),
             instructions: vec![],
             inputs: inputs.as_object().cloned().unwrap_or_default(),
-            output_schema: Value::Null,
+            output_schema: std::sync::Arc::new(Value::Null),
         }
     }
 

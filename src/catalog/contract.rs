@@ -63,7 +63,7 @@ impl ContractDirection {
 
 /// A merged contract schema together with its compiled validator.
 pub struct CompiledContract {
-    schema: Value,
+    schema: Arc<Value>,
     validator: jsonschema::Validator,
 }
 
@@ -79,6 +79,11 @@ impl CompiledContract {
     /// The merged JSON Schema (sent to executors as `outputSchema`).
     pub fn schema(&self) -> &Value {
         &self.schema
+    }
+
+    /// The merged JSON Schema, shared (cheap to hand to every node call).
+    pub fn shared_schema(&self) -> Arc<Value> {
+        self.schema.clone()
     }
 
     /// Validates facet values (facet name → value) against the contract.
@@ -97,6 +102,9 @@ impl CompiledContract {
     ///
     /// One message per violation, prefixed with the failing location's JSON pointer.
     pub fn validate_value(&self, value: &Value) -> Result<(), Vec<String>> {
+        if self.validator.is_valid(value) {
+            return Ok(());
+        }
         let messages: Vec<String> = self
             .validator
             .iter_errors(value)
@@ -132,7 +140,7 @@ impl CompiledContract {
 pub fn compile_schema(schema: &Value) -> Result<CompiledContract, Vec<Diagnostic>> {
     jsonschema::validator_for(schema)
         .map(|validator| CompiledContract {
-            schema: schema.clone(),
+            schema: Arc::new(schema.clone()),
             validator,
         })
         .map_err(|error| {
@@ -209,7 +217,10 @@ pub fn compile_contract(
     }
     let schema = root.into_value();
     match jsonschema::validator_for(&schema) {
-        Ok(validator) => Ok(CompiledContract { schema, validator }),
+        Ok(validator) => Ok(CompiledContract {
+            schema: Arc::new(schema),
+            validator,
+        }),
         Err(error) => Err(attribute_schema_failure(&known, &error)),
     }
 }

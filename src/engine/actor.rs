@@ -1,6 +1,6 @@
 //! The run actor: one task per live run.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::validation::{self, Validated};
 use super::{EngineError, HitlAnswer, Inner};
-use crate::catalog::{CompiledContract, ExecutorSpec};
+use crate::catalog::{Capability, CompiledContract, ExecutorSpec};
 use crate::envelope::RunEnvelope;
 use crate::fsm::{
     Command, EventBody, FollowUp, FsmError, Limits, PlanCall, PlannerOutput, Purpose, RunError,
@@ -104,6 +104,9 @@ pub(crate) struct RunActor {
     pending_plan: Option<Validated>,
     contracts: HashMap<String, Arc<CompiledContract>>,
     progress: HashMap<String, Progress>,
+    completed_count: usize,
+    failed: BTreeSet<String>,
+    caps: HashMap<String, Arc<Capability>>,
     attempts: HashMap<String, u32>,
     started: HashMap<String, Timestamp>,
     ready: VecDeque<String>,
@@ -151,6 +154,9 @@ impl RunActor {
             pending_plan: None,
             contracts: HashMap::new(),
             progress: HashMap::new(),
+            completed_count: 0,
+            failed: BTreeSet::new(),
+            caps: HashMap::new(),
             attempts: HashMap::new(),
             started: HashMap::new(),
             ready: VecDeque::new(),
@@ -352,8 +358,18 @@ impl RunActor {
 
     /// Applies one input and handles the commands it produced that are synchronous.
     fn feed(&mut self, input: RunInput) -> Result<(), FsmError> {
+        self.feed_input(&input)
+    }
+
+    fn feed_ref(&mut self, input: &RunInput) {
+        if let Err(e) = self.feed_input(input) {
+            tracing::error!(run_id = %self.run_id, error = %e, "input refused");
+        }
+    }
+
+    fn feed_input(&mut self, input: &RunInput) -> Result<(), FsmError> {
         let from = self.machine.state();
-        let step = self.machine.apply(&input, Timestamp::now())?;
+        let step = self.machine.apply(input, Timestamp::now())?;
         tracing::debug!(run_id = %self.run_id, from = %from, input = %input.kind(), to = %self.machine.state(), "transition");
         for event in &step.events {
             if let Err(e) = self.observe(event, false) {
@@ -373,9 +389,7 @@ impl RunActor {
     }
 
     fn feed_or_log(&mut self, input: RunInput) {
-        if let Err(e) = self.feed(input) {
-            tracing::error!(run_id = %self.run_id, error = %e, "input refused");
-        }
+        self.feed_ref(&input);
     }
 
     /// Keeps the actor's bookkeeping in step with an event (live or replayed).
@@ -404,7 +418,7 @@ impl RunActor {
             }
             EventBody::NodeStart { attempt, .. } => {
                 let id = node_of(event)?;
-                self.progress.insert(id.clone(), Progress::Running);
+                self.set_progress(&id, Progress::Running);
                 self.attempts.insert(id.clone(), *attempt);
                 self.started.insert(id.clone(), now);
                 self.ready.retain(|r| *r != id);
@@ -424,7 +438,7 @@ impl RunActor {
                 attempt, output, ..
             } => {
                 let id = node_of(event)?;
-                self.progress.insert(id.clone(), Progress::Completed);
+                self.set_progress(&id, Progress::Completed);
                 for (k, v) in output {
                     self.facets.insert(k.clone(), v.clone());
                 }
@@ -552,7 +566,7 @@ impl RunActor {
         } else {
             Progress::Failed
         };
-        self.progress.insert(id.clone(), status);
+        self.set_progress(&id, status);
         if will_retry && !self.ready.contains(&id) {
             self.ready.push_front(id.clone());
         }
@@ -574,6 +588,21 @@ impl RunActor {
         self.plan.as_deref().and_then(|p| p.node(id))
     }
 
+    fn set_progress(&mut self, id: &str, next: Progress) {
+        let previous = self.progress.insert(id.to_owned(), next);
+        if previous == Some(Progress::Completed) {
+            self.completed_count -= 1;
+        }
+        if next == Progress::Completed {
+            self.completed_count += 1;
+        }
+        if next == Progress::Failed {
+            self.failed.insert(id.to_owned());
+        } else if previous == Some(Progress::Failed) {
+            self.failed.remove(id);
+        }
+    }
+
     fn install_plan(&mut self, validated: Validated) {
         let graph = validated.graph;
         self.contracts = validated.contracts;
@@ -583,6 +612,23 @@ impl RunActor {
                 .or_insert(Progress::Pending);
         }
         self.progress.retain(|id, _| graph.contains(id));
+        self.completed_count = self
+            .progress
+            .values()
+            .filter(|p| **p == Progress::Completed)
+            .count();
+        self.failed = self
+            .progress
+            .iter()
+            .filter(|(_, p)| **p == Progress::Failed)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let catalog = self.inner.catalog();
+        self.caps = graph
+            .nodes()
+            .filter_map(|n| catalog.registry.get(&n.capability_id))
+            .map(|c| (c.capability_id.clone(), Arc::new(c.clone())))
+            .collect();
         self.ready.clear();
         for id in graph.topo_order() {
             if self.progress.get(id) == Some(&Progress::Pending) && self.preds_done(&graph, id) {
@@ -700,18 +746,25 @@ impl RunActor {
         let may_retry = attempt < max_attempts;
         match result {
             Ok(output) => {
+                let value = Value::Object(output);
                 let verdict = match self.contracts.get(&node_id) {
-                    Some(contract) => contract.validate(&output),
+                    Some(contract) => contract.validate_value(&value),
                     None => Ok(()),
+                };
+                let Value::Object(output) = value else {
+                    return;
                 };
                 match verdict {
                     Ok(()) => {
-                        self.feed_or_log(RunInput::NodeSucceeded {
+                        let input = RunInput::NodeSucceeded {
                             node_id: node_id.clone(),
-                            output: output.clone(),
+                            output,
                             duration_ms,
-                        });
-                        self.evaluate_node_policies(&node_id, &output);
+                        };
+                        self.feed_ref(&input);
+                        if let RunInput::NodeSucceeded { output, .. } = &input {
+                            self.evaluate_node_policies(&node_id, output);
+                        }
                     }
                     Err(errors) => {
                         self.feed_or_log(RunInput::OutputInvalid {
@@ -771,16 +824,14 @@ impl RunActor {
         }
     }
 
-    fn max_attempts(&self, node_id: &str) -> u32 {
+    fn capability(&self, node_id: &str) -> Option<&Arc<Capability>> {
         self.plan_node(node_id)
-            .and_then(|n| {
-                self.inner
-                    .catalog()
-                    .registry
-                    .get(&n.capability_id)
-                    .map(|c| c.max_attempts)
-            })
-            .unwrap_or(1)
+            .and_then(|n| self.caps.get(&n.capability_id))
+    }
+
+    fn max_attempts(&self, node_id: &str) -> u32 {
+        self.capability(node_id)
+            .map_or(1, |c| c.max_attempts)
             .max(1)
     }
 
@@ -835,12 +886,7 @@ impl RunActor {
                         self.fire(firing, source, node);
                         continue;
                     }
-                    if let Some(failed) = self
-                        .progress
-                        .iter()
-                        .find(|(_, p)| **p == Progress::Failed)
-                        .map(|(id, _)| id.clone())
-                    {
+                    if let Some(failed) = self.failed.first().cloned() {
                         if self.machine.in_flight().is_empty() {
                             let error = RunError::new(
                                 "NODE_FAILED",
@@ -884,13 +930,14 @@ impl RunActor {
             let Some(node_id) = self.ready.pop_front() else {
                 break;
             };
-            let Some(node) = self.plan_node(&node_id).cloned() else {
+            let Some(capability_id) = self.plan_node(&node_id).map(|n| n.capability_id.clone())
+            else {
                 continue;
             };
             let attempt = self.attempts.get(&node_id).copied().unwrap_or(0) + 1;
             self.feed_or_log(RunInput::NodeDispatched {
                 node_id: node_id.clone(),
-                capability_id: node.capability_id.clone(),
+                capability_id,
                 attempt,
             });
             self.after.push(After::Execute { node_id, attempt });
@@ -900,7 +947,7 @@ impl RunActor {
     }
 
     fn finish_or_fail(&mut self) {
-        let all_done = self.progress.values().all(|p| *p == Progress::Completed);
+        let all_done = self.completed_count == self.progress.len();
         if !all_done {
             let error = RunError::new("PLAN_STUCK", "no node is ready and some never ran");
             self.feed_or_log(RunInput::Fail { error });
@@ -1018,7 +1065,7 @@ impl RunActor {
             hitl: batch.hitl,
         };
         self.inner.committer.commit(commit).await?;
-        for event in &events {
+        for event in events {
             self.inner.publish(event);
         }
         Ok(())
@@ -1087,11 +1134,13 @@ impl RunActor {
     }
 
     fn execute(&mut self, node_id: String, attempt: u32) {
-        let Some(node) = self.plan_node(&node_id).cloned() else {
+        let Some(plan) = self.plan.clone() else {
             return;
         };
-        let catalog = self.inner.catalog();
-        let Some(cap) = catalog.registry.get(&node.capability_id).cloned() else {
+        let Some(node) = plan.node(&node_id) else {
+            return;
+        };
+        let Some(cap) = self.caps.get(&node.capability_id).cloned() else {
             self.local.push_back(Msg::NodeDone {
                 node_id,
                 attempt,
@@ -1130,8 +1179,7 @@ impl RunActor {
             output_schema: self
                 .contracts
                 .get(&node_id)
-                .map(|c| c.schema().clone())
-                .unwrap_or(Value::Null),
+                .map_or_else(|| Arc::new(Value::Null), |c| c.shared_schema()),
         };
         let started = Instant::now();
         let timeout = Duration::from_millis(cap.timeout_ms.max(1));

@@ -31,7 +31,7 @@ pub struct NodeCall {
     /// Values of the facets the node consumes.
     pub inputs: Map<String, Value>,
     /// The node's compiled output contract.
-    pub output_schema: Value,
+    pub output_schema: Arc<Value>,
 }
 
 /// A failed node attempt.

@@ -194,7 +194,7 @@ impl Inner {
             .clone()
     }
 
-    fn publish(&self, event: &RunEvent) {
+    fn publish(&self, event: RunEvent) {
         self.metrics.count(event.kind());
         tracing::info!(
             run_id = %event.run_id,
@@ -204,7 +204,7 @@ impl Inner {
             plan_version = event.plan_version,
             "run event"
         );
-        let _ = self.events.send(Arc::new(event.clone()));
+        let _ = self.events.send(Arc::new(event));
     }
 }
 
