@@ -310,23 +310,32 @@ fn write_copy(call: &NodeCall, formal: bool) -> Result<Map<String, Value>, ExecE
             .map(String::as_str)
             .unwrap_or("something new"),
     );
-    let second = points.get(1).unwrap_or(&lead).to_lowercase();
+    let second = points.get(1).map(|p| p.to_lowercase());
     let variants = if formal || tone == "formal" {
         vec![
             format!("{lead}. Designed for {audience}."),
-            format!("Introducing {}: {second}.", lead.to_lowercase()),
+            match &second {
+                Some(second) => format!("Introducing {}: {second}.", lead.to_lowercase()),
+                None => format!("Introducing {}.", lead.to_lowercase()),
+            },
             format!("For {audience}, we present {}.", lead.to_lowercase()),
         ]
     } else if tone == "playful" {
         vec![
             format!("{lead}! Made for {audience}."),
-            format!("Psst, {audience}: {second}!"),
-            format!("{lead}, {second}. What's not to love?"),
+            format!("Psst, {audience}: {}!", lead.to_lowercase()),
+            match &second {
+                Some(second) => format!("{lead}, {second}. What's not to love?"),
+                None => format!("{lead}. What's not to love?"),
+            },
         ]
     } else {
         vec![
             format!("{lead} for {audience}."),
-            format!("{lead}: {second}."),
+            match &second {
+                Some(second) => format!("{lead}: {second}."),
+                None => format!("{lead}, every day."),
+            },
             format!("Meet {}, built for {audience}.", lead.to_lowercase()),
         ]
     };

@@ -165,11 +165,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Docs {
             what: DocsArg::States,
         } => {
-            println!("{}", flexrun::fsm::table::markdown_table());
-            println!(
-                "```mermaid\n{}```",
-                flexrun::fsm::table::mermaid_state_diagram()
-            );
+            print!("{}", flexrun::fsm::table::docs_section());
             Ok(())
         }
     }

@@ -371,3 +371,12 @@ fn guard_label(guard: Guard) -> &'static str {
         G::Replan => "replan",
     }
 }
+
+/// The generated section of `docs/ARCHITECTURE.md`: the Markdown table, then the diagram.
+pub fn docs_section() -> String {
+    format!(
+        "{}\n```mermaid\n{}```\n",
+        markdown_table(),
+        mermaid_state_diagram()
+    )
+}

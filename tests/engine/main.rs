@@ -3,6 +3,7 @@
 mod support;
 
 mod crash;
+mod docs;
 mod hitl;
 mod planning;
 mod replan;
