@@ -415,3 +415,141 @@ fn producer_in(plan: &PlanSnapshot, facet: &str, completed: &BTreeSet<&str>) -> 
     producers.sort_by_key(|n| !completed.contains(n.id.as_str()));
     producers.first().map(|n| n.id.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, Value, json};
+
+    use super::*;
+    use crate::diagnostics::Diagnostic;
+    use crate::fsm::{PlanPhase, Trigger, TriggerSource};
+    use crate::graph::PlanGraph;
+    use crate::ids::RunId;
+    use crate::planner::CompletedNode;
+    use crate::policy::NormalizedPolicies;
+
+    fn request(outputs: &[&str], purpose: Purpose) -> PlanRequest {
+        let inputs: Map<String, Value> = json!({"objectiveBrief": "Fresh bread, for parents"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        PlanRequest {
+            run_id: RunId::new(),
+            purpose,
+            phase: PlanPhase::Initial,
+            attempt: 1,
+            objective: "taglines".into(),
+            facet_values: inputs.clone(),
+            inputs,
+            completed: vec![],
+            required_outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            special_instructions: vec!["be kind".into()],
+            policies: NormalizedPolicies::default(),
+            capabilities: crate::demo::capabilities(),
+            facets: crate::demo::facets(),
+            current_plan: None,
+            trigger: None,
+            diagnostics: vec![],
+            previous_error: None,
+        }
+    }
+
+    fn ids(draft: &PlanDraft) -> Vec<(&str, &str)> {
+        draft
+            .nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.capability_id.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn drafts_chain_the_cheapest_producers_back_to_the_inputs() {
+        let d = draft(&request(&["summary", "keywords"], Purpose::Initial)).unwrap();
+        assert_eq!(
+            ids(&d),
+            [
+                ("brief-structurer", "brief.structurer"),
+                ("writer-en", "writer.en"),
+                ("copy-summarizer", "copy.summarizer"),
+                ("keywords-extract", "keywords.extract")
+            ]
+        );
+        assert_eq!(
+            d.edges,
+            [
+                PlanEdge::new("brief-structurer", "writer-en"),
+                PlanEdge::new("writer-en", "copy-summarizer")
+            ]
+        );
+        assert_eq!(d.system_instructions, "be kind");
+        assert!(PlanGraph::from_draft(&d).is_ok());
+    }
+
+    #[test]
+    fn revisions_avoid_capabilities_blamed_by_diagnostics() {
+        let mut req = request(&["copyVariants"], Purpose::Initial);
+        req.diagnostics = vec![
+            Diagnostic::error(DiagnosticCode::CapabilityInactive, "x").capability("writer.en"),
+        ];
+        let d = draft(&req).unwrap();
+        assert_eq!(d.nodes[1].capability_id, "writer.formal");
+        req.diagnostics.push(
+            Diagnostic::error(DiagnosticCode::CapabilityInactive, "y").capability("writer.formal"),
+        );
+        let err = draft(&req).unwrap_err();
+        assert!(
+            matches!(&err, PlannerError::Fatal(m) if m.contains("`copyVariants`")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn replans_add_a_qa_pass_after_the_trigger_node_then_an_alternative_writer() {
+        let initial = draft(&request(&["summary"], Purpose::Initial)).unwrap();
+        let v1 = PlanGraph::from_draft(&initial).unwrap();
+        let mut req = request(&["summary"], Purpose::Replan);
+        req.current_plan = Some(v1.snapshot());
+        req.completed = ["brief-structurer", "writer-en"]
+            .iter()
+            .map(|id| CompletedNode {
+                node_id: id.to_string(),
+                capability_id: String::new(),
+                output: Map::new(),
+            })
+            .collect();
+        req.trigger = Some(Trigger {
+            source: TriggerSource::Policy,
+            policy_id: Some("qa".into()),
+            node_id: Some("writer-en".into()),
+            reason: "check".into(),
+        });
+        let delta = delta(&req).unwrap();
+        assert_eq!(delta.base_version, 1);
+        let done = |id: &str| {
+            if ["brief-structurer", "writer-en"].contains(&id) {
+                crate::graph::NodeState::Completed
+            } else {
+                crate::graph::NodeState::Pending
+            }
+        };
+        let v2 = v1.apply_delta(&delta, &done).unwrap();
+        let diff = v1.diff(&v2);
+        assert_eq!(diff.added_nodes, ["qa-copy-after-writer-en"]);
+        assert!(
+            diff.added_edges
+                .contains(&PlanEdge::new("qa-copy-after-writer-en", "copy-summarizer")),
+            "the QA pass gates the summarizer"
+        );
+
+        req.current_plan = Some(v2.snapshot());
+        let again = delta_ops(&req);
+        assert!(
+            matches!(&again[0], DeltaOp::AddNode { node } if node.capability_id == "writer.formal"),
+            "with a QA pass already in place, an alternative writer redoes the work: {again:?}"
+        );
+    }
+
+    fn delta_ops(req: &PlanRequest) -> Vec<DeltaOp> {
+        delta(req).unwrap().operations
+    }
+}

@@ -4,6 +4,7 @@ mod support;
 
 mod crash;
 mod docs;
+mod execution;
 mod hitl;
 mod planning;
 mod replan;
