@@ -68,6 +68,9 @@ pub struct RunEnvelope {
     pub metadata: Map<String, Value>,
     /// What the run must deliver.
     pub output_contract: OutputContract,
+    /// The planner to use, by name (`catalog`, `openai`, …); the engine's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<String>,
     /// Optional JSON-Logic rule over `{inputs, facets}` that must hold for the run to complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goal_conditions: Option<Value>,
@@ -86,6 +89,7 @@ impl RunEnvelope {
             output_contract: OutputContract::Facets {
                 facets: facets.iter().map(|f| (*f).to_owned()).collect(),
             },
+            planner: None,
             goal_conditions: None,
         }
     }

@@ -18,7 +18,7 @@ use crate::fsm::{
 };
 use crate::graph::{NodeState, PlanGraph, PlanNode};
 use crate::ids::{RunId, Timestamp};
-use crate::planner::{CompletedNode, PlanRequest, PlanResponse, PlannerError};
+use crate::planner::{CompletedNode, PlanRequest, PlanResponse, Planner, PlannerError};
 use crate::policy::{EvalData, Firing, NodeFacts, NormalizedPolicies, PolicyAction, PolicyEngine};
 use crate::store::{
     CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus,
@@ -96,6 +96,7 @@ pub(crate) struct RunActor {
     inner: Arc<Inner>,
     run_id: RunId,
     machine: RunMachine,
+    planner: Arc<dyn Planner>,
     envelope: Arc<RunEnvelope>,
     required_outputs: Vec<String>,
     policies: NormalizedPolicies,
@@ -140,6 +141,7 @@ impl RunActor {
         envelope: RunEnvelope,
         policies: NormalizedPolicies,
         machine: RunMachine,
+        planner: Arc<dyn Planner>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let required_outputs = envelope.output_contract.required_facets();
@@ -147,6 +149,7 @@ impl RunActor {
             inner,
             run_id,
             machine,
+            planner,
             required_outputs,
             policy_engine: PolicyEngine::new(&policies.runtime),
             policies,
@@ -190,7 +193,17 @@ impl RunActor {
         })?;
         let run_id = RunId::new();
         let machine = RunMachine::new(run_id, limits_of(&policies));
-        let mut actor = Self::build(inner, run_id, envelope, policies, machine);
+        let planner = inner
+            .planner_for(envelope.planner.as_deref())
+            .ok_or_else(|| EngineError::InvalidEnvelope {
+                field: "planner".to_owned(),
+                message: format!(
+                    "unknown planner `{}`; this engine has {}",
+                    envelope.planner.as_deref().unwrap_or_default(),
+                    inner.planner_names().join(", ")
+                ),
+            })?;
+        let mut actor = Self::build(inner, run_id, envelope, policies, machine, planner);
         actor.batch.envelope = Some(raw);
         actor
             .feed(RunInput::Start)
@@ -219,7 +232,12 @@ impl RunActor {
         let events = store.events_after(run_id, 0, usize::MAX)?;
         let machine = RunMachine::restore(run_id, limits_of(&policies), &events)
             .map_err(|e| EngineError::Conflict(format!("run {run_id} cannot be replayed: {e}")))?;
-        let mut actor = Self::build(inner, run_id, envelope, policies, machine);
+        let planner = inner
+            .planner_for(envelope.planner.as_deref())
+            .ok_or_else(|| {
+                EngineError::Conflict(format!("run {run_id} names a planner this engine lacks"))
+            })?;
+        let mut actor = Self::build(inner, run_id, envelope, policies, machine, planner);
         if let Some(head) = store.run_head(run_id)? {
             actor.created_at = head.created_at;
         }
@@ -712,7 +730,7 @@ impl RunActor {
         let input = match result {
             Ok(response) => RunInput::PlanReturned {
                 output: response.output,
-                planner: self.inner.planner.name().to_owned(),
+                planner: self.planner.name().to_owned(),
                 latency_ms,
                 usage: response.usage,
             },
@@ -1111,7 +1129,7 @@ impl RunActor {
             diagnostics: call.diagnostics,
             previous_error: call.error,
         };
-        let planner = self.inner.planner.clone();
+        let planner = self.planner.clone();
         let tx = self.tx.clone();
         let started = Instant::now();
         let mut fut = Box::pin(async move { planner.plan(request).await });

@@ -132,8 +132,10 @@ impl EngineMetrics {
 pub struct EngineConfig {
     /// The store (redb by default).
     pub store: Arc<dyn Store>,
-    /// The planner used for every run.
+    /// The default planner (runs whose envelope names no planner).
     pub planner: Arc<dyn Planner>,
+    /// More planners a run may choose by name (envelope field `planner`).
+    pub planners: Vec<Arc<dyn Planner>>,
     /// Executors for node capabilities.
     pub executors: Executors,
     /// Facets registered at startup (in addition to those persisted in the store).
@@ -162,6 +164,7 @@ impl EngineConfig {
         Self {
             store,
             planner,
+            planners: Vec::new(),
             executors: Executors::new(),
             facets: Vec::new(),
             capabilities: Vec::new(),
@@ -179,6 +182,7 @@ pub(crate) struct Inner {
     store: Arc<dyn Store>,
     committer: Committer,
     planner: Arc<dyn Planner>,
+    planners: HashMap<String, Arc<dyn Planner>>,
     executors: Executors,
     catalog: RwLock<Arc<CatalogState>>,
     events: broadcast::Sender<Arc<RunEvent>>,
@@ -187,6 +191,21 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The planner a run uses: the one its envelope names, else the default.
+    pub(crate) fn planner_for(&self, name: Option<&str>) -> Option<Arc<dyn Planner>> {
+        match name {
+            None => Some(self.planner.clone()),
+            Some(n) => self.planners.get(n).cloned(),
+        }
+    }
+
+    /// Names of the planners runs may choose.
+    pub(crate) fn planner_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.planners.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     pub(crate) fn catalog(&self) -> Arc<CatalogState> {
         self.catalog
             .read()
@@ -261,6 +280,12 @@ impl Engine {
         let inner = Arc::new(Inner {
             committer: Committer::new(store.clone()),
             store,
+            planners: config
+                .planners
+                .into_iter()
+                .chain(std::iter::once(config.planner.clone()))
+                .map(|p| (p.name().to_owned(), p))
+                .collect(),
             planner: config.planner,
             executors: config.executors,
             catalog: RwLock::new(Arc::new(catalog)),

@@ -209,6 +209,10 @@ async fn bad_envelopes_are_refused_naming_the_field_and_store_nothing() {
             json!({"objective": "x", "outputContract": {"mode": "facets", "facets": ["copyVariants"]}, "policies": {"runtime": [{"id": "a", "trigger": {"kind": "onWhatever"}, "action": {"type": "replan"}}]}}),
             "policies.runtime[0].trigger.kind",
         ),
+        (
+            json!({"objective": "x", "planner": "oracle", "outputContract": {"mode": "facets", "facets": ["copyVariants"]}}),
+            "planner",
+        ),
     ];
     for (value, field) in cases {
         let err = env.engine.submit(envelope(value)).await.unwrap_err();
