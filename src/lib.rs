@@ -21,6 +21,8 @@ pub mod catalog;
 pub mod demo;
 pub mod diagnostics;
 pub mod engine;
+pub mod executors;
+pub mod http_client;
 mod envelope;
 pub mod fsm;
 pub mod graph;

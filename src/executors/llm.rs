@@ -1,0 +1,1 @@
+//! The `llm` executor type (OpenAI-compatible structured output).

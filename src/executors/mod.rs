@@ -1,0 +1,4 @@
+//! Node executors shipped with the engine, one module per executor type.
+
+pub mod http;
+pub mod llm;
