@@ -139,6 +139,19 @@ impl MemoryStore {
         Ok(outcomes)
     }
 
+    /// A commit of one batch: checked in full before anything is written, so nothing to undo.
+    fn commit_one(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        let mut state = self.write();
+        let prepared = prepare(&mut *state, batch)?;
+        state.apply(batch, &prepared, None);
+        drop(state);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.bytes_written
+            .fetch_add(prepared.bytes(), Ordering::Relaxed);
+        Ok(())
+    }
+
     fn catalog_entries<T: DeserializeOwned>(
         &self,
         table: fn(&State) -> &BTreeMap<String, Vec<u8>>,
@@ -350,7 +363,10 @@ impl Lookup for State {
 
 impl Store for MemoryStore {
     fn commit(&self, batches: &[CommitBatch]) -> Result<(), StoreError> {
-        self.write_batches(batches, true).map(drop)
+        match batches {
+            [batch] => self.commit_one(batch),
+            _ => self.write_batches(batches, true).map(drop),
+        }
     }
 
     fn commit_each(
@@ -506,5 +522,131 @@ impl fmt::Debug for MemoryStore {
             .field("runs", &self.read().runs.len())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::fsm::RunOutcome;
+    use crate::store::conformance::commit_two_runs;
+    use crate::store::testkit::RunScript;
+    use crate::store::{Committer, RedbStore};
+
+    /// The batches of a linear run of `steps` steps, after its creation and plan.
+    fn linear_run(steps: usize) -> (RunScript, Vec<CommitBatch>, Vec<CommitBatch>) {
+        let mut run = RunScript::new(RunId::new());
+        let setup = vec![run.create(), run.accept_plan()];
+        let mut batches = Vec::with_capacity(steps + 1);
+        for i in 0..steps {
+            batches.push(run.step(&format!("s{i:05}"), &format!("s{:05}", i + 1)));
+        }
+        batches.push(run.complete(RunOutcome::Completed));
+        (run, setup, batches)
+    }
+
+    #[test]
+    fn both_backends_count_the_same_bytes_and_read_back_the_same_records() {
+        let memory = MemoryStore::new();
+        let redb = RedbStore::in_memory().unwrap();
+        let (run, setup, batches) = linear_run(20);
+        let mut step_bytes = Vec::new();
+        for store in [&memory as &dyn Store, &redb] {
+            store.commit(&setup).unwrap();
+            let before = store.stats().bytes_written;
+            for batch in &batches[..20] {
+                store.commit(std::slice::from_ref(batch)).unwrap();
+            }
+            step_bytes.push((store.stats().bytes_written - before) / 20);
+            store.commit(&batches[20..]).unwrap();
+        }
+        assert_eq!(memory.stats(), redb.stats());
+        assert_eq!(memory.stats().commits, 22);
+        assert_eq!(step_bytes[0], step_bytes[1]);
+        assert!(step_bytes[0] <= 160, "{} bytes per step", step_bytes[0]);
+        assert_eq!(
+            memory.events_after(run.run, 0, 100).unwrap(),
+            redb.events_after(run.run, 0, 100).unwrap()
+        );
+        assert_eq!(
+            memory.node_records(run.run).unwrap(),
+            redb.node_records(run.run).unwrap()
+        );
+        assert_eq!(memory.run_head(run.run).unwrap(), Some(run.head()));
+        assert_eq!(
+            memory.list_runs(None).unwrap(),
+            redb.list_runs(None).unwrap()
+        );
+        assert!(format!("{memory:?}").contains("runs: 1"));
+    }
+
+    #[test]
+    fn a_corrupt_stored_value_is_reported_with_its_table_and_key() {
+        let store = MemoryStore::new();
+        let (done, _, _, _) = commit_two_runs(&store);
+        store
+            .write()
+            .runs
+            .get_mut(&done.run)
+            .unwrap()
+            .nodes
+            .get_mut("write")
+            .unwrap()
+            .insert(1, vec![2, 7]);
+        let err = store.node_records(done.run).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { what } if *what == format!("nodes[{}/write/1]: node status tag 7 unknown", done.run)),
+            "{err:?}"
+        );
+    }
+
+    /// Times single-batch step commits on `store`, directly and through a [`Committer`].
+    fn time_step_commits(name: &str, store: Arc<dyn Store>) {
+        const STEPS: usize = 20_000;
+        let (_, setup, batches) = linear_run(STEPS);
+        store.commit(&setup).unwrap();
+        let start = Instant::now();
+        for batch in &batches[..STEPS] {
+            store.commit(std::slice::from_ref(batch)).unwrap();
+        }
+        let direct = start.elapsed() / STEPS as u32;
+
+        let committer = Committer::new(store.clone());
+        let (_, setup, batches) = linear_run(STEPS);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let via_committer = runtime.block_on(async move {
+            for batch in setup {
+                committer.commit(batch).await.unwrap();
+            }
+            let start = Instant::now();
+            for batch in batches.into_iter().take(STEPS) {
+                committer.commit(batch).await.unwrap();
+            }
+            start.elapsed() / STEPS as u32
+        });
+        let stats = store.stats();
+        eprintln!(
+            "{name}: {direct:?} per commit direct, {via_committer:?} via committer, {} bytes per step",
+            stats.bytes_written / stats.batches
+        );
+    }
+
+    /// `cargo test --release --lib store::memory_store -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing; run by hand in release"]
+    fn time_memory_step_commits() {
+        time_step_commits("memory", Arc::new(MemoryStore::new()));
+    }
+
+    #[test]
+    #[ignore = "timing; run by hand in release"]
+    fn time_redb_in_memory_step_commits() {
+        time_step_commits("redb in memory", Arc::new(RedbStore::in_memory().unwrap()));
     }
 }

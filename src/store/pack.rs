@@ -135,41 +135,41 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The strings seen so far while packing one value.
+/// The strings seen so far while packing one value: the first [`LINEAR_TABLE`] in an inline
+/// array searched linearly (small values allocate nothing), the rest in a map.
 struct Strings<'v> {
-    seen: Vec<&'v str>,
+    first: [&'v str; LINEAR_TABLE],
+    len: usize,
     index: Option<HashMap<&'v str, u32>>,
 }
 
 impl<'v> Strings<'v> {
     fn new() -> Self {
         Self {
-            seen: Vec::new(),
+            first: [""; LINEAR_TABLE],
+            len: 0,
             index: None,
         }
     }
 
     /// The index of `text` if seen before; otherwise records it and returns `None`.
     fn intern(&mut self, text: &'v str) -> Option<u32> {
-        if let Some(index) = &mut self.index {
+        if let Some(found) = self.first[..self.len.min(LINEAR_TABLE)]
+            .iter()
+            .position(|seen| *seen == text)
+        {
+            return Some(found as u32);
+        }
+        if self.len < LINEAR_TABLE {
+            self.first[self.len] = text;
+        } else {
+            let index = self.index.get_or_insert_with(HashMap::new);
             if let Some(&found) = index.get(text) {
                 return Some(found);
             }
-            index.insert(text, self.seen.len() as u32);
-        } else {
-            if let Some(found) = self.seen.iter().position(|seen| *seen == text) {
-                return Some(found as u32);
-            }
-            if self.seen.len() == LINEAR_TABLE {
-                let mut index: HashMap<&'v str, u32> = HashMap::with_capacity(4 * LINEAR_TABLE);
-                for (i, seen) in self.seen.iter().enumerate() {
-                    index.entry(seen).or_insert(i as u32);
-                }
-                index.insert(text, self.seen.len() as u32);
-                self.index = Some(index);
-            }
+            index.insert(text, self.len as u32);
         }
-        self.seen.push(text);
+        self.len += 1;
         None
     }
 }

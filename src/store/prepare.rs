@@ -42,58 +42,68 @@ pub(crate) trait Lookup {
     ) -> Result<Option<HitlStatus>, StoreError>;
 }
 
-/// A validated batch's encoded values, all in one buffer; each list is parallel to the batch's
-/// list of the same name.
+/// A validated batch's encoded values, all in one buffer, with the range of each value in
+/// `spans`: the head, the envelope (if any), the events, the plan (if any), the node records
+/// and the HITL records, each list parallel to the batch's list of the same name.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     buf: Vec<u8>,
-    head: Range<usize>,
-    envelope: Option<Range<usize>>,
-    events: Vec<Range<usize>>,
-    plan: Option<Range<usize>>,
-    nodes: Vec<Range<usize>>,
-    hitl: Vec<Range<usize>>,
+    spans: Vec<Range<usize>>,
+    has_envelope: bool,
+    events: usize,
+    has_plan: bool,
+    nodes: usize,
 }
 
 impl Prepared {
+    fn values(&self, spans: Range<usize>) -> impl Iterator<Item = &[u8]> {
+        self.spans[spans]
+            .iter()
+            .map(|range| &self.buf[range.clone()])
+    }
+
+    fn value(&self, present: bool, at: usize) -> Option<&[u8]> {
+        present.then(|| &self.buf[self.spans[at].clone()])
+    }
+
+    fn events_at(&self) -> usize {
+        1 + usize::from(self.has_envelope)
+    }
+
+    fn nodes_at(&self) -> usize {
+        self.events_at() + self.events + usize::from(self.has_plan)
+    }
+
     pub(crate) fn head(&self) -> &[u8] {
-        &self.buf[self.head.clone()]
+        &self.buf[self.spans[0].clone()]
     }
 
     pub(crate) fn envelope(&self) -> Option<&[u8]> {
-        self.envelope.clone().map(|range| &self.buf[range])
+        self.value(self.has_envelope, 1)
     }
 
     pub(crate) fn events(&self) -> impl Iterator<Item = &[u8]> {
-        self.events.iter().map(|range| &self.buf[range.clone()])
+        let at = self.events_at();
+        self.values(at..at + self.events)
     }
 
     pub(crate) fn plan(&self) -> Option<&[u8]> {
-        self.plan.clone().map(|range| &self.buf[range])
+        self.value(self.has_plan, self.events_at() + self.events)
     }
 
     pub(crate) fn nodes(&self) -> impl Iterator<Item = &[u8]> {
-        self.nodes.iter().map(|range| &self.buf[range.clone()])
+        let at = self.nodes_at();
+        self.values(at..at + self.nodes)
     }
 
     pub(crate) fn hitl(&self) -> impl Iterator<Item = &[u8]> {
-        self.hitl.iter().map(|range| &self.buf[range.clone()])
+        self.values(self.nodes_at() + self.nodes..self.spans.len())
     }
 
     /// Value bytes of the batch (what [`StoreStats::bytes_written`](super::StoreStats) counts).
     pub(crate) fn bytes(&self) -> u64 {
         self.buf.len() as u64
     }
-}
-
-/// Appends what `write` writes to `buf` and returns its range.
-fn span<E>(
-    buf: &mut Vec<u8>,
-    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
-) -> Result<Range<usize>, E> {
-    let start = buf.len();
-    write(buf)?;
-    Ok(start..buf.len())
 }
 
 /// Whether `items[index]` repeats an earlier item, by `key`.
@@ -265,54 +275,49 @@ pub(crate) fn prepare(
 
 /// Encodes every value of `batch` into one buffer.
 fn encode(batch: &CommitBatch) -> Result<Prepared, StoreError> {
-    let mut buf = Vec::with_capacity(64 + 64 * (batch.events.len() + batch.nodes.len()));
-    let head = span(&mut buf, |out| {
-        encode_head(&batch.head, out);
+    let count = 3 + batch.events.len() + batch.nodes.len() + batch.hitl.len();
+    let mut buf = Vec::with_capacity(64 + 48 * count);
+    let mut spans = Vec::with_capacity(count);
+    let mut put = |write: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), StoreError>| {
+        let start = buf.len();
+        write(&mut buf)?;
+        spans.push(start..buf.len());
         Ok::<_, StoreError>(())
+    };
+    put(&mut |out| {
+        encode_head(&batch.head, out);
+        Ok(())
     })?;
-    let envelope = match &batch.envelope {
-        Some(envelope) => Some(span(&mut buf, |out| {
+    if let Some(envelope) = &batch.envelope {
+        put(&mut |out| {
             encode_envelope(envelope, out);
-            Ok::<_, StoreError>(())
-        })?),
-        None => None,
-    };
-    let events = batch
-        .events
-        .iter()
-        .map(|event| span(&mut buf, |out| encode_event(event, out)))
-        .collect::<Result<_, _>>()?;
-    let plan = match &batch.plan {
-        Some(plan) => Some(span(&mut buf, |out| encode_value(plan, out))?),
-        None => None,
-    };
-    let nodes = batch
-        .nodes
-        .iter()
-        .map(|node| {
-            span(&mut buf, |out| {
-                encode_node(node, out);
-                Ok::<_, StoreError>(())
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let hitl = batch
-        .hitl
-        .iter()
-        .map(|record| {
-            span(&mut buf, |out| {
-                encode_hitl(record, out);
-                Ok::<_, StoreError>(())
-            })
-        })
-        .collect::<Result<_, _>>()?;
+            Ok(())
+        })?;
+    }
+    for event in &batch.events {
+        put(&mut |out| encode_event(event, out))?;
+    }
+    if let Some(plan) = &batch.plan {
+        put(&mut |out| encode_value(plan, out))?;
+    }
+    for node in &batch.nodes {
+        put(&mut |out| {
+            encode_node(node, out);
+            Ok(())
+        })?;
+    }
+    for record in &batch.hitl {
+        put(&mut |out| {
+            encode_hitl(record, out);
+            Ok(())
+        })?;
+    }
     Ok(Prepared {
         buf,
-        head,
-        envelope,
-        events,
-        plan,
-        nodes,
-        hitl,
+        spans,
+        has_envelope: batch.envelope.is_some(),
+        events: batch.events.len(),
+        has_plan: batch.plan.is_some(),
+        nodes: batch.nodes.len(),
     })
 }

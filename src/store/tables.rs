@@ -48,8 +48,8 @@ pub(crate) const PLANS: TableDefinition<[u8; 20], &[u8]> = TableDefinition::new(
 /// from seq 1.
 pub(crate) const EVENTS: TableDefinition<[u8; 24], &[u8]> = TableDefinition::new("events");
 
-/// `nodes`: run id ‖ node id length `u16` BE ‖ node id (UTF-8) ‖ attempt `u32` BE → status tag,
-/// timestamps, error, output (when given). Final once terminal.
+/// `nodes`: run id ‖ node id length `u16` BE ‖ node id (UTF-8) ‖ attempt `u32` BE → status
+/// tag, timestamps, error, output (when given). Final once terminal.
 pub(crate) const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
 
 /// `hitl`: run id ‖ request id (UTF-8, to the end of the key) → status tag, request, response.
@@ -59,8 +59,8 @@ pub(crate) const HITL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("hit
 /// `facets`: facet name (UTF-8) → `Facet` (its wire shape, packed JSON). Last write wins.
 pub(crate) const FACETS: TableDefinition<&str, &[u8]> = TableDefinition::new("facets");
 
-/// `capabilities`: capability id (UTF-8) → `Capability` (its wire shape, packed JSON). Last write wins,
-/// so one version per capability id is registered at a time.
+/// `capabilities`: capability id (UTF-8) → `Capability` (its wire shape, packed JSON). Last
+/// write wins, so one version per capability id is registered at a time.
 pub(crate) const CAPABILITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("capabilities");
 
 /// Names of every table, for the "is this a flexrun store" check on open.
