@@ -36,4 +36,4 @@ pub use engine::{Engine, EngineConfig, EngineError, HitlAnswer};
 pub use envelope::{OutputContract, RunEnvelope};
 pub use ids::{RunId, Timestamp};
 pub use planner::{CatalogPlanner, Planner, ScriptedPlanner};
-pub use store::{Durability, RedbStore, Store};
+pub use store::{Durability, MemoryStore, RedbStore, Store};

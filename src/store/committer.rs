@@ -19,8 +19,9 @@ use super::types::CommitBatch;
 /// [`tokio::task::block_in_place`] on a multi-thread runtime when the store may block). Callers
 /// arriving meanwhile queue their batch and wait. When the leader is done and the queue is not
 /// empty, it hands leadership to the oldest waiter, which commits the whole queue in the next
-/// transaction; so no caller waits for more than about two commits, and an uncontended caller
-/// pays no thread hop and no channel.
+/// transaction; so no caller waits for more than about two commits. An uncontended caller pays
+/// no thread hop and no channel: it commits its batch alone with [`Store::commit`], and on a
+/// store that does not block ([`Store::commit_blocks`] is false) not even `block_in_place`.
 ///
 /// A batch that breaks an invariant fails alone: the other batches of its transaction are
 /// written. Dropping a [`Committer::commit`] future after it has queued does not withdraw the
@@ -140,33 +141,55 @@ impl Committer {
             armed: true,
         };
         let run = own.run_id;
-        let mut batches = vec![own];
-        let mut slots = vec![Slot::Own];
+        let mut batches = Vec::new();
+        let mut slots = Vec::new();
         self.take_queued(&mut batches, &mut slots);
-        let mut own_result = None;
+        let own_result = if batches.is_empty() {
+            // Alone: one single-batch commit, no group bookkeeping and no allocation here.
+            Some(self.commit_alone(&own))
+        } else {
+            batches.insert(0, own);
+            slots.insert(0, Slot::Own);
+            None
+        };
+        let own_result = self.commit_queue(own_result, batches, slots);
+        guard.armed = false;
+        own_result.unwrap_or(Err(StoreError::Abandoned { run }))
+    }
+
+    /// Commits `batches` (whose callers are `slots`) and whatever queues meanwhile, until the
+    /// queue is empty or a waiter takes the leader role over; returns the leader's outcome.
+    fn commit_queue(
+        &self,
+        mut own_result: Option<Result<(), StoreError>>,
+        mut batches: Vec<CommitBatch>,
+        mut slots: Vec<Slot>,
+    ) -> Option<Result<(), StoreError>> {
         loop {
-            for (slot, outcome) in slots.drain(..).zip(self.commit_group(&batches)) {
-                match slot {
-                    Slot::Own => own_result = Some(outcome),
-                    Slot::Waiter(reply) => {
-                        let _ = reply.send(Reply::Done(outcome));
+            if !batches.is_empty() {
+                for (slot, outcome) in slots.drain(..).zip(self.commit_group(&batches)) {
+                    match slot {
+                        Slot::Own => own_result = Some(outcome),
+                        Slot::Waiter(reply) => {
+                            let _ = reply.send(Reply::Done(outcome));
+                        }
+                        Slot::Gone => {}
                     }
-                    Slot::Gone => {}
                 }
+                batches.clear();
             }
-            batches.clear();
             let next = {
                 let mut queue = self.shared.lock();
                 match queue.waiting.pop_front() {
                     Some(next) => next,
                     None => {
                         queue.leading = false;
-                        break;
+                        return own_result;
                     }
                 }
             };
             match next.reply.send(Reply::Lead(Box::new(next.batch))) {
-                Ok(()) => break,
+                Ok(()) => return own_result,
                 Err(Reply::Lead(batch)) => {
                     batches.push(*batch);
                     slots.push(Slot::Gone);
@@ -175,8 +198,6 @@ impl Committer {
                 Err(Reply::Done(_)) => {}
             }
         }
-        guard.armed = false;
-        own_result.unwrap_or(Err(StoreError::Abandoned { run }))
     }
 
     fn take_queued(&self, batches: &mut Vec<CommitBatch>, slots: &mut Vec<Slot>) {
@@ -189,16 +210,25 @@ impl Committer {
 
     /// One transaction for `batches`; one outcome per batch.
     fn commit_group(&self, batches: &[CommitBatch]) -> Vec<Result<(), StoreError>> {
-        let store = &self.shared.store;
-        let run = || store.commit_each(batches);
-        let result = if store.commit_blocks() && on_multi_thread_runtime() {
-            tokio::task::block_in_place(run)
-        } else {
-            run()
-        };
-        match result {
+        match self.off_worker(|store| store.commit_each(batches)) {
             Ok(outcomes) => outcomes,
             Err(err) => vec![Err(err); batches.len()],
+        }
+    }
+
+    /// One transaction for the leader's batch alone.
+    fn commit_alone(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        self.off_worker(|store| store.commit(std::slice::from_ref(batch)))
+    }
+
+    /// Runs `write` on the store, inside `block_in_place` when the store may block and the
+    /// caller is a worker of a multi-thread runtime.
+    fn off_worker<T>(&self, write: impl FnOnce(&dyn Store) -> T) -> T {
+        let store = &*self.shared.store;
+        if store.commit_blocks() && on_multi_thread_runtime() {
+            tokio::task::block_in_place(|| write(store))
+        } else {
+            write(store)
         }
     }
 
@@ -256,20 +286,15 @@ mod tests {
         open: mpsc::Receiver<GateAction>,
     }
 
-    /// A [`RedbStore`] whose first `commit_each` waits at a gate.
+    /// A [`RedbStore`] whose first write waits at a gate.
     struct GatedStore {
         inner: RedbStore,
         gate: Mutex<Option<Gate>>,
     }
 
-    impl Store for GatedStore {
-        fn commit(&self, batches: &[CommitBatch]) -> Result<(), StoreError> {
-            self.inner.commit(batches)
-        }
-        fn commit_each(
-            &self,
-            batches: &[CommitBatch],
-        ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    impl GatedStore {
+        /// Waits at the gate if this is the first write.
+        fn pass_gate(&self) {
             let gate = self.gate.lock().unwrap().take();
             if let Some(gate) = gate {
                 gate.entered.send(()).unwrap();
@@ -278,6 +303,19 @@ mod tests {
                     GateAction::Panic => panic!("storage failure injected by the test"),
                 }
             }
+        }
+    }
+
+    impl Store for GatedStore {
+        fn commit(&self, batches: &[CommitBatch]) -> Result<(), StoreError> {
+            self.pass_gate();
+            self.inner.commit(batches)
+        }
+        fn commit_each(
+            &self,
+            batches: &[CommitBatch],
+        ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+            self.pass_gate();
             self.inner.commit_each(batches)
         }
         fn run_head(&self, run: RunId) -> Result<Option<RunHead>, StoreError> {

@@ -1,5 +1,7 @@
 //! The durable store: runs, their event logs, plan versions, node attempts, HITL records and
-//! the catalog, behind the [`Store`] trait, with [`RedbStore`] as the embedded default.
+//! the catalog, behind the [`Store`] trait, with [`RedbStore`] as the embedded default and
+//! [`MemoryStore`] for purely in-memory use. Both enforce the same invariants (the checks are
+//! shared) and store the same encoded values.
 //!
 //! Every transition of a run is one [`CommitBatch`], written in one write transaction together
 //! with whatever other runs' batches are ready at the same moment (group commit, see
@@ -18,7 +20,12 @@
 mod backend;
 mod codec;
 mod committer;
+#[cfg(test)]
+mod conformance;
 mod error;
+mod memory_store;
+mod pack;
+mod prepare;
 mod redb_store;
 mod tables;
 #[cfg(test)]
@@ -27,6 +34,7 @@ mod types;
 
 pub use committer::Committer;
 pub use error::StoreError;
+pub use memory_store::MemoryStore;
 pub use redb_store::{Durability, RedbStore};
 pub use types::{
     CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus, StoreStats,

@@ -1,6 +1,5 @@
 //! The embedded store on redb.
 
-use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,17 +14,19 @@ use serde_json::Value;
 use super::Store;
 use super::backend::NoSyncFileBackend;
 use super::codec::{
-    decode, decode_event, decode_head, decode_hitl, decode_node, encode, encode_event, encode_head,
-    encode_hitl, encode_node, hitl_status, node_status,
+    At, HeadFacts, decode_envelope, decode_event, decode_head, decode_hitl, decode_node,
+    decode_plan, decode_value, encode_value, envelope_objective, head_facts, stored_hitl_status,
+    stored_node_status,
 };
 use super::error::StoreError;
+use super::prepare::{Lookup, Prepared, prepare};
 use super::tables::{
     ALL_TABLES, CAPABILITIES, ENVELOPES, EVENTS, FACETS, HITL, META, NODES, PLANS, RUNS,
     SCHEMA_VERSION, SCHEMA_VERSION_KEY, event_key, event_key_seq, hitl_key, node_key, plan_key,
     plan_key_version, run_key, split_hitl_key, split_node_key,
 };
 use super::types::{
-    CommitBatch, HitlRecord, HitlStatus, NodeRecord, RunHead, RunStatus, StoreStats,
+    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus, StoreStats,
 };
 use crate::catalog::{Capability, Facet};
 use crate::fsm::RunEvent;
@@ -131,9 +132,9 @@ impl RedbStore {
         {
             let mut tables = WriteTables::open(&txn)?;
             for batch in batches {
-                match tables.prepare(batch) {
+                match prepare(&mut tables, batch) {
                     Ok(prepared) => {
-                        bytes += tables.write(batch.run_id, prepared)?;
+                        bytes += tables.write(batch, &prepared)?;
                         written += 1;
                         outcomes.push(Ok(()));
                     }
@@ -171,16 +172,19 @@ impl RedbStore {
     fn catalog_entries<T: serde::de::DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &[u8]>,
+        table_name: &'static str,
     ) -> Result<Vec<T>, StoreError> {
         let txn = self.db.begin_read()?;
         let Some(table) = open_read(&txn, table)? else {
             return Ok(Vec::new());
         };
-        let name = table.name().to_owned();
         let mut out = Vec::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
-            out.push(decode(value.value(), &format!("{name}[{}]", key.value()))?);
+            out.push(decode_value(
+                value.value(),
+                At::Catalog(table_name, key.value()),
+            )?);
         }
         Ok(out)
     }
@@ -247,25 +251,23 @@ fn open_read<K: Key + 'static, V: RedbValue + 'static>(
     }
 }
 
-fn stored_head(
-    runs: &impl ReadableTable<[u8; 16], &'static [u8]>,
+/// The head of `run` with its objective read from the run's envelope.
+fn read_head(
+    runs: &ReadOnlyTable<[u8; 16], &'static [u8]>,
+    envelopes: Option<&ReadOnlyTable<[u8; 16], &'static [u8]>>,
     run: RunId,
 ) -> Result<Option<RunHead>, StoreError> {
-    runs.get(run_key(run))?
-        .map(|bytes| decode_head(bytes.value(), run))
-        .transpose()
-}
-
-fn decode_plan(bytes: &[u8], run: RunId, version: u32) -> Result<PlanSnapshot, StoreError> {
-    let what = format!("plans[{run}/{version}]");
-    let plan: PlanSnapshot = decode(bytes, &what)?;
-    if plan.version != version {
-        return Err(StoreError::corrupt(format!(
-            "{what}: snapshot says version {}",
-            plan.version
-        )));
-    }
-    Ok(plan)
+    let Some(bytes) = runs.get(run_key(run))? else {
+        return Ok(None);
+    };
+    let objective = match envelopes {
+        Some(envelopes) => envelopes
+            .get(run_key(run))?
+            .map(|envelope| envelope_objective(envelope.value(), run))
+            .transpose()?,
+        None => None,
+    };
+    decode_head(bytes.value(), run, objective.unwrap_or_default()).map(Some)
 }
 
 /// The tables a commit touches, each opened on first use and then kept for the rest of the
@@ -292,16 +294,6 @@ fn lazy<'a, 'txn, K: Key + 'static, V: RedbValue + 'static>(
     }
 }
 
-/// A validated batch, encoded and ready to insert.
-struct Prepared {
-    head: Vec<u8>,
-    envelope: Option<Vec<u8>>,
-    events: Vec<([u8; 24], Vec<u8>)>,
-    plan: Option<([u8; 20], Vec<u8>)>,
-    nodes: Vec<(Vec<u8>, Vec<u8>)>,
-    hitl: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
 impl<'txn> WriteTables<'txn> {
     fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
@@ -315,213 +307,78 @@ impl<'txn> WriteTables<'txn> {
         })
     }
 
-    /// Checks `batch` against what this transaction sees (including earlier batches of the
-    /// same transaction) and encodes it. Reads only: nothing is written on error.
-    fn prepare(&mut self, batch: &CommitBatch) -> Result<Prepared, StoreError> {
+    /// Inserts a prepared batch; returns the value bytes written.
+    fn write(&mut self, batch: &CommitBatch, prepared: &Prepared) -> Result<u64, StoreError> {
         let run = batch.run_id;
-        let fail = |message: String| Err(StoreError::violation(run, message));
-        let stored = stored_head(&self.runs, run)?;
-        let head = &batch.head;
-
-        match (&stored, &batch.envelope) {
-            (None, None) => return fail("run does not exist and the batch has no envelope".into()),
-            (Some(_), Some(_)) => {
-                return fail("envelope given for a run that already exists".into());
-            }
-            (None, Some(_)) | (Some(_), None) => {}
+        self.runs.insert(run_key(run), prepared.head())?;
+        if let Some(envelope) = prepared.envelope() {
+            lazy(&mut self.envelopes, self.txn, ENVELOPES)?.insert(run_key(run), envelope)?;
         }
-
-        if let Some(stored) = &stored
-            && stored.status.is_terminal()
-        {
-            if let Some(first) = batch.events.first() {
-                return fail(format!(
-                    "run is {} and takes no more events (refused seq {})",
-                    stored.status.as_str(),
-                    first.seq
-                ));
-            }
-            if head.status != stored.status {
-                return fail(format!(
-                    "run is {} and cannot become {}",
-                    stored.status.as_str(),
-                    head.status.as_str()
-                ));
-            }
-            if let Some(plan) = &batch.plan {
-                return fail(format!(
-                    "run is {} and takes no more plan versions (refused version {})",
-                    stored.status.as_str(),
-                    plan.version
-                ));
+        if !batch.events.is_empty() {
+            let events = lazy(&mut self.events, self.txn, EVENTS)?;
+            for (event, value) in batch.events.iter().zip(prepared.events()) {
+                events.insert(event_key(run, event.seq), value)?;
             }
         }
-
-        let stored_last = stored.as_ref().map_or(0, |head| head.last_seq);
-        let mut last = stored_last;
-        for event in &batch.events {
-            if event.run_id != run {
-                return fail(format!(
-                    "event seq {} belongs to run {}",
-                    event.seq, event.run_id
-                ));
-            }
-            if Some(event.seq) != last.checked_add(1) {
-                return fail(format!(
-                    "event seq {} does not follow last seq {last}",
-                    event.seq
-                ));
-            }
-            last = event.seq;
+        if let (Some(plan), Some(value)) = (&batch.plan, prepared.plan()) {
+            lazy(&mut self.plans, self.txn, PLANS)?.insert(plan_key(run, plan.version), value)?;
         }
-        if head.last_seq != last {
-            return fail(format!(
-                "head last seq {} differs from last event seq {last}",
-                head.last_seq
-            ));
-        }
-
-        // Every commit keeps the head's plan version equal to the latest stored version, so the
-        // stored head names it without a scan of `plans`.
-        let latest = stored.as_ref().map_or(0, |head| head.plan_version);
-        match &batch.plan {
-            Some(plan) => {
-                let plans = lazy(&mut self.plans, self.txn, PLANS)?;
-                if plans.get(plan_key(run, plan.version))?.is_some() {
-                    return fail(format!(
-                        "plan version {} is already stored and plan versions are append-only",
-                        plan.version
-                    ));
-                }
-                if Some(plan.version) != latest.checked_add(1) {
-                    return fail(format!(
-                        "plan version {} does not follow latest stored version {latest}",
-                        plan.version
-                    ));
-                }
-                if head.plan_version != plan.version {
-                    return fail(format!(
-                        "head plan version {} differs from committed plan version {}",
-                        head.plan_version, plan.version
-                    ));
-                }
-            }
-            None => {
-                if head.plan_version != latest {
-                    return fail(format!(
-                        "head plan version {} differs from latest stored plan version {latest}",
-                        head.plan_version
-                    ));
-                }
+        if !batch.nodes.is_empty() {
+            let nodes = lazy(&mut self.nodes, self.txn, NODES)?;
+            for (node, value) in batch.nodes.iter().zip(prepared.nodes()) {
+                let key = node_key(run, &node.node_id, node.attempt)
+                    .ok_or_else(|| StoreError::violation(run, "node id too long for a key"))?;
+                nodes.insert(key.as_slice(), value)?;
             }
         }
-
-        let mut node_keys = HashSet::with_capacity(batch.nodes.len());
-        let mut nodes = Vec::with_capacity(batch.nodes.len());
-        for node in &batch.nodes {
-            let Some(key) = node_key(run, &node.node_id, node.attempt) else {
-                return fail(format!(
-                    "node id of {} bytes exceeds 65535 bytes",
-                    node.node_id.len()
-                ));
-            };
-            if !node_keys.insert(key.clone()) {
-                return fail(format!(
-                    "node {} attempt {} appears twice in one batch",
-                    node.node_id, node.attempt
-                ));
+        if !batch.hitl.is_empty() {
+            let hitl = lazy(&mut self.hitl, self.txn, HITL)?;
+            for (record, value) in batch.hitl.iter().zip(prepared.hitl()) {
+                hitl.insert(hitl_key(run, &record.request_id).as_slice(), value)?;
             }
-            if let Some(existing) = lazy(&mut self.nodes, self.txn, NODES)?.get(key.as_slice())? {
-                let what = format!("nodes[{run}/{}/{}]", node.node_id, node.attempt);
-                let status = node_status(existing.value(), &what)?;
-                if status.is_terminal() {
-                    return fail(format!(
-                        "node {} attempt {} is already final and cannot be rewritten",
-                        node.node_id, node.attempt
-                    ));
-                }
-            }
-            nodes.push((key, encode_node(node)?));
         }
+        Ok(prepared.bytes())
+    }
+}
 
-        let mut hitl_keys = HashSet::with_capacity(batch.hitl.len());
-        let mut hitl = Vec::with_capacity(batch.hitl.len());
-        for record in &batch.hitl {
-            let key = hitl_key(run, &record.request_id);
-            if !hitl_keys.insert(key.clone()) {
-                return fail(format!(
-                    "hitl request {} appears twice in one batch",
-                    record.request_id
-                ));
-            }
-            if let Some(existing) = lazy(&mut self.hitl, self.txn, HITL)?.get(key.as_slice())? {
-                let what = format!("hitl[{run}/{}]", record.request_id);
-                match hitl_status(existing.value(), &what)? {
-                    HitlStatus::Resolved => {
-                        return fail(format!(
-                            "hitl request {} is already resolved",
-                            record.request_id
-                        ));
-                    }
-                    HitlStatus::Pending => {}
-                }
-            }
-            hitl.push((key, encode_hitl(record)?));
-        }
-
-        Ok(Prepared {
-            head: encode_head(head)?,
-            envelope: batch.envelope.as_ref().map(encode).transpose()?,
-            events: batch
-                .events
-                .iter()
-                .map(|event| Ok((event_key(run, event.seq), encode_event(event)?)))
-                .collect::<Result<_, StoreError>>()?,
-            plan: batch
-                .plan
-                .as_ref()
-                .map(|plan| Ok::<_, StoreError>((plan_key(run, plan.version), encode(plan)?)))
-                .transpose()?,
-            nodes,
-            hitl,
-        })
+impl Lookup for WriteTables<'_> {
+    fn head(&mut self, run: RunId) -> Result<Option<HeadFacts>, StoreError> {
+        self.runs
+            .get(run_key(run))?
+            .map(|bytes| head_facts(bytes.value(), run))
+            .transpose()
     }
 
-    /// Inserts a prepared batch; returns the value bytes written.
-    fn write(&mut self, run: RunId, prepared: Prepared) -> Result<u64, StoreError> {
-        let mut bytes = prepared.head.len();
-        self.runs.insert(run_key(run), prepared.head.as_slice())?;
-        if let Some(envelope) = &prepared.envelope {
-            bytes += envelope.len();
-            lazy(&mut self.envelopes, self.txn, ENVELOPES)?
-                .insert(run_key(run), envelope.as_slice())?;
-        }
-        if !prepared.events.is_empty() {
-            let events = lazy(&mut self.events, self.txn, EVENTS)?;
-            for (key, value) in &prepared.events {
-                bytes += value.len();
-                events.insert(key, value.as_slice())?;
-            }
-        }
-        if let Some((key, value)) = &prepared.plan {
-            bytes += value.len();
-            lazy(&mut self.plans, self.txn, PLANS)?.insert(key, value.as_slice())?;
-        }
-        if !prepared.nodes.is_empty() {
-            let nodes = lazy(&mut self.nodes, self.txn, NODES)?;
-            for (key, value) in &prepared.nodes {
-                bytes += value.len();
-                nodes.insert(key.as_slice(), value.as_slice())?;
-            }
-        }
-        if !prepared.hitl.is_empty() {
-            let hitl = lazy(&mut self.hitl, self.txn, HITL)?;
-            for (key, value) in &prepared.hitl {
-                bytes += value.len();
-                hitl.insert(key.as_slice(), value.as_slice())?;
-            }
-        }
-        Ok(bytes as u64)
+    fn plan_exists(&mut self, run: RunId, version: u32) -> Result<bool, StoreError> {
+        Ok(lazy(&mut self.plans, self.txn, PLANS)?
+            .get(plan_key(run, version))?
+            .is_some())
+    }
+
+    fn node_status(
+        &mut self,
+        run: RunId,
+        node_id: &str,
+        attempt: u32,
+    ) -> Result<Option<NodeStatus>, StoreError> {
+        let Some(key) = node_key(run, node_id, attempt) else {
+            return Ok(None);
+        };
+        lazy(&mut self.nodes, self.txn, NODES)?
+            .get(key.as_slice())?
+            .map(|bytes| stored_node_status(bytes.value(), At::Node(run, node_id, attempt)))
+            .transpose()
+    }
+
+    fn hitl_status(
+        &mut self,
+        run: RunId,
+        request_id: &str,
+    ) -> Result<Option<HitlStatus>, StoreError> {
+        lazy(&mut self.hitl, self.txn, HITL)?
+            .get(hitl_key(run, request_id).as_slice())?
+            .map(|bytes| stored_hitl_status(bytes.value(), At::Hitl(run, request_id)))
+            .transpose()
     }
 }
 
@@ -547,7 +404,7 @@ impl Store for RedbStore {
     fn run_head(&self, run: RunId) -> Result<Option<RunHead>, StoreError> {
         let txn = self.db.begin_read()?;
         match open_read(&txn, RUNS)? {
-            Some(runs) => stored_head(&runs, run),
+            Some(runs) => read_head(&runs, open_read(&txn, ENVELOPES)?.as_ref(), run),
             None => Ok(None),
         }
     }
@@ -557,14 +414,27 @@ impl Store for RedbStore {
         let Some(runs) = open_read(&txn, RUNS)? else {
             return Ok(Vec::new());
         };
+        let envelopes = open_read(&txn, ENVELOPES)?;
         let mut out = Vec::new();
         for entry in runs.iter()? {
             let (key, value) = entry?;
             let run = RunId::from_bytes(key.value());
-            let head = decode_head(value.value(), run)?;
-            if status.is_none_or(|wanted| head.status == wanted) {
-                out.push((run, head));
+            if let Some(wanted) = status
+                && head_facts(value.value(), run)?.status != wanted
+            {
+                continue;
             }
+            let objective = match &envelopes {
+                Some(envelopes) => envelopes
+                    .get(run_key(run))?
+                    .map(|envelope| envelope_objective(envelope.value(), run))
+                    .transpose()?,
+                None => None,
+            };
+            out.push((
+                run,
+                decode_head(value.value(), run, objective.unwrap_or_default())?,
+            ));
         }
         Ok(out)
     }
@@ -576,7 +446,7 @@ impl Store for RedbStore {
         };
         envelopes
             .get(run_key(run))?
-            .map(|bytes| decode(bytes.value(), &format!("envelopes[{run}]")))
+            .map(|bytes| decode_envelope(bytes.value(), run))
             .transpose()
     }
 
@@ -700,23 +570,23 @@ impl Store for RedbStore {
     }
 
     fn put_facet(&self, facet: &Facet) -> Result<(), StoreError> {
-        self.put_catalog_entry(FACETS, &facet.name, &encode(facet)?)
+        let mut bytes = Vec::new();
+        encode_value(facet, &mut bytes)?;
+        self.put_catalog_entry(FACETS, &facet.name, &bytes)
     }
 
     fn facets(&self) -> Result<Vec<Facet>, StoreError> {
-        self.catalog_entries(FACETS)
+        self.catalog_entries(FACETS, "facets")
     }
 
     fn put_capability(&self, capability: &Capability) -> Result<(), StoreError> {
-        self.put_catalog_entry(
-            CAPABILITIES,
-            &capability.capability_id,
-            &encode(capability)?,
-        )
+        let mut bytes = Vec::new();
+        encode_value(capability, &mut bytes)?;
+        self.put_catalog_entry(CAPABILITIES, &capability.capability_id, &bytes)
     }
 
     fn capabilities(&self) -> Result<Vec<Capability>, StoreError> {
-        self.catalog_entries(CAPABILITIES)
+        self.catalog_entries(CAPABILITIES, "capabilities")
     }
 
     fn stats(&self) -> StoreStats {
@@ -734,7 +604,7 @@ mod tests {
 
     use super::*;
     use crate::fsm::RunOutcome;
-    use crate::store::NodeStatus;
+    use crate::store::conformance::{assert_two_runs, commit_all, commit_two_runs};
     use crate::store::testkit::{RunScript, capability, facet, plan};
 
     fn temp_store(durability: Durability) -> (tempfile::TempDir, PathBuf, RedbStore) {
@@ -744,313 +614,16 @@ mod tests {
         (dir, path, store)
     }
 
-    /// Commits each batch alone and returns every event committed.
-    fn commit_all(store: &RedbStore, batches: Vec<CommitBatch>) -> Vec<RunEvent> {
-        let mut events = Vec::new();
-        for batch in batches {
-            store.commit(std::slice::from_ref(&batch)).unwrap();
-            events.extend(batch.events);
-        }
-        events
-    }
-
-    fn violation_message(err: StoreError, expected_run: RunId) -> String {
-        match err {
-            StoreError::InvariantViolation { run, message } => {
-                assert_eq!(run, expected_run);
-                message
-            }
-            other => panic!("expected an invariant violation, got {other:?}"),
-        }
-    }
-
     #[test]
     fn commit_then_reopen_reads_everything_back() {
         let (_dir, path, store) = temp_store(Durability::Fsync);
-        let mut done = RunScript::new(RunId::new());
-        let mut live = RunScript::new(RunId::new());
-        let done_events = commit_all(
-            &store,
-            vec![
-                done.create(),
-                done.accept_plan(),
-                done.node_start("write"),
-                done.node_complete("write"),
-                done.hitl_request("req-1"),
-                done.hitl_resolved("req-1"),
-                done.complete(RunOutcome::Completed),
-            ],
-        );
-        let live_events = commit_all(&store, vec![live.create(), live.accept_plan()]);
-        store.put_facet(&facet()).unwrap();
-        store.put_capability(&capability()).unwrap();
-        let stats = store.stats();
-        assert_eq!((stats.commits, stats.batches), (9, 9));
-        assert!(stats.bytes_written > 1000, "{stats:?}");
+        let runs = commit_two_runs(&store);
+        assert_eq!(store.stats().commits, 9);
         drop(store);
 
         let store = RedbStore::open(&path, Durability::Fsync).unwrap();
         assert_eq!(store.stats(), StoreStats::default());
-        assert_eq!(store.run_head(done.run).unwrap(), Some(done.head()));
-        assert_eq!(store.run_head(live.run).unwrap(), Some(live.head()));
-        assert_eq!(store.run_head(RunId::new()).unwrap(), None);
-        assert_eq!(store.envelope(done.run).unwrap(), Some(done.envelope()));
-        assert_eq!(store.events_after(done.run, 0, 100).unwrap(), done_events);
-        assert_eq!(store.events_after(live.run, 0, 100).unwrap(), live_events);
-        assert_eq!(store.plan_versions(done.run).unwrap(), vec![1]);
-        assert_eq!(store.plan_version(done.run, 1).unwrap(), Some(plan(1)));
-        assert_eq!(store.plan_version(done.run, 2).unwrap(), None);
-        assert_eq!(store.latest_plan(live.run).unwrap(), Some(plan(1)));
-
-        let nodes = store.node_records(done.run).unwrap();
-        assert_eq!(nodes.len(), 1);
-        assert_eq!(nodes[0].node_id, "write");
-        assert_eq!(nodes[0].status, NodeStatus::Completed);
-        assert!(nodes[0].output.is_some());
-        assert!(store.node_records(live.run).unwrap().is_empty());
-
-        let hitl = store.hitl_records(done.run).unwrap();
-        assert_eq!(hitl.len(), 1);
-        assert_eq!(hitl[0].status, HitlStatus::Resolved);
-
-        let all = store.list_runs(None).unwrap();
-        assert_eq!(all.len(), 2);
-        let completed = store.list_runs(Some(RunStatus::Completed)).unwrap();
-        assert_eq!(completed, vec![(done.run, done.head())]);
-        assert_eq!(store.non_terminal_runs().unwrap(), vec![live.run]);
-        assert_eq!(store.facets().unwrap(), vec![facet()]);
-        assert_eq!(store.capabilities().unwrap(), vec![capability()]);
-    }
-
-    #[test]
-    fn plan_versions_are_append_only() {
-        let store = RedbStore::in_memory().unwrap();
-        let mut run = RunScript::new(RunId::new());
-        commit_all(&store, vec![run.create(), run.accept_plan()]);
-        let before = store.run_head(run.run).unwrap();
-
-        let mut again = run.clone();
-        again.plan_version -= 1;
-        let mut overwrite = again.accept_plan();
-        overwrite.plan.as_mut().unwrap().rationale = "a different plan".to_owned();
-        let err = store.commit(&[overwrite]).unwrap_err();
-        let message = violation_message(err, run.run);
-        assert!(
-            message.contains("plan version 1 is already stored"),
-            "{message}"
-        );
-        assert_eq!(store.plan_version(run.run, 1).unwrap(), Some(plan(1)));
-        assert_eq!(store.run_head(run.run).unwrap(), before);
-        assert_eq!(store.events_after(run.run, 2, 10).unwrap(), Vec::new());
-
-        let mut skip = run.clone();
-        skip.plan_version += 1;
-        let err = store.commit(&[skip.accept_plan()]).unwrap_err();
-        let message = violation_message(err, run.run);
-        assert!(
-            message.contains("plan version 3 does not follow"),
-            "{message}"
-        );
-        assert_eq!(store.plan_versions(run.run).unwrap(), vec![1]);
-
-        store.commit(&[run.accept_plan()]).unwrap();
-        assert_eq!(store.plan_versions(run.run).unwrap(), vec![1, 2]);
-        assert_eq!(store.latest_plan(run.run).unwrap(), Some(plan(2)));
-    }
-
-    #[test]
-    fn head_must_name_the_latest_plan_version() {
-        let store = RedbStore::in_memory().unwrap();
-        let mut run = RunScript::new(RunId::new());
-        commit_all(&store, vec![run.create()]);
-        let mut batch = run.clone().node_start("write");
-        batch.head.plan_version = 4;
-        let message = violation_message(store.commit(&[batch]).unwrap_err(), run.run);
-        assert!(message.contains("head plan version 4"), "{message}");
-    }
-
-    #[test]
-    fn a_seq_gap_is_refused_and_nothing_of_the_batch_is_written() {
-        let store = RedbStore::in_memory().unwrap();
-        let mut run = RunScript::new(RunId::new());
-        commit_all(&store, vec![run.create()]);
-        let before = store.run_head(run.run).unwrap();
-
-        let mut gap = run.clone();
-        gap.seq += 1;
-        let batch = gap.accept_plan();
-        assert_eq!(batch.events[0].seq, 3);
-        let message = violation_message(store.commit(&[batch]).unwrap_err(), run.run);
-        assert!(
-            message.contains("event seq 3 does not follow last seq 1"),
-            "{message}"
-        );
-        assert_eq!(store.run_head(run.run).unwrap(), before);
-        assert!(store.plan_versions(run.run).unwrap().is_empty());
-        assert_eq!(store.events_after(run.run, 1, 10).unwrap(), Vec::new());
-
-        let mut batch = run.clone().node_start("write");
-        batch.head.last_seq = 7;
-        let message = violation_message(store.commit(&[batch]).unwrap_err(), run.run);
-        assert!(
-            message.contains("head last seq 7 differs from last event seq 2"),
-            "{message}"
-        );
-        assert!(store.node_records(run.run).unwrap().is_empty());
-
-        let mut fresh = RunScript::new(RunId::new());
-        fresh.seq = 1;
-        let message = violation_message(store.commit(&[fresh.create()]).unwrap_err(), fresh.run);
-        assert!(
-            message.contains("event seq 2 does not follow last seq 0"),
-            "{message}"
-        );
-        assert_eq!(store.run_head(fresh.run).unwrap(), None);
-        assert_eq!(store.envelope(fresh.run).unwrap(), None);
-    }
-
-    #[test]
-    fn events_of_another_run_are_refused() {
-        let store = RedbStore::in_memory().unwrap();
-        let mut run = RunScript::new(RunId::new());
-        let mut batch = run.create();
-        batch.events[0].run_id = RunId::new();
-        let message = violation_message(store.commit(&[batch]).unwrap_err(), run.run);
-        assert!(message.contains("event seq 1 belongs to run"), "{message}");
-    }
-
-    #[test]
-    fn a_terminal_run_refuses_more_events_and_status_changes() {
-        let store = RedbStore::in_memory().unwrap();
-        let mut run = RunScript::new(RunId::new());
-        commit_all(
-            &store,
-            vec![run.create(), run.complete(RunOutcome::Cancelled)],
-        );
-        let before = store.run_head(run.run).unwrap();
-        assert_eq!(
-            before.as_ref().map(|head| head.status),
-            Some(RunStatus::Cancelled)
-        );
-
-        let message = violation_message(
-            store
-                .commit(&[run.clone().node_start("write")])
-                .unwrap_err(),
-            run.run,
-        );
-        assert!(
-            message.contains("run is cancelled and takes no more events (refused seq 3)"),
-            "{message}"
-        );
-
-        let mut revive = CommitBatch::new(run.run, run.head());
-        revive.head.status = RunStatus::Active;
-        let message = violation_message(store.commit(&[revive]).unwrap_err(), run.run);
-        assert!(message.contains("cannot become active"), "{message}");
-        assert_eq!(store.run_head(run.run).unwrap(), before);
-        assert_eq!(store.events_after(run.run, 2, 10).unwrap(), Vec::new());
-        assert!(store.non_terminal_runs().unwrap().is_empty());
-    }
-
-    #[test]
-    fn the_envelope_comes_exactly_with_the_creating_batch() {
-        let store = RedbStore::in_memory().unwrap();
-        let mut run = RunScript::new(RunId::new());
-        let mut create = run.clone().create();
-        create.envelope = None;
-        let message = violation_message(store.commit(&[create]).unwrap_err(), run.run);
-        assert!(message.contains("no envelope"), "{message}");
-
-        commit_all(&store, vec![run.create()]);
-        let mut again = run.clone().accept_plan();
-        again.envelope = Some(run.envelope());
-        let message = violation_message(store.commit(&[again]).unwrap_err(), run.run);
-        assert!(message.contains("already exists"), "{message}");
-    }
-
-    #[test]
-    fn final_node_attempts_and_resolved_hitl_requests_are_not_rewritten() {
-        let store = RedbStore::in_memory().unwrap();
-        let mut run = RunScript::new(RunId::new());
-        commit_all(
-            &store,
-            vec![
-                run.create(),
-                run.accept_plan(),
-                run.node_start("write"),
-                run.node_complete("write"),
-                run.hitl_request("req-1"),
-                run.hitl_resolved("req-1"),
-            ],
-        );
-        let message = violation_message(
-            store
-                .commit(&[run.clone().node_start("write")])
-                .unwrap_err(),
-            run.run,
-        );
-        assert!(
-            message.contains("node write attempt 1 is already final"),
-            "{message}"
-        );
-        let message = violation_message(
-            store
-                .commit(&[run.clone().hitl_resolved("req-1")])
-                .unwrap_err(),
-            run.run,
-        );
-        assert!(
-            message.contains("hitl request req-1 is already resolved"),
-            "{message}"
-        );
-
-        let mut twice = run.clone().node_start("review");
-        twice.nodes.push(twice.nodes[0].clone());
-        let message = violation_message(store.commit(&[twice]).unwrap_err(), run.run);
-        assert!(message.contains("appears twice"), "{message}");
-        assert_eq!(store.node_records(run.run).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn commit_is_all_or_nothing_and_commit_each_isolates_bad_batches() {
-        let store = RedbStore::in_memory().unwrap();
-        let mut good = RunScript::new(RunId::new());
-        let mut bad = RunScript::new(RunId::new());
-        let good_batch = good.create();
-        let mut bad_batch = bad.create();
-        bad_batch.events[0].seq = 5;
-
-        let err = store
-            .commit(&[good_batch.clone(), bad_batch.clone()])
-            .unwrap_err();
-        assert_eq!(
-            violation_message(err, bad.run),
-            "event seq 5 does not follow last seq 0"
-        );
-        assert_eq!(store.run_head(good.run).unwrap(), None);
-        assert_eq!(store.stats().commits, 0);
-
-        let outcomes = store.commit_each(&[good_batch, bad_batch]).unwrap();
-        assert!(outcomes[0].is_ok());
-        assert!(
-            matches!(outcomes[1], Err(StoreError::InvariantViolation { run, .. }) if run == bad.run)
-        );
-        assert_eq!(store.run_head(good.run).unwrap(), Some(good.head()));
-        assert_eq!(store.run_head(bad.run).unwrap(), None);
-        assert_eq!(store.stats().commits, 1);
-        assert_eq!(store.stats().batches, 1);
-    }
-
-    #[test]
-    fn batches_of_one_run_in_one_transaction_see_each_other() {
-        let store = RedbStore::in_memory().unwrap();
-        let mut run = RunScript::new(RunId::new());
-        let batches = vec![run.create(), run.accept_plan(), run.node_start("write")];
-        store.commit(&batches).unwrap();
-        assert_eq!(store.stats().commits, 1);
-        assert_eq!(store.run_head(run.run).unwrap(), Some(run.head()));
-        assert_eq!(store.events_after(run.run, 0, 10).unwrap().len(), 3);
+        assert_two_runs(&store, &runs);
     }
 
     #[test]
@@ -1073,42 +646,6 @@ mod tests {
     }
 
     #[test]
-    fn events_after_pages_through_one_run_only() {
-        let store = RedbStore::in_memory().unwrap();
-        let mut a = RunScript::new(RunId::new());
-        let mut b = RunScript::new(RunId::new());
-        let mut a_events = Vec::new();
-        store.commit(&[a.create(), b.create()]).unwrap();
-        store.commit(&[a.accept_plan(), b.accept_plan()]).unwrap();
-        for _ in 0..23 {
-            let batch = a.node_start("write");
-            store.commit(&[batch, b.node_start("other")]).unwrap();
-        }
-        let all = store.events_after(a.run, 0, usize::MAX).unwrap();
-        assert_eq!(all.len(), 25);
-        assert!(all.iter().all(|event| event.run_id == a.run));
-        a_events.extend(all);
-
-        let mut pages = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = store.events_after(a.run, after, 10).unwrap();
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            pages.push(page);
-        }
-        assert_eq!(
-            pages.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![10, 10, 5]
-        );
-        assert_eq!(pages.concat(), a_events);
-        assert_eq!(pages[1][0].seq, 11);
-        assert!(store.events_after(a.run, 0, 0).unwrap().is_empty());
-        assert!(store.events_after(a.run, u64::MAX, 10).unwrap().is_empty());
-        assert!(store.events_after(RunId::new(), 0, 10).unwrap().is_empty());
-    }
-
-    #[test]
     fn a_file_with_another_schema_version_requires_an_upgrade() {
         let (_dir, path, store) = temp_store(Durability::Fsync);
         drop(store);
@@ -1127,14 +664,14 @@ mod tests {
                 err,
                 StoreError::UpgradeRequired {
                     found: 99,
-                    expected: 1
+                    expected: 2
                 }
             ),
             "{err:?}"
         );
         assert_eq!(
             err.to_string(),
-            "store format version 99 found, version 1 expected: upgrade required"
+            "store format version 99 found, version 2 expected: upgrade required"
         );
     }
 
@@ -1226,10 +763,19 @@ mod tests {
         assert!(matches!(err, StoreError::Redb(_)), "{err:?}");
     }
 
-    const FIXTURE: &str = "tests/fixtures/store-v1.redb";
+    const FIXTURE_V1: &str = "tests/fixtures/store-v1.redb";
+    const FIXTURE: &str = "tests/fixtures/store-v2.redb";
 
-    fn fixture_path() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(FIXTURE)
+    fn fixture_path(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
+    }
+
+    /// A copy of a committed fixture, so that opening it cannot change the original.
+    fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fixture.redb");
+        std::fs::copy(fixture_path(name), &path).unwrap();
+        (dir, path)
     }
 
     /// The content of the frozen fixture: one finished run exercising every table and one
@@ -1283,7 +829,7 @@ mod tests {
     #[test]
     #[ignore = "writes tests/fixtures; run by hand on a format change"]
     fn write_frozen_fixture() {
-        let path = fixture_path();
+        let path = fixture_path(FIXTURE);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let _ = std::fs::remove_file(&path);
         let store = RedbStore::open(&path, Durability::Fsync).unwrap();
@@ -1294,10 +840,26 @@ mod tests {
     }
 
     #[test]
-    fn frozen_v1_fixture_still_opens_and_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store-v1.redb");
-        std::fs::copy(fixture_path(), &path).unwrap();
+    fn the_frozen_v1_fixture_requires_an_upgrade() {
+        let (_dir, path) = fixture_copy(FIXTURE_V1);
+        for durability in [Durability::Fsync, Durability::Os] {
+            let err = RedbStore::open(&path, durability).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::UpgradeRequired {
+                        found: 1,
+                        expected: 2
+                    }
+                ),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_frozen_v2_fixture_opens_and_reads_back() {
+        let (_dir, path) = fixture_copy(FIXTURE);
         let store = RedbStore::open(&path, Durability::Fsync).unwrap();
 
         let (done, live, batches) = fixture_runs();

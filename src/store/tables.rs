@@ -3,7 +3,12 @@
 //! Keys are raw bytes so their order never depends on redb's tuple encoding: a run id is its 16
 //! UUID bytes (UUIDv7, so runs sort by creation time), integers are fixed-width big-endian, and
 //! composite keys concatenate their parts. Values (except in `meta`) are one format-version
-//! byte ([`VALUE_FORMAT`]) followed by JSON; the JSON shapes are the private DTOs in `codec.rs`.
+//! byte ([`VALUE_FORMAT`]) followed by the binary layout of their table, described in
+//! `codec.rs`.
+//!
+//! Version history: 1 stored JSON values and the objective in every head; 2 stores compact
+//! binary values (fixed binary heads without the objective, events without derivable fields,
+//! packed JSON for free-form values). A version-1 file is refused with `UpgradeRequired`.
 //!
 //! Changing a key layout, a value shape incompatibly or the set of tables requires bumping
 //! [`SCHEMA_VERSION`] and freezing a new fixture under `tests/fixtures/`.
@@ -13,10 +18,10 @@ use redb::TableDefinition;
 use crate::ids::RunId;
 
 /// The on-disk format version this build reads and writes.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 
 /// The leading byte of every stored value.
-pub(crate) const VALUE_FORMAT: u8 = 1;
+pub(crate) const VALUE_FORMAT: u8 = 2;
 
 /// The `meta` key holding [`SCHEMA_VERSION`].
 pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";
@@ -25,35 +30,37 @@ pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// Holds `schema_version`.
 pub(crate) const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 
-/// `runs`: run id `[u8; 16]` → head (`StoredHead` JSON): status tag, state, plan version,
-/// last seq, timestamps in epoch milliseconds, objective. Rewritten on every commit.
+/// `runs`: run id `[u8; 16]` → head: status tag, plan version, last seq, created and updated
+/// timestamps (fixed width), state name. The objective is read from the envelope. Rewritten on
+/// every commit.
 pub(crate) const RUNS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("runs");
 
-/// `envelopes`: run id `[u8; 16]` → the run envelope JSON as submitted. Written once.
+/// `envelopes`: run id `[u8; 16]` → the envelope's objective, then the run envelope as
+/// submitted (packed JSON). Written once.
 pub(crate) const ENVELOPES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("envelopes");
 
-/// `plans`: run id ‖ version `u32` BE (`[u8; 20]`) → `PlanSnapshot` JSON. Append-only: a key is
-/// never overwritten, and versions are gap-free from 1.
+/// `plans`: run id ‖ version `u32` BE (`[u8; 20]`) → `PlanSnapshot` (packed JSON). Append-only:
+/// a key is never overwritten, and versions are gap-free from 1.
 pub(crate) const PLANS: TableDefinition<[u8; 20], &[u8]> = TableDefinition::new("plans");
 
-/// `events`: run id ‖ seq `u64` BE (`[u8; 24]`) → `StoredEvent` JSON: the event without its run
-/// id and seq (both are in the key), timestamp in epoch milliseconds. Append-only, gap-free
+/// `events`: run id ‖ seq `u64` BE (`[u8; 24]`) → the event without its run id and seq (both
+/// are in the key): kind tag, timestamp, plan version, node id, body. Append-only, gap-free
 /// from seq 1.
 pub(crate) const EVENTS: TableDefinition<[u8; 24], &[u8]> = TableDefinition::new("events");
 
-/// `nodes`: run id ‖ node id length `u16` BE ‖ node id (UTF-8) ‖ attempt `u32` BE → `StoredNode`
-/// JSON (status tag, timestamps in epoch milliseconds, output, error). Final once terminal.
+/// `nodes`: run id ‖ node id length `u16` BE ‖ node id (UTF-8) ‖ attempt `u32` BE → status
+/// tag, timestamps, error, output (when given). Final once terminal.
 pub(crate) const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
 
-/// `hitl`: run id ‖ request id (UTF-8, to the end of the key) → `StoredHitl` JSON (status tag,
-/// request, response). Final once resolved.
+/// `hitl`: run id ‖ request id (UTF-8, to the end of the key) → status tag, request, response.
+/// Final once resolved.
 pub(crate) const HITL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("hitl");
 
-/// `facets`: facet name (UTF-8) → `Facet` JSON (its wire shape). Last write wins.
+/// `facets`: facet name (UTF-8) → `Facet` (its wire shape, packed JSON). Last write wins.
 pub(crate) const FACETS: TableDefinition<&str, &[u8]> = TableDefinition::new("facets");
 
-/// `capabilities`: capability id (UTF-8) → `Capability` JSON (its wire shape). Last write wins,
-/// so one version per capability id is registered at a time.
+/// `capabilities`: capability id (UTF-8) → `Capability` (its wire shape, packed JSON). Last
+/// write wins, so one version per capability id is registered at a time.
 pub(crate) const CAPABILITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("capabilities");
 
 /// Names of every table, for the "is this a flexrun store" check on open.

@@ -267,3 +267,35 @@ pub(crate) fn capability() -> Capability {
         status: CapabilityStatus::Active,
     }
 }
+
+impl RunScript {
+    /// One step of a linear run, as the engine commits it: `done` completes (with the
+    /// workload's `{step, ok}` output and no output in its node record) and `next` starts.
+    pub(crate) fn step(&mut self, done: &str, next: &str) -> CommitBatch {
+        let output = json!({"step": done, "ok": true});
+        let complete = self.event(
+            Some(done),
+            EventBody::NodeComplete {
+                attempt: 1,
+                output: output.as_object().cloned().unwrap_or_default(),
+                duration_ms: 0,
+            },
+        );
+        let start = self.event(
+            Some(next),
+            EventBody::NodeStart {
+                attempt: 1,
+                capability_id: "bench.noop".to_owned(),
+                idempotency_key: format!("{}/{next}", self.run),
+            },
+        );
+        let mut batch = self.batch(vec![complete, start]);
+        batch
+            .nodes
+            .push(node_record(done, NodeStatus::Completed, None));
+        batch
+            .nodes
+            .push(node_record(next, NodeStatus::Running, None));
+        batch
+    }
+}

@@ -84,7 +84,9 @@ pub struct RunHead {
     pub created_at: Timestamp,
     /// When the head was last written.
     pub updated_at: Timestamp,
-    /// The run's objective, for listings.
+    /// The run's objective, for listings. Not stored with the head: reads fill it from the
+    /// envelope's `objective` field (empty when the envelope has none), and the value given in
+    /// a [`CommitBatch`] is ignored.
     pub objective: String,
 }
 
