@@ -26,7 +26,7 @@ use crate::envelope::RunEnvelope;
 use crate::fsm::{EventBody, HitlDecision, PlannerOutput};
 use crate::graph::{DeltaOp, PlanDelta, PlanDraft, PlanEdge, PlanNode};
 use crate::planner::{PlanRequest, PlanResponse, Planner, PlannerError, Purpose};
-use crate::store::{Durability, RedbStore, Store};
+use crate::store::{Durability, MemoryStore, RedbStore, Store};
 
 /// Which scenario to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -54,7 +54,7 @@ pub enum Variant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
-    /// D0: redb's in-memory backend.
+    /// D0: the in-memory store (`MemoryStore`).
     Memory,
     /// D1: written to the OS on every commit, no fsync.
     D1,
@@ -228,13 +228,12 @@ fn open_store(
     level: Level,
     dir: &Path,
     name: &str,
-) -> Result<Arc<RedbStore>, Box<dyn std::error::Error>> {
-    let store = match level {
-        Level::Memory => RedbStore::open(dir.join(name), Durability::Memory)?,
-        Level::D1 => RedbStore::open(dir.join(name), Durability::Os)?,
-        Level::D2 => RedbStore::open(dir.join(name), Durability::Fsync)?,
-    };
-    Ok(Arc::new(store))
+) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+    Ok(match level {
+        Level::Memory => Arc::new(MemoryStore::new()),
+        Level::D1 => Arc::new(RedbStore::open(dir.join(name), Durability::Os)?),
+        Level::D2 => Arc::new(RedbStore::open(dir.join(name), Durability::Fsync)?),
+    })
 }
 
 /// Figures of one benchmark invocation (WORKLOAD.md §7).
