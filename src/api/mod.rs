@@ -40,7 +40,7 @@ pub fn summary(event: &RunEvent) -> String {
             latency_ms,
             ..
         } => {
-            let what = match output {
+            let what = match output.as_ref() {
                 PlannerOutput::Draft(d) => format!("draft of {} nodes", d.nodes.len()),
                 PlannerOutput::Delta(d) => format!(
                     "delta of {} operations on v{}",

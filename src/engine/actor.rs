@@ -676,7 +676,7 @@ impl RunActor {
         }
     }
 
-    fn validate(&mut self, output: PlannerOutput) {
+    fn validate(&mut self, output: Arc<PlannerOutput>) {
         let catalog = self.inner.catalog();
         let state_of = |id: &str| match self.progress.get(id) {
             Some(Progress::Completed) => NodeState::Completed,
@@ -696,7 +696,7 @@ impl RunActor {
         );
         match result {
             Ok(validated) => {
-                let input = match &output {
+                let input = match output.as_ref() {
                     PlannerOutput::Draft(_) => RunInput::DraftValid {
                         nodes: validated.graph.len(),
                         edges: validated.graph.edges().len(),
@@ -729,7 +729,7 @@ impl RunActor {
         }
         let input = match result {
             Ok(response) => RunInput::PlanReturned {
-                output: response.output,
+                output: Arc::new(response.output),
                 planner: self.planner.name().to_owned(),
                 latency_ms,
                 usage: response.usage,

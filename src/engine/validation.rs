@@ -96,8 +96,13 @@ pub(crate) fn validate_output(
         limits: &limits,
         frozen_nodes: &frozen,
     };
-    let nodes: Vec<_> = graph.nodes().cloned().collect();
-    let diagnostics = check_plan(&nodes, &graph.edges(), &ctx);
+    let diagnostics = match output {
+        PlannerOutput::Draft(draft) => check_plan(&draft.nodes, &draft.edges, &ctx),
+        PlannerOutput::Delta(_) => {
+            let nodes: Vec<_> = graph.nodes().cloned().collect();
+            check_plan(&nodes, &graph.edges(), &ctx)
+        }
+    };
     if has_errors(&diagnostics) {
         return Err(diagnostics);
     }

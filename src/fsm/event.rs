@@ -1,5 +1,7 @@
 //! `RunEvent`: the one record written to the run log, traced, counted and streamed as SSE.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -195,7 +197,7 @@ pub enum EventBody {
         /// Which planner answered.
         planner: String,
         /// The draft or delta, as returned.
-        output: PlannerOutput,
+        output: Arc<PlannerOutput>,
         /// Planner latency.
         latency_ms: u64,
         /// Token usage, for model-backed planners.

@@ -5,6 +5,7 @@
 //! reads a clock, touches the store or spawns work.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -105,7 +106,7 @@ pub enum RunInput {
     /// The planner answered.
     PlanReturned {
         /// Draft or delta.
-        output: PlannerOutput,
+        output: Arc<PlannerOutput>,
         /// Planner name.
         planner: String,
         /// Call latency.
@@ -381,7 +382,7 @@ pub enum Command {
     /// Call the planner.
     CallPlanner(PlanCall),
     /// Validate the planner's output (and merge a delta).
-    Validate(PlannerOutput),
+    Validate(Arc<PlannerOutput>),
     /// Dispatch ready nodes (or report completion).
     Dispatch,
     /// Wait for in-flight nodes, then feed [`RunInput::Drained`].
@@ -451,7 +452,7 @@ pub struct RunCore {
     trigger: Option<Trigger>,
     diagnostics: Vec<Diagnostic>,
     last_error: Option<String>,
-    pending_output: Option<PlannerOutput>,
+    pending_output: Option<Arc<PlannerOutput>>,
     in_flight: BTreeMap<String, u32>,
     hitl: Option<PendingHitl>,
     outcome: Option<RunOutcome>,
@@ -1325,7 +1326,7 @@ impl RunMachine {
     }
 
     /// The planner output awaiting validation (in Validating).
-    pub fn pending_output(&self) -> Option<&PlannerOutput> {
+    pub fn pending_output(&self) -> Option<&Arc<PlannerOutput>> {
         self.sm.inner().pending_output.as_ref()
     }
 

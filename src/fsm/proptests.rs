@@ -7,6 +7,7 @@
 //! events rebuilds the same machine.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -64,7 +65,7 @@ fn any_input() -> BoxedStrategy<RunInput> {
     prop_oneof![
         Just(RunInput::Start),
         any::<bool>().prop_map(|draft| RunInput::PlanReturned {
-            output: if draft {
+            output: Arc::new(if draft {
                 PlannerOutput::Draft(PlanDraft::default())
             } else {
                 PlannerOutput::Delta(PlanDelta {
@@ -72,7 +73,7 @@ fn any_input() -> BoxedStrategy<RunInput> {
                     rationale: String::new(),
                     operations: vec![],
                 })
-            },
+            }),
             planner: "m".into(),
             latency_ms: 0,
             usage: None,
@@ -173,7 +174,7 @@ fn likely_input(m: &Model) -> BoxedStrategy<RunInput> {
     match m.state {
         RunState::New => options.push(Just(RunInput::Start).boxed()),
         RunState::Requesting => {
-            let output = if m.replan_purpose {
+            let output = Arc::new(if m.replan_purpose {
                 PlannerOutput::Delta(PlanDelta {
                     base_version: m.version,
                     rationale: String::new(),
@@ -181,7 +182,7 @@ fn likely_input(m: &Model) -> BoxedStrategy<RunInput> {
                 })
             } else {
                 PlannerOutput::Draft(PlanDraft::default())
-            };
+            });
             options.push(
                 Just(RunInput::PlanReturned {
                     output,
@@ -577,7 +578,7 @@ fn the_model_reaches_every_state() {
     let script = [
         RunInput::Start,
         RunInput::PlanReturned {
-            output: PlannerOutput::Draft(PlanDraft::default()),
+            output: Arc::new(PlannerOutput::Draft(PlanDraft::default())),
             planner: "m".into(),
             latency_ms: 0,
             usage: None,

@@ -1,5 +1,7 @@
 //! The edge table test: every state × input pair through the real machine.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
 use super::table::{self, Guard, To};
@@ -16,7 +18,7 @@ fn apply(m: &mut RunMachine, input: RunInput) -> Step {
 
 fn draft_returned() -> RunInput {
     RunInput::PlanReturned {
-        output: PlannerOutput::Draft(PlanDraft::default()),
+        output: Arc::new(PlannerOutput::Draft(PlanDraft::default())),
         planner: "test".into(),
         latency_ms: 1,
         usage: None,
@@ -25,11 +27,11 @@ fn draft_returned() -> RunInput {
 
 fn delta_returned(base: u32) -> RunInput {
     RunInput::PlanReturned {
-        output: PlannerOutput::Delta(PlanDelta {
+        output: Arc::new(PlannerOutput::Delta(PlanDelta {
             base_version: base,
             rationale: String::new(),
             operations: vec![],
-        }),
+        })),
         planner: "test".into(),
         latency_ms: 1,
         usage: None,
@@ -396,7 +398,7 @@ fn entry_actions_issue_commands_and_restore_stays_silent() {
     let step = apply(&mut m, draft_returned());
     assert!(matches!(
         &step.commands[..],
-        [Command::Validate(PlannerOutput::Draft(_))]
+        [Command::Validate(o)] if matches!(**o, PlannerOutput::Draft(_))
     ));
     events.extend(step.events);
     let step = apply(

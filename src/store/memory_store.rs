@@ -527,14 +527,12 @@ impl fmt::Debug for MemoryStore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Instant;
 
     use super::*;
     use crate::fsm::RunOutcome;
+    use crate::store::RedbStore;
     use crate::store::conformance::commit_two_runs;
     use crate::store::testkit::RunScript;
-    use crate::store::{Committer, RedbStore};
 
     /// The batches of a linear run of `steps` steps, after its creation and plan.
     fn linear_run(steps: usize) -> (RunScript, Vec<CommitBatch>, Vec<CommitBatch>) {
@@ -601,52 +599,5 @@ mod tests {
             matches!(&err, StoreError::Corrupt { what } if *what == format!("nodes[{}/write/1]: node status tag 7 unknown", done.run)),
             "{err:?}"
         );
-    }
-
-    /// Times single-batch step commits on `store`, directly and through a [`Committer`].
-    fn time_step_commits(name: &str, store: Arc<dyn Store>) {
-        const STEPS: usize = 20_000;
-        let (_, setup, batches) = linear_run(STEPS);
-        store.commit(&setup).unwrap();
-        let start = Instant::now();
-        for batch in &batches[..STEPS] {
-            store.commit(std::slice::from_ref(batch)).unwrap();
-        }
-        let direct = start.elapsed() / STEPS as u32;
-
-        let committer = Committer::new(store.clone());
-        let (_, setup, batches) = linear_run(STEPS);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
-        let via_committer = runtime.block_on(async move {
-            for batch in setup {
-                committer.commit(batch).await.unwrap();
-            }
-            let start = Instant::now();
-            for batch in batches.into_iter().take(STEPS) {
-                committer.commit(batch).await.unwrap();
-            }
-            start.elapsed() / STEPS as u32
-        });
-        let stats = store.stats();
-        eprintln!(
-            "{name}: {direct:?} per commit direct, {via_committer:?} via committer, {} bytes per step",
-            stats.bytes_written / stats.batches
-        );
-    }
-
-    /// `cargo test --release --lib store::memory_store -- --ignored --nocapture`
-    #[test]
-    #[ignore = "timing; run by hand in release"]
-    fn time_memory_step_commits() {
-        time_step_commits("memory", Arc::new(MemoryStore::new()));
-    }
-
-    #[test]
-    #[ignore = "timing; run by hand in release"]
-    fn time_redb_in_memory_step_commits() {
-        time_step_commits("redb in memory", Arc::new(RedbStore::in_memory().unwrap()));
     }
 }
