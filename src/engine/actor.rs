@@ -13,8 +13,8 @@ use super::{EngineError, HitlAnswer, Inner};
 use crate::catalog::{Capability, CompiledContract, ExecutorSpec};
 use crate::envelope::RunEnvelope;
 use crate::fsm::{
-    Command, EventBody, FollowUp, FsmError, Limits, PlanCall, PlannerOutput, Purpose, RunError,
-    RunEvent, RunInput, RunMachine, RunState, Trigger, TriggerSource,
+    Command, EventBody, FsmError, Limits, PlanCall, PlannerOutput, Purpose, RunError, RunEvent,
+    RunInput, RunMachine, RunState, Trigger, TriggerSource,
 };
 use crate::graph::{NodeState, PlanGraph, PlanNode};
 use crate::ids::{RunId, Timestamp};
@@ -535,25 +535,11 @@ impl RunActor {
                 }
             }
             EventBody::Complete { .. } => {
-                if let Some(pending) = self.machine.pending_hitl().cloned().or_else(|| {
-                    self.hitl_requests
-                        .keys()
-                        .next()
-                        .map(|id| crate::fsm::PendingHitl {
-                            request_id: id.clone(),
-                            policy_id: None,
-                            node_id: None,
-                            on_approve: FollowUp::Continue,
-                            on_reject: FollowUp::Fail,
-                        })
-                }) {
-                    let request = self
-                        .hitl_requests
-                        .remove(&pending.request_id)
-                        .unwrap_or(Value::Null);
-                    if !replaying {
+                let open: Vec<(String, Value)> = self.hitl_requests.drain().collect();
+                if !replaying {
+                    for (request_id, request) in open {
                         self.batch.hitl.push(HitlRecord {
-                            request_id: pending.request_id,
+                            request_id,
                             status: HitlStatus::Resolved,
                             request,
                             response: serde_json::to_value(&event.body).ok(),
