@@ -1,15 +1,19 @@
-//! The `flexrun` command: run an envelope, benchmark the engine, print generated docs.
+//! The `flexrun` command: run an envelope, serve the HTTP API, benchmark the engine, print
+//! generated docs.
 
 use std::io::{BufRead, Write as _};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use flexrun::api::{self, ApiConfig, AppState};
 use flexrun::bench::{self, BenchOptions, Level, Scenario, Variant};
+use flexrun::executors::http::HttpExecutor;
 use flexrun::fsm::{EventBody, HitlDecision, RunOutcome};
-use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope};
+use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
 use tokio::sync::broadcast::error::RecvError;
 
 #[derive(Parser, Debug)]
@@ -79,6 +83,28 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Serve the HTTP API (runs, SSE events, plans, HITL, catalog, metrics).
+    Serve {
+        /// Address to listen on (loopback unless told otherwise).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// Directory of the store file `flexrun.redb` (created if missing).
+        #[arg(long, default_value = ".")]
+        data: PathBuf,
+        /// The default planner of runs whose envelope names none.
+        #[arg(long, value_enum, default_value = "catalog")]
+        planner: PlannerArg,
+        /// Name of an environment variable holding a bearer token; when given, every route
+        /// but `/healthz` requires `Authorization: Bearer <token>`.
+        #[arg(long)]
+        auth_token_env: Option<String>,
+        /// Largest accepted request body, in bytes.
+        #[arg(long, default_value_t = 1024 * 1024)]
+        body_limit: usize,
+        /// Seconds between SSE heartbeat comments.
+        #[arg(long, default_value_t = 15)]
+        heartbeat_secs: u64,
+    },
     /// Print documentation generated from the code.
     Docs {
         /// states: the state table and diagram.
@@ -104,6 +130,12 @@ enum LevelArg {
 enum VariantArg {
     Interrupt,
     Route,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PlannerArg {
+    /// The deterministic, offline catalog planner.
+    Catalog,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -161,6 +193,33 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
+        }
+        Cmd::Serve {
+            addr,
+            data,
+            planner,
+            auth_token_env,
+            body_limit,
+            heartbeat_secs,
+        } => {
+            let auth_token = match auth_token_env {
+                None => None,
+                Some(var) => {
+                    let token = std::env::var(&var)
+                        .with_context(|| format!("reading the auth token from ${var}"))?;
+                    if token.trim().is_empty() {
+                        bail!("${var} is empty; refusing to serve with an empty token");
+                    }
+                    Some(token)
+                }
+            };
+            let config = ApiConfig {
+                auth_token,
+                heartbeat: Duration::from_secs(heartbeat_secs.max(1)),
+                body_limit,
+                ..ApiConfig::default()
+            };
+            serve(addr, data, planner, config).await
         }
         Cmd::Docs {
             what: DocsArg::States,
@@ -230,6 +289,65 @@ async fn run(path: PathBuf, data: PathBuf, answer: Answer, format: Format) -> an
         std::process::exit(1);
     }
     Ok(())
+}
+
+async fn serve(
+    addr: SocketAddr,
+    data: PathBuf,
+    planner: PlannerArg,
+    config: ApiConfig,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let path = data.join("flexrun.redb");
+    let store = RedbStore::open(&path, Durability::Fsync)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let recovered = store.non_terminal_runs()?.len();
+    let mut engine_config = flexrun::demo::config(Arc::new(store));
+    match planner {
+        PlannerArg::Catalog => engine_config.planner = Arc::new(flexrun::CatalogPlanner),
+    }
+    let (http, binding) = HttpExecutor::for_engine()?;
+    engine_config.executors = engine_config
+        .executors
+        .clone()
+        .with_type("http", Arc::new(http));
+    let engine = Engine::open(engine_config).await?;
+    binding.bind(&engine);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    eprintln!(
+        "flexrun serving http://{} (store {}, {recovered} run(s) continued)",
+        listener.local_addr()?,
+        path.display()
+    );
+    let state = AppState::new(engine.clone(), config);
+    api::serve(listener, state, stop_signal()).await?;
+    eprintln!("stopping: finishing current commits");
+    engine.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }
 
 fn ask(question: &str) -> anyhow::Result<HitlDecision> {

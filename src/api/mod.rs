@@ -1,5 +1,67 @@
-//! Wire renderings of events shared by the CLI and the server: the SSE frame and a
-//! one-line human summary.
+//! The HTTP API (DESIGN §5, §8): [`router`] builds the axum router used by `flexrun serve`
+//! and by tests, [`serve`] runs it with graceful shutdown. Also the wire renderings of events
+//! shared by the CLI and the server: the SSE frame and a one-line human summary.
+//!
+//! ```no_run
+//! # async fn demo(engine: flexrun::Engine) -> std::io::Result<()> {
+//! use flexrun::api::{self, ApiConfig, AppState};
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let state = AppState::new(engine.clone(), ApiConfig::default());
+//! api::serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! engine.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod dto;
+mod error;
+mod extract;
+mod metrics;
+mod openapi;
+mod routes;
+mod sse;
+mod state;
+
+pub use dto::{
+    AgentTypeDto, CapabilityDto, CapabilityList, CapabilityStatusDto, DecisionDto, DirectionDto,
+    ErrorBody, ErrorDetail, EventDoc, ExecutorDto, FacetDto, FacetList, Health, HitlAnswerRequest,
+    HitlList, HitlStatusDto, HitlView, KindDto, NodeStatusDto, NodeView, OutputContractDto,
+    PlanDiffView, PlanEdgeDto, PlanNodeDto, PlanVersions, PlanView, ReasonRequest, ResponderDto,
+    RunAck, RunCreated, RunDetail, RunErrorDto, RunList, RunRequest, RunStatusDto, RunSummary,
+    SignalRequest,
+};
+pub use error::ApiError;
+pub use extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
+pub use openapi::ApiDoc;
+pub use routes::router;
+pub use state::{ApiConfig, AppState, Shutdown};
+
+use std::future::Future;
+
+/// Serves [`router`]`(state)` on `listener` until `signal` resolves or the state's
+/// [`Shutdown`] is triggered. Then open event streams end, the server stops accepting and
+/// waits for requests in flight. The engine is left running: call
+/// [`Engine::shutdown`](crate::Engine::shutdown) afterwards.
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let shutdown = state.shutdown();
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = signal => {}
+                () = shutdown.triggered() => {}
+            }
+            shutdown.trigger();
+        })
+        .await
+}
 
 use std::fmt::Write as _;
 

@@ -9,6 +9,7 @@
 mod actor;
 mod catalog_state;
 mod executor;
+mod query;
 mod validation;
 
 use std::collections::HashMap;

@@ -1,0 +1,149 @@
+//! `/metrics` in the Prometheus text exposition format (version 0.0.4).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use crate::engine::Engine;
+use crate::fsm::EventKind;
+use crate::ids::RunId;
+use crate::store::{RunHead, RunStatus};
+
+const STATUSES: [RunStatus; 4] = [
+    RunStatus::Active,
+    RunStatus::Completed,
+    RunStatus::Failed,
+    RunStatus::Cancelled,
+];
+
+/// Renders the engine's counters and the runs of `runs` (every run in the store).
+pub(crate) fn render(engine: &Engine, runs: &[(RunId, RunHead)]) -> String {
+    let mut out = String::new();
+    let mut by_status: BTreeMap<&'static str, u64> =
+        STATUSES.iter().map(|s| (s.as_str(), 0)).collect();
+    let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+    for (_, head) in runs {
+        *by_status.entry(head.status.as_str()).or_default() += 1;
+        *by_state.entry(head.state.as_str()).or_default() += 1;
+    }
+    header(
+        &mut out,
+        "flexrun_runs",
+        "gauge",
+        "Runs in the store by status.",
+    );
+    for (status, n) in &by_status {
+        let _ = writeln!(out, "flexrun_runs{{status=\"{status}\"}} {n}");
+    }
+    header(
+        &mut out,
+        "flexrun_runs_by_state",
+        "gauge",
+        "Runs in the store by run machine state.",
+    );
+    for (state, n) in &by_state {
+        let _ = writeln!(
+            out,
+            "flexrun_runs_by_state{{state=\"{}\"}} {n}",
+            escape(state)
+        );
+    }
+
+    let metrics = engine.metrics();
+    let events = metrics.events_by_kind();
+    header(
+        &mut out,
+        "flexrun_transitions_total",
+        "counter",
+        "Committed run transitions (events) since start, by event type.",
+    );
+    for (kind, n) in &events {
+        let _ = writeln!(out, "flexrun_transitions_total{{type=\"{kind}\"}} {n}");
+    }
+    let count = |wanted: EventKind| {
+        events
+            .iter()
+            .find(|(k, _)| *k == wanted)
+            .map_or(0, |(_, n)| *n)
+    };
+    header(
+        &mut out,
+        "flexrun_planner_calls_total",
+        "counter",
+        "Planner calls made since start.",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_planner_calls_total {}",
+        metrics.planner_calls.load(Ordering::Relaxed)
+    );
+    header(
+        &mut out,
+        "flexrun_plan_rejections_total",
+        "counter",
+        "Drafts and deltas rejected by validation since start.",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_plan_rejections_total {}",
+        count(EventKind::PlanRejected)
+    );
+    header(
+        &mut out,
+        "flexrun_node_duration_seconds",
+        "summary",
+        "Wall time of finished node attempts.",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_node_duration_seconds_sum {}",
+        metrics.node_micros.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_node_duration_seconds_count {}",
+        metrics.node_attempts.load(Ordering::Relaxed)
+    );
+    let stats = engine.store().stats();
+    header(
+        &mut out,
+        "flexrun_store_commits_total",
+        "counter",
+        "Store write transactions since start.",
+    );
+    let _ = writeln!(out, "flexrun_store_commits_total {}", stats.commits);
+    header(
+        &mut out,
+        "flexrun_store_bytes_written_total",
+        "counter",
+        "Serialized bytes written to the store since start.",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_store_bytes_written_total {}",
+        stats.bytes_written
+    );
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,747 @@
+//! The routes of DESIGN §5 and their handlers.
+
+use std::sync::OnceLock;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tower_http::trace::TraceLayer;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::dto::{
+    CapabilityDto, CapabilityList, ErrorBody, FacetDto, FacetList, Health, HitlAnswerRequest,
+    HitlList, HitlView, NodeView, PlanDiffView, PlanVersions, PlanView, ReasonRequest, RunAck,
+    RunCreated, RunDetail, RunErrorDto, RunList, RunRequest, RunStatusDto, RunSummary,
+    SignalRequest,
+};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
+use super::openapi::ApiDoc;
+use super::state::AppState;
+use super::{metrics, sse};
+use crate::catalog::{Capability, CapabilityStatus, Facet};
+use crate::fsm::EventBody;
+use crate::graph::{PlanGraph, PlanSnapshot};
+use crate::ids::RunId;
+use crate::store::{Store, StoreError};
+
+/// The API's router over `state`: every route of DESIGN §5, the one error shape for every
+/// failure (unknown routes and methods included), the body limit, optional bearer auth on
+/// every route but `/healthz`, a request timeout on every route but the event stream, and
+/// one tracing span per request carrying the run id.
+pub fn router(state: AppState) -> Router {
+    let timed = Router::new()
+        .route("/v1/runs", post(create_run).get(list_runs))
+        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}/plan", get(current_plan))
+        .route("/v1/runs/{id}/plan/versions", get(plan_versions))
+        .route("/v1/runs/{id}/plan/versions/{version}", get(plan_version))
+        .route("/v1/runs/{id}/plan/diff", get(plan_diff))
+        .route("/v1/runs/{id}/hitl", get(list_hitl))
+        .route("/v1/runs/{id}/hitl/{request_id}", post(answer_hitl))
+        .route("/v1/runs/{id}/signals", post(signal))
+        .route("/v1/runs/{id}/cancel", post(cancel))
+        .route("/v1/runs/{id}/pause", post(pause))
+        .route("/v1/runs/{id}/resume", post(resume))
+        .route("/v1/facets", get(list_facets).post(register_facet))
+        .route(
+            "/v1/capabilities",
+            get(list_capabilities).post(register_capability),
+        )
+        .route("/v1/capabilities/{id}", get(get_capability))
+        .route(
+            "/v1/capabilities/{id}/deactivate",
+            post(deactivate_capability),
+        )
+        .route("/v1/capabilities/{id}/activate", post(activate_capability))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/openapi.json", get(openapi))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline));
+    let protected = timed
+        .route("/v1/runs/{id}/events", get(run_events))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(protected)
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .with_state(state)
+}
+
+fn request_span(req: &Request<Body>) -> tracing::Span {
+    let path = req.uri().path();
+    let run_id = path
+        .strip_prefix("/v1/runs/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %req.method(), path, run_id)
+}
+
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = st.config.auth_token.as_deref() {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), token.as_bytes()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn deadline(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = st.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TIMEOUT",
+            format!("the request took longer than {} ms", limit.as_millis()),
+        )
+        .into_response(),
+    }
+}
+
+async fn unknown_route(req: Request) -> ApiError {
+    ApiError::not_found(
+        "ROUTE_NOT_FOUND",
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+fn parse_run(id: &str) -> Result<RunId, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::not_found(
+            "RUN_NOT_FOUND",
+            format!("run `{id}` not found (not a run id)"),
+        )
+    })
+}
+
+fn run_not_found(run: RunId) -> ApiError {
+    ApiError::from(crate::EngineError::RunNotFound(run))
+}
+
+/// Runs a synchronous store read off the async workers.
+async fn read<T: Send + 'static>(
+    st: &AppState,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = st.engine.store().clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(ApiError::from)
+}
+
+async fn ack(st: &AppState, run: RunId) -> Result<Json<RunAck>, ApiError> {
+    let head = read(st, move |s| s.run_head(run))
+        .await?
+        .ok_or_else(|| run_not_found(run))?;
+    Ok(Json(RunAck::new(run, &head)))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CreateQuery {
+    /// Answer with the run's SSE stream instead of `201` JSON.
+    #[serde(default)]
+    stream: bool,
+}
+
+/// Creates a run from an envelope and starts it.
+#[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = RunRequest,
+    params(CreateQuery),
+    responses(
+        (status = 201, description = "The run was created", body = RunCreated,
+         headers(("location" = String, description = "The run's URL"))),
+        (status = 200, description = "With `stream=true`: the run's events (see `GET /v1/runs/{id}/events`)",
+         content_type = "text/event-stream"),
+        (status = 400, description = "Malformed JSON or wrong types", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid envelope; `details.field` names the field", body = ErrorBody),
+    ))]
+pub(crate) async fn create_run(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<CreateQuery>,
+    ApiJson(body): ApiJson<RunRequest>,
+) -> Result<Response, ApiError> {
+    let run = st.engine.submit(body.into()).await?;
+    let location = format!("/v1/runs/{run}");
+    let mut response = if q.stream {
+        sse::response(&st, run, 0).into_response()
+    } else {
+        (
+            StatusCode::CREATED,
+            Json(RunCreated {
+                run_id: run,
+                status: RunStatusDto::Active,
+                events_url: format!("{location}/events"),
+            }),
+        )
+            .into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only runs with this status.
+    status: Option<RunStatusDto>,
+}
+
+/// Lists runs in creation order.
+#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
+    responses((status = 200, body = RunList), (status = 400, body = ErrorBody)))]
+pub(crate) async fn list_runs(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<RunList>, ApiError> {
+    let status = q.status.map(Into::into);
+    let runs = read(&st, move |s| s.list_runs(status)).await?;
+    Ok(Json(RunList {
+        runs: runs
+            .iter()
+            .map(|(id, head)| RunSummary::new(*id, head))
+            .collect(),
+    }))
+}
+
+/// A run: state, plan version, the current plan's nodes with their status, pending HITL
+/// requests and, once ended, its output or error.
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = RunDetail), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_run(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<RunDetail>, ApiError> {
+    let run = parse_run(&id)?;
+    let (head, plan, records, hitl, last) = read(&st, move |s| {
+        let Some(head) = s.run_head(run)? else {
+            return Ok(None);
+        };
+        let plan = s.latest_plan(run)?;
+        let records = s.node_records(run)?;
+        let hitl = s.hitl_records(run)?;
+        let last = if head.status.is_terminal() && head.last_seq > 0 {
+            s.events_after(run, head.last_seq - 1, 1)?.pop()
+        } else {
+            None
+        };
+        Ok(Some((head, plan, records, hitl, last)))
+    })
+    .await?
+    .ok_or_else(|| run_not_found(run))?;
+    let (output, error) =
+        if let Some(EventBody::Complete { output, error, .. }) = last.map(|e| e.body) {
+            (output, error)
+        } else {
+            (None, None)
+        };
+    Ok(Json(RunDetail {
+        run: RunSummary::new(run, &head),
+        nodes: plan
+            .iter()
+            .flat_map(|p| p.nodes.iter())
+            .map(|n| NodeView::new(n, &records))
+            .collect(),
+        pending_hitl: hitl
+            .iter()
+            .filter(|r| r.response.is_none())
+            .map(HitlView::from)
+            .collect(),
+        output,
+        error: error.as_ref().map(RunErrorDto::from),
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EventsQuery {
+    /// Replay events with a seq greater than this (`Last-Event-ID` wins when both are given).
+    after: Option<u64>,
+}
+
+/// The run's events as Server-Sent Events: replay after `Last-Event-ID` (or `after`), then
+/// live; `: heartbeat` comments; the stream ends after `complete`.
+#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs",
+    params(("id" = String, Path, description = "Run id"), EventsQuery,
+           ("last-event-id" = Option<u64>, Header, description = "Resume after this seq")),
+    responses(
+        (status = 200, description = "`event: <type>`, `id: <seq>`, `data: <event JSON>` frames (schema `EventDoc`)",
+         content_type = "text/event-stream"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn run_events(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let run = parse_run(&id)?;
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_LAST_EVENT_ID",
+                        format!("`Last-Event-ID: {v:?}` is not a seq"),
+                    )
+                })?,
+        ),
+    };
+    let after = last_event_id.or(q.after).unwrap_or(0);
+    if read(&st, move |s| s.run_head(run)).await?.is_none() {
+        return Err(run_not_found(run));
+    }
+    let mut response = sse::response(&st, run, after).into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PlanFormat {
+    /// The plan as JSON.
+    #[default]
+    Json,
+    /// A Mermaid flowchart (`text/plain`).
+    Mermaid,
+    /// A Graphviz digraph (`text/vnd.graphviz`).
+    Dot,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct FormatQuery {
+    /// json (default), mermaid or dot.
+    #[serde(default)]
+    format: PlanFormat,
+}
+
+fn render(plan: &PlanSnapshot, format: PlanFormat) -> Result<Response, ApiError> {
+    let text = |graph: fn(&PlanGraph) -> String, mime: &'static str| {
+        let g = PlanGraph::from_snapshot(plan).map_err(|e| ApiError::internal(&e))?;
+        Ok(([(header::CONTENT_TYPE, mime)], graph(&g)).into_response())
+    };
+    match format {
+        PlanFormat::Json => Ok(Json(PlanView::from(plan)).into_response()),
+        PlanFormat::Mermaid => text(PlanGraph::to_mermaid, "text/plain; charset=utf-8"),
+        PlanFormat::Dot => text(PlanGraph::to_dot, "text/vnd.graphviz; charset=utf-8"),
+    }
+}
+
+fn no_plan(run: RunId) -> ApiError {
+    ApiError::not_found("PLAN_NOT_FOUND", format!("run {run} has no plan yet"))
+}
+
+fn no_version(run: RunId, version: u32) -> ApiError {
+    ApiError::not_found(
+        "PLAN_VERSION_NOT_FOUND",
+        format!("run {run} has no plan version {version}"),
+    )
+    .with_details(serde_json::json!({ "version": version }))
+}
+
+/// The current plan version, as JSON or rendered.
+#[utoipa::path(get, path = "/v1/runs/{id}/plan", tag = "plans",
+    params(("id" = String, Path, description = "Run id"), FormatQuery),
+    responses((status = 200, body = PlanView, description = "JSON, or Mermaid / DOT text with `format`"),
+              (status = 404, body = ErrorBody)))]
+pub(crate) async fn current_plan(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<FormatQuery>,
+) -> Result<Response, ApiError> {
+    let run = parse_run(&id)?;
+    let (exists, plan) = read(&st, move |s| {
+        Ok((s.run_head(run)?.is_some(), s.latest_plan(run)?))
+    })
+    .await?;
+    if !exists {
+        return Err(run_not_found(run));
+    }
+    render(&plan.ok_or_else(|| no_plan(run))?, q.format)
+}
+
+/// The run's plan version numbers.
+#[utoipa::path(get, path = "/v1/runs/{id}/plan/versions", tag = "plans",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = PlanVersions), (status = 404, body = ErrorBody)))]
+pub(crate) async fn plan_versions(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<PlanVersions>, ApiError> {
+    let run = parse_run(&id)?;
+    let (head, versions) =
+        read(&st, move |s| Ok((s.run_head(run)?, s.plan_versions(run)?))).await?;
+    let head = head.ok_or_else(|| run_not_found(run))?;
+    Ok(Json(PlanVersions {
+        current: head.plan_version,
+        versions,
+    }))
+}
+
+/// One plan version, as JSON or rendered.
+#[utoipa::path(get, path = "/v1/runs/{id}/plan/versions/{version}", tag = "plans",
+    params(("id" = String, Path, description = "Run id"), ("version" = u32, Path, description = "Plan version"),
+           FormatQuery),
+    responses((status = 200, body = PlanView, description = "JSON, or Mermaid / DOT text with `format`"),
+              (status = 404, body = ErrorBody)))]
+pub(crate) async fn plan_version(
+    State(st): State<AppState>,
+    ApiPath((id, version)): ApiPath<(String, u32)>,
+    ApiQuery(q): ApiQuery<FormatQuery>,
+) -> Result<Response, ApiError> {
+    let run = parse_run(&id)?;
+    let (exists, plan) = read(&st, move |s| {
+        Ok((s.run_head(run)?.is_some(), s.plan_version(run, version)?))
+    })
+    .await?;
+    if !exists {
+        return Err(run_not_found(run));
+    }
+    render(&plan.ok_or_else(|| no_version(run, version))?, q.format)
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DiffQuery {
+    /// The older version (default: `to - 1`).
+    from: Option<u32>,
+    /// The newer version (default: the current version).
+    to: Option<u32>,
+}
+
+/// The structural difference between two plan versions.
+#[utoipa::path(get, path = "/v1/runs/{id}/plan/diff", tag = "plans",
+    params(("id" = String, Path, description = "Run id"), DiffQuery),
+    responses((status = 200, body = PlanDiffView), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub(crate) async fn plan_diff(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DiffQuery>,
+) -> Result<Json<PlanDiffView>, ApiError> {
+    let run = parse_run(&id)?;
+    let head = read(&st, move |s| s.run_head(run))
+        .await?
+        .ok_or_else(|| run_not_found(run))?;
+    let to = q.to.unwrap_or(head.plan_version);
+    let from = match q.from {
+        Some(from) => from,
+        None if to >= 2 => to - 1,
+        None => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_QUERY",
+                format!("run {run} needs `from` and `to` to diff (current version {to})"),
+            ));
+        }
+    };
+    let (older, newer) = read(&st, move |s| {
+        Ok((s.plan_version(run, from)?, s.plan_version(run, to)?))
+    })
+    .await?;
+    let older = older.ok_or_else(|| no_version(run, from))?;
+    let newer = newer.ok_or_else(|| no_version(run, to))?;
+    let graph = |p: &PlanSnapshot| PlanGraph::from_snapshot(p).map_err(|e| ApiError::internal(&e));
+    Ok(Json(PlanDiffView::from(
+        &graph(&older)?.diff(&graph(&newer)?),
+    )))
+}
+
+/// The run's HITL requests and answers.
+#[utoipa::path(get, path = "/v1/runs/{id}/hitl", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = HitlList), (status = 404, body = ErrorBody)))]
+pub(crate) async fn list_hitl(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<HitlList>, ApiError> {
+    let run = parse_run(&id)?;
+    let (exists, records) = read(&st, move |s| {
+        Ok((s.run_head(run)?.is_some(), s.hitl_records(run)?))
+    })
+    .await?;
+    if !exists {
+        return Err(run_not_found(run));
+    }
+    Ok(Json(HitlList {
+        requests: records.iter().map(HitlView::from).collect(),
+    }))
+}
+
+/// Answers a pending HITL request.
+#[utoipa::path(post, path = "/v1/runs/{id}/hitl/{requestId}", tag = "steering",
+    request_body = HitlAnswerRequest,
+    params(("id" = String, Path, description = "Run id"), ("requestId" = String, Path, description = "HITL request id")),
+    responses((status = 200, body = RunAck), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "Unknown or already resolved request, or the run has ended", body = ErrorBody)))]
+pub(crate) async fn answer_hitl(
+    State(st): State<AppState>,
+    ApiPath((id, request_id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<HitlAnswerRequest>,
+) -> Result<Json<RunAck>, ApiError> {
+    let run = parse_run(&id)?;
+    st.engine.answer_hitl(run, &request_id, body.into()).await?;
+    ack(&st, run).await
+}
+
+/// Sends an external signal; `manual` policies naming it fire.
+#[utoipa::path(post, path = "/v1/runs/{id}/signals", tag = "steering", request_body = SignalRequest,
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = RunAck), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn signal(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<SignalRequest>,
+) -> Result<Json<RunAck>, ApiError> {
+    let run = parse_run(&id)?;
+    if body.name.trim().is_empty() {
+        return Err(ApiError::invalid_field(
+            "name",
+            "signal name must not be empty",
+        ));
+    }
+    st.engine.signal(run, &body.name, body.payload).await?;
+    ack(&st, run).await
+}
+
+/// Cancels a run.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "steering", request_body(content = Option<ReasonRequest>),
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = RunAck), (status = 404, body = ErrorBody),
+              (status = 409, description = "The run has ended", body = ErrorBody)))]
+pub(crate) async fn cancel(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> Result<Json<RunAck>, ApiError> {
+    let run = parse_run(&id)?;
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "cancelled over HTTP".to_owned());
+    st.engine.cancel(run, &reason).await?;
+    ack(&st, run).await
+}
+
+/// Pauses an executing run (in-flight nodes finish; nothing new starts).
+#[utoipa::path(post, path = "/v1/runs/{id}/pause", tag = "steering", request_body(content = Option<ReasonRequest>),
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = RunAck), (status = 404, body = ErrorBody),
+              (status = 409, description = "The run is not executing", body = ErrorBody)))]
+pub(crate) async fn pause(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> Result<Json<RunAck>, ApiError> {
+    let run = parse_run(&id)?;
+    let reason = body.reason.unwrap_or_else(|| "paused over HTTP".to_owned());
+    st.engine.pause(run, &reason).await?;
+    ack(&st, run).await
+}
+
+/// Resumes a paused run.
+#[utoipa::path(post, path = "/v1/runs/{id}/resume", tag = "steering", request_body(content = Option<ReasonRequest>),
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = RunAck), (status = 404, body = ErrorBody),
+              (status = 409, description = "The run is not paused, or waits on a HITL answer", body = ErrorBody)))]
+pub(crate) async fn resume(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> Result<Json<RunAck>, ApiError> {
+    let run = parse_run(&id)?;
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "resumed over HTTP".to_owned());
+    st.engine.resume(run, &reason).await?;
+    ack(&st, run).await
+}
+
+/// Registered facets.
+#[utoipa::path(get, path = "/v1/facets", tag = "catalog", responses((status = 200, body = FacetList)))]
+pub(crate) async fn list_facets(State(st): State<AppState>) -> Json<FacetList> {
+    let catalog = st.engine.catalog();
+    Json(FacetList {
+        facets: catalog.facets.list().map(FacetDto::from).collect(),
+    })
+}
+
+/// Registers (or replaces) a facet.
+#[utoipa::path(post, path = "/v1/facets", tag = "catalog", request_body = FacetDto,
+    responses((status = 201, body = FacetDto), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn register_facet(
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<FacetDto>,
+) -> Result<(StatusCode, Json<FacetDto>), ApiError> {
+    let facet = Facet::try_from(body)?;
+    let echo = FacetDto::from(&facet);
+    let engine = st.engine.clone();
+    tokio::task::spawn_blocking(move || engine.register_facet(facet))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    Ok((StatusCode::CREATED, Json(echo)))
+}
+
+/// Registered capabilities (active and inactive).
+#[utoipa::path(get, path = "/v1/capabilities", tag = "catalog", responses((status = 200, body = CapabilityList)))]
+pub(crate) async fn list_capabilities(State(st): State<AppState>) -> Json<CapabilityList> {
+    let catalog = st.engine.catalog();
+    Json(CapabilityList {
+        capabilities: catalog.registry.list().map(CapabilityDto::from).collect(),
+    })
+}
+
+/// Registers (or replaces) a capability; its facets must be registered.
+#[utoipa::path(post, path = "/v1/capabilities", tag = "catalog", request_body = CapabilityDto,
+    responses((status = 201, body = CapabilityDto), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn register_capability(
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<CapabilityDto>,
+) -> Result<(StatusCode, Json<CapabilityDto>), ApiError> {
+    let capability = Capability::try_from(body)?;
+    let echo = CapabilityDto::from(&capability);
+    let engine = st.engine.clone();
+    tokio::task::spawn_blocking(move || engine.register_capability(capability))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    Ok((StatusCode::CREATED, Json(echo)))
+}
+
+fn capability_of(st: &AppState, id: &str) -> Result<CapabilityDto, ApiError> {
+    st.engine
+        .catalog()
+        .registry
+        .get(id)
+        .map(CapabilityDto::from)
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "CAPABILITY_NOT_FOUND",
+                format!("capability `{id}` not found"),
+            )
+        })
+}
+
+/// One capability.
+#[utoipa::path(get, path = "/v1/capabilities/{id}", tag = "catalog",
+    params(("id" = String, Path, description = "Capability id")),
+    responses((status = 200, body = CapabilityDto), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_capability(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<CapabilityDto>, ApiError> {
+    capability_of(&st, &id).map(Json)
+}
+
+async fn set_status(
+    st: &AppState,
+    id: String,
+    status: CapabilityStatus,
+) -> Result<Json<CapabilityDto>, ApiError> {
+    capability_of(st, &id)?;
+    let engine = st.engine.clone();
+    let target = id.clone();
+    tokio::task::spawn_blocking(move || engine.set_capability_status(&target, status))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    capability_of(st, &id).map(Json)
+}
+
+/// Deactivates a capability: new plans may not use it; running nodes finish.
+#[utoipa::path(post, path = "/v1/capabilities/{id}/deactivate", tag = "catalog",
+    params(("id" = String, Path, description = "Capability id")),
+    responses((status = 200, body = CapabilityDto), (status = 404, body = ErrorBody)))]
+pub(crate) async fn deactivate_capability(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<CapabilityDto>, ApiError> {
+    set_status(&st, id, CapabilityStatus::Inactive).await
+}
+
+/// Activates a capability again.
+#[utoipa::path(post, path = "/v1/capabilities/{id}/activate", tag = "catalog",
+    params(("id" = String, Path, description = "Capability id")),
+    responses((status = 200, body = CapabilityDto), (status = 404, body = ErrorBody)))]
+pub(crate) async fn activate_capability(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<CapabilityDto>, ApiError> {
+    set_status(&st, id, CapabilityStatus::Active).await
+}
+
+/// Liveness; never requires a token.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+/// Prometheus metrics: runs by status and state, transitions by type, planner calls and
+/// rejections, node durations, store commits.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain")))]
+pub(crate) async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let runs = read(&st, |s| s.list_runs(None)).await?;
+    let body = metrics::render(&st.engine, &runs);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json")))]
+pub(crate) async fn openapi() -> Response {
+    static DOC: OnceLock<String> = OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_else(|_| "{}".to_owned())
+    });
+    ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
+}

@@ -1,0 +1,118 @@
+//! What every handler shares: the engine, the server settings and the shutdown signal.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+
+/// Server settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// When set, every route but `/healthz` requires `Authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
+    /// Interval of SSE heartbeat comments (`: heartbeat`).
+    pub heartbeat: Duration,
+    /// Largest accepted request body, in bytes (413 beyond).
+    pub body_limit: usize,
+    /// Longest time a request may take to produce its response head (event streams are
+    /// bounded only by their run).
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            auth_token: None,
+            heartbeat: Duration::from_secs(15),
+            body_limit: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Tells open event streams (and [`serve`](super::serve)) that the server is stopping.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    /// A signal not yet triggered.
+    pub fn new() -> Self {
+        Self {
+            tx: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    /// Triggers the signal: event streams end and the server stops accepting.
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Whether the signal was triggered.
+    pub fn is_triggered(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// Resolves once the signal is triggered.
+    pub fn triggered(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
+
+/// The state behind [`router`](super::router).
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub(crate) engine: Engine,
+    pub(crate) config: Arc<ApiConfig>,
+    pub(crate) shutdown: Shutdown,
+}
+
+impl AppState {
+    /// State over `engine` with `config` and a fresh shutdown signal.
+    pub fn new(engine: Engine, config: ApiConfig) -> Self {
+        Self {
+            engine,
+            config: Arc::new(config),
+            shutdown: Shutdown::new(),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The shutdown signal shared by every clone of this state.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn triggering_wakes_every_waiter_even_late_ones() {
+        let s = Shutdown::new();
+        let early = tokio::spawn(s.triggered());
+        assert!(!s.is_triggered());
+        s.clone().trigger();
+        early.await.unwrap();
+        s.triggered().await;
+        assert!(s.is_triggered());
+    }
+}

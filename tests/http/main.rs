@@ -1,0 +1,12 @@
+//! The HTTP API over real sockets: a server on 127.0.0.1:0, a real client and SSE reader,
+//! webhook capabilities served by the tests themselves.
+
+mod support;
+
+mod catalog;
+mod errors;
+mod hitl;
+mod restart;
+mod scenarios;
+mod streams;
+mod webhook;
