@@ -41,6 +41,7 @@ pub use client::{
 };
 pub use config::{DEFAULT_API_KEY_ENV, OpenAiConfig};
 pub use error::{ChatError, ConfigError};
+pub(crate) use reply::unfenced;
 pub use schema::{INSTRUCTION_CAP, NODE_CAP, NODE_ID_PATTERN, OPERATION_CAP, VARIANT_CAP};
 
 /// The model-backed planner.

@@ -12,7 +12,7 @@ const QUOTED_ERRORS: usize = 5;
 
 /// The JSON text of a reply, without the Markdown fence some servers add when they do not
 /// enforce the schema.
-fn unfenced(content: &str) -> &str {
+pub(crate) fn unfenced(content: &str) -> &str {
     let t = content.trim();
     let Some(rest) = t.strip_prefix("```") else {
         return t;
