@@ -42,9 +42,7 @@ impl LlmSpec {
                 model: model.clone(),
                 instructions: instructions.clone(),
             }),
-            ExecutorSpec::Builtin { .. } | ExecutorSpec::Http { .. } | ExecutorSpec::Human => {
-                None
-            }
+            ExecutorSpec::Builtin { .. } | ExecutorSpec::Http { .. } | ExecutorSpec::Human => None,
         }
     }
 }
@@ -76,7 +74,10 @@ impl LlmExecutor {
         config: OpenAiConfig,
         resolve: impl Fn(&str) -> Option<LlmSpec> + Send + Sync + 'static,
     ) -> Result<Self, ConfigError> {
-        Ok(Self::with_client(ChatClient::new(config)?, Arc::new(resolve)))
+        Ok(Self::with_client(
+            ChatClient::new(config)?,
+            Arc::new(resolve),
+        ))
     }
 
     /// An executor for a fixed set of capabilities (those with an `llm` executor spec).
@@ -135,7 +136,10 @@ facets) and nothing else.",
         });
         ChatRequest {
             model: spec.model.clone(),
-            messages: vec![ChatMessage::system(system), ChatMessage::user(user.to_string())],
+            messages: vec![
+                ChatMessage::system(system),
+                ChatMessage::user(user.to_string()),
+            ],
             schema_name: "node_output".to_owned(),
             schema,
         }
@@ -249,8 +253,8 @@ mod tests {
             instructions: "You write ad copy.".into(),
         })
         .unwrap();
-        let exec = LlmExecutor::new(OpenAiConfig::new("http://127.0.0.1:9/v1", "m"), |_| None)
-            .unwrap();
+        let exec =
+            LlmExecutor::new(OpenAiConfig::new("http://127.0.0.1:9/v1", "m"), |_| None).unwrap();
         let req = exec.chat_request(&call(), &spec);
         assert_eq!(req.model.as_deref(), Some("tiny"));
         assert!(req.messages[0].content.contains("You write ad copy."));

@@ -142,7 +142,11 @@ impl FakeOpenAi {
     }
 }
 
-async fn answer(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn answer(
+    State(script): State<Arc<Mutex<Script>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let reply = {
         let mut s = script.lock().unwrap();
         s.received.push(Received {
@@ -158,7 +162,8 @@ async fn answer(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMap, bo
             headers,
             body,
         }) => {
-            let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+            let mut response =
+                (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
             for (k, v) in headers {
                 response.headers_mut().insert(k, v.parse().unwrap());
             }

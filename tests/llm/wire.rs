@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flexrun::ScriptedPlanner;
 use flexrun::catalog::{AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec};
 use flexrun::engine::NodeExecutor;
 use flexrun::executors::llm::LlmExecutor;
@@ -10,7 +11,6 @@ use flexrun::fsm::{EventBody, EventKind, RunEvent, TokenUsage};
 use flexrun::graph::{PlanDraft, PlanEdge, PlanNode};
 use flexrun::planner::openai::{ChatClient, OpenAiConfig, OpenAiPlanner};
 use flexrun::planner::{Planner, ScriptStep};
-use flexrun::ScriptedPlanner;
 use serde_json::{Value, json};
 
 use crate::fake::{FakeOpenAi, Reply, chat, chat_finishing, error};
@@ -69,7 +69,9 @@ fn complete_error(events: &[RunEvent]) -> String {
     events
         .iter()
         .find_map(|e| match &e.body {
-            EventBody::Complete { error: Some(err), .. } => Some(format!("{}: {}", err.code, err.message)),
+            EventBody::Complete {
+                error: Some(err), ..
+            } => Some(format!("{}: {}", err.code, err.message)),
             _ => None,
         })
         .unwrap_or_default()
@@ -79,7 +81,9 @@ fn planner_errors(events: &[RunEvent]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match &e.body {
-            EventBody::PlanRequested { error: Some(err), .. } => Some(err.clone()),
+            EventBody::PlanRequested {
+                error: Some(err), ..
+            } => Some(err.clone()),
             _ => None,
         })
         .collect()
@@ -101,7 +105,12 @@ async fn a_valid_draft_runs_to_completion_through_the_envelope_choice() {
     env_json["planner"] = json!("openai");
     let run = env.engine.submit(envelope(env_json)).await.unwrap();
     let events = env.until_complete(run).await;
-    assert_eq!(complete_status(&events).as_deref(), Some("completed"), "{:?}", labels(&events));
+    assert_eq!(
+        complete_status(&events).as_deref(),
+        Some("completed"),
+        "{:?}",
+        labels(&events)
+    );
     assert_eq!(
         labels(&events)[..3],
         ["plan_requested", "plan_generated", "plan_accepted"]
@@ -123,7 +132,10 @@ async fn a_valid_draft_runs_to_completion_through_the_envelope_choice() {
     let req = &got[0];
     assert_eq!(req.body["model"], "fake-model");
     assert_eq!(req.body["response_format"]["type"], "json_schema");
-    assert_eq!(req.body["response_format"]["json_schema"]["name"], "plan_draft");
+    assert_eq!(
+        req.body["response_format"]["json_schema"]["name"],
+        "plan_draft"
+    );
     assert_eq!(req.body["response_format"]["json_schema"]["strict"], true);
     assert_eq!(
         req.headers["authorization"].to_str().unwrap(),
@@ -148,7 +160,10 @@ async fn a_valid_draft_runs_to_completion_through_the_envelope_choice() {
     );
 
     let stored = serde_json::to_string(&env.stored_events(run)).unwrap();
-    assert!(!stored.contains(SECRET), "the API key never reaches the event log");
+    assert!(
+        !stored.contains(SECRET),
+        "the API key never reaches the event log"
+    );
     let m = openai.metrics();
     assert_eq!((m.calls, m.attempts, m.retries, m.failures), (1, 1, 0, 0));
     assert_eq!((m.prompt_tokens, m.completion_tokens), (120, 45));
@@ -206,7 +221,12 @@ async fn a_policy_replan_is_answered_with_a_delta() {
         .await
         .unwrap();
     let events = env.until_complete(run).await;
-    assert_eq!(complete_status(&events).as_deref(), Some("completed"), "{:?}", labels(&events));
+    assert_eq!(
+        complete_status(&events).as_deref(),
+        Some("completed"),
+        "{:?}",
+        labels(&events)
+    );
     let updated = of_kind(&events, EventKind::PlanUpdated);
     assert_eq!(updated.len(), 1);
     let EventBody::PlanUpdated { version, diff, .. } = &updated[0].body else {
@@ -219,8 +239,14 @@ async fn a_policy_replan_is_answered_with_a_delta() {
     let got = fake.received();
     assert_eq!(got.len(), 2);
     let replan = &got[1];
-    assert_eq!(replan.body["response_format"]["json_schema"]["name"], "plan_delta");
-    assert_eq!(replan.schema()["properties"]["baseVersion"]["enum"], json!([1]));
+    assert_eq!(
+        replan.body["response_format"]["json_schema"]["name"],
+        "plan_delta"
+    );
+    assert_eq!(
+        replan.schema()["properties"]["baseVersion"]["enum"],
+        json!([1])
+    );
     let ctx = replan.context();
     assert_eq!(ctx["currentPlan"]["version"], 1);
     assert_eq!(ctx["trigger"]["policyId"], "qa-gate");
@@ -260,7 +286,10 @@ async fn a_rate_limit_is_retried_after_the_delay_it_asks_for() {
     let got = fake.received();
     assert_eq!(got.len(), 2);
     let waited = got[1].at.duration_since(got[0].at);
-    assert!(waited >= Duration::from_millis(950), "Retry-After honoured: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(950),
+        "Retry-After honoured: {waited:?}"
+    );
     let m = openai.metrics();
     assert_eq!((m.calls, m.attempts, m.retries, m.failures), (1, 2, 1, 0));
 }
@@ -280,10 +309,16 @@ async fn server_errors_exhaust_the_retries_and_fail_the_run() {
         .unwrap();
     let events = env.until_complete(run).await;
     assert_eq!(complete_status(&events).as_deref(), Some("failed"));
-    assert_eq!(fake.received().len(), 4, "2 planner attempts × 2 http attempts");
+    assert_eq!(
+        fake.received().len(),
+        4,
+        "2 planner attempts × 2 http attempts"
+    );
     let error = complete_error(&events);
     assert!(
-        error.contains("http 500") && error.contains("upstream exploded") && error.contains("2 attempt(s)"),
+        error.contains("http 500")
+            && error.contains("upstream exploded")
+            && error.contains("2 attempt(s)"),
         "{error}"
     );
     assert_eq!(planner_errors(&events).len(), 1, "the engine retried once");
@@ -302,9 +337,16 @@ async fn bad_credentials_fail_at_once() {
         .unwrap();
     let events = env.until_complete(run).await;
     assert_eq!(complete_status(&events).as_deref(), Some("failed"));
-    assert_eq!(fake.received().len(), 1, "a 401 is neither retried nor re-planned");
+    assert_eq!(
+        fake.received().len(),
+        1,
+        "a 401 is neither retried nor re-planned"
+    );
     let error = complete_error(&events);
-    assert!(error.contains("http 401") && error.contains("fatal"), "{error}");
+    assert!(
+        error.contains("http 401") && error.contains("fatal"),
+        "{error}"
+    );
     assert!(!error.contains(SECRET));
 }
 
@@ -348,14 +390,30 @@ async fn truncated_and_malformed_replies_are_planner_errors_and_retried() {
         .await
         .unwrap();
     let events = env.until_complete(run).await;
-    assert_eq!(complete_status(&events).as_deref(), Some("completed"), "{:?}", labels(&events));
+    assert_eq!(
+        complete_status(&events).as_deref(),
+        Some("completed"),
+        "{:?}",
+        labels(&events)
+    );
     let errors = planner_errors(&events);
     assert_eq!(errors.len(), 3, "{errors:?}");
-    assert!(errors[0].contains("truncated") && errors[0].contains("finish_reason `length`"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("truncated") && errors[0].contains("finish_reason `length`"),
+        "{}",
+        errors[0]
+    );
     assert!(errors[1].contains("not valid JSON"), "{}", errors[1]);
-    assert!(errors[2].contains("does not match its schema") && errors[2].contains("/nodes/0"), "{}", errors[2]);
+    assert!(
+        errors[2].contains("does not match its schema") && errors[2].contains("/nodes/0"),
+        "{}",
+        errors[2]
+    );
     let got = fake.received();
-    assert!(got[1].all_content().contains("truncated"), "the next request says what went wrong");
+    assert!(
+        got[1].all_content().contains("truncated"),
+        "the next request says what went wrong"
+    );
     assert!(got[3].all_content().contains("does not match its schema"));
     assert_eq!(openai.metrics().failures, 3);
 }
@@ -403,17 +461,19 @@ fn llm_draft() -> PlanDraft {
 
 async fn llm_env(fake: &FakeOpenAi) -> (TestEnv, Arc<LlmExecutor>) {
     let cap = llm_writer();
-    let exec = Arc::new(
-        LlmExecutor::for_capabilities(config(fake), [&cap]).unwrap(),
-    );
+    let exec = Arc::new(LlmExecutor::for_capabilities(config(fake), [&cap]).unwrap());
     let scripted = Arc::new(ScriptedPlanner::new([ScriptStep::Draft(llm_draft())]));
     let dir = tempfile::tempdir().unwrap();
     let exec_for_engine: Arc<dyn NodeExecutor> = exec.clone();
-    let engine = open(dir.path().join("flexrun.redb"), Some(scripted), move |mut c| {
-        c.capabilities.push(cap);
-        c.executors = c.executors.with_type("llm", exec_for_engine);
-        c
-    })
+    let engine = open(
+        dir.path().join("flexrun.redb"),
+        Some(scripted),
+        move |mut c| {
+            c.capabilities.push(cap);
+            c.executors = c.executors.with_type("llm", exec_for_engine);
+            c
+        },
+    )
     .await;
     let rx = engine.subscribe();
     (TestEnv { dir, engine, rx }, exec)
@@ -429,11 +489,18 @@ async fn the_llm_executor_produces_a_validated_node_output() {
         .await
         .unwrap();
     let events = env.until_complete(run).await;
-    assert_eq!(complete_status(&events).as_deref(), Some("completed"), "{:?}", labels(&events));
+    assert_eq!(
+        complete_status(&events).as_deref(),
+        Some("completed"),
+        "{:?}",
+        labels(&events)
+    );
     let out = events
         .iter()
         .find_map(|e| match &e.body {
-            EventBody::NodeComplete { output, .. } if e.node_id.as_deref() == Some("write") => Some(output.clone()),
+            EventBody::NodeComplete { output, .. } if e.node_id.as_deref() == Some("write") => {
+                Some(output.clone())
+            }
             _ => None,
         })
         .unwrap();
@@ -443,10 +510,20 @@ async fn the_llm_executor_produces_a_validated_node_output() {
     assert_eq!(got.len(), 1);
     let req = &got[0];
     assert_eq!(req.body["model"], "writer-model");
-    assert!(req.body["messages"][0]["content"].as_str().unwrap().contains("You write short ad copy."));
+    assert!(
+        req.body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("You write short ad copy.")
+    );
     let ctx = req.context();
     assert_eq!(ctx["inputs"]["writerBrief"]["audience"], "busy parents");
-    assert!(ctx["instructions"].as_array().unwrap().contains(&json!("node write")));
+    assert!(
+        ctx["instructions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("node write"))
+    );
     let schema = req.schema();
     assert_eq!(schema["required"], json!(["copyVariants"]));
     assert_eq!(schema["properties"]["copyVariants"]["minItems"], 1);
@@ -466,10 +543,69 @@ async fn an_llm_output_that_breaks_the_contract_is_a_validation_error() {
     let invalid = of_kind(&events, EventKind::ValidationError);
     assert_eq!(invalid.len(), 1, "{:?}", labels(&events));
     assert_eq!(invalid[0].node_id.as_deref(), Some("write"));
-    let EventBody::ValidationError { errors, will_retry, .. } = &invalid[0].body else {
+    let EventBody::ValidationError {
+        errors, will_retry, ..
+    } = &invalid[0].body
+    else {
         panic!()
     };
     assert!(!will_retry);
-    assert!(errors.iter().any(|e| e.contains("/copyVariants")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("/copyVariants")),
+        "{errors:?}"
+    );
     assert_eq!(complete_status(&events).as_deref(), Some("failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_side_of_a_planner_call_is_small_next_to_the_round_trip() {
+    use flexrun::planner::{PlanRequest, Purpose};
+    const CALLS: u64 = 40;
+    let fake = FakeOpenAi::start([]).await;
+    fake.fallback(chat(DRAFT));
+    let openai = planner(config(&fake));
+    let request = PlanRequest {
+        run_id: flexrun::RunId::new(),
+        purpose: Purpose::Initial,
+        phase: flexrun::fsm::PlanPhase::Initial,
+        attempt: 1,
+        objective: "tagline for a bakery".into(),
+        inputs: json!({"objectiveBrief": "Fresh sourdough baked daily, for busy parents"})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        facet_values: Default::default(),
+        completed: vec![],
+        required_outputs: vec!["copyVariants".into()],
+        special_instructions: vec![],
+        policies: Default::default(),
+        capabilities: flexrun::demo::capabilities(),
+        facets: flexrun::demo::facets(),
+        current_plan: None,
+        trigger: None,
+        diagnostics: vec![],
+        previous_error: None,
+    };
+    let started = std::time::Instant::now();
+    for _ in 0..CALLS {
+        let response = openai.plan(request.clone()).await.unwrap();
+        assert!(matches!(
+            response.output,
+            flexrun::fsm::PlannerOutput::Draft(_)
+        ));
+    }
+    let wall = started.elapsed();
+    let m = openai.metrics();
+    assert_eq!((m.calls, m.failures), (CALLS, 0));
+    let overhead = m.overhead_micros / CALLS;
+    let round_trip = m.server_micros / CALLS;
+    eprintln!(
+        "planner call overhead: ours {overhead} µs/call (prompt, schema, encode, decode, schema check), \
+         http round trip to the local fake {round_trip} µs/call, wall {} µs/call",
+        wall.as_micros() as u64 / CALLS
+    );
+    assert!(
+        overhead < 50_000,
+        "our side stays well under a model's latency: {overhead} µs"
+    );
 }

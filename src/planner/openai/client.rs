@@ -195,8 +195,7 @@ impl OpenAiMetrics {
 
     /// Adds time spent on our side.
     pub(crate) fn overhead(&self, d: Duration) {
-        self.overhead_micros
-            .fetch_add(micros(d), Ordering::Relaxed);
+        self.overhead_micros.fetch_add(micros(d), Ordering::Relaxed);
     }
 }
 
@@ -248,7 +247,10 @@ impl ChatClient {
     ///
     /// # Errors
     /// [`ConfigError`] when the config is invalid or the HTTP client cannot be built.
-    pub fn with_api_key(config: OpenAiConfig, api_key: Option<String>) -> Result<Self, ConfigError> {
+    pub fn with_api_key(
+        config: OpenAiConfig,
+        api_key: Option<String>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let http = crate::http_client::client_builder()
             .connect_timeout(config.timeout)
@@ -428,7 +430,12 @@ impl ChatClient {
         }
     }
 
-    fn parse(&self, bytes: &[u8], attempts: u32, server_time: Duration) -> Result<ChatReply, ChatError> {
+    fn parse(
+        &self,
+        bytes: &[u8],
+        attempts: u32,
+        server_time: Duration,
+    ) -> Result<ChatReply, ChatError> {
         let malformed = |message: String| ChatError::Malformed {
             endpoint: self.endpoint.to_string(),
             message,
@@ -491,7 +498,6 @@ enum Attempt {
     },
     Fatal(ChatError),
 }
-
 
 /// Exponential backoff with "equal jitter": half of `base·2^(attempt-1)` (capped at `max`)
 /// plus a random share of the other half. `unit` is a random number in `[0, 1)`.
@@ -608,11 +614,16 @@ mod tests {
     #[test]
     fn error_bodies_are_summarised() {
         assert_eq!(
-            error_text(br#"{"error":{"message":"model `x` not found","type":"invalid_request_error"}}"#),
+            error_text(
+                br#"{"error":{"message":"model `x` not found","type":"invalid_request_error"}}"#
+            ),
             "model `x` not found"
         );
         assert_eq!(error_text(b""), "(empty body)");
-        assert_eq!(error_text(b"<html>bad gateway</html>"), "`<html>bad gateway</html>`");
+        assert_eq!(
+            error_text(b"<html>bad gateway</html>"),
+            "`<html>bad gateway</html>`"
+        );
         assert_eq!(shorten("abcdef", 3), "abc…");
         assert_eq!(shorten("abc", 3), "abc");
     }

@@ -103,9 +103,11 @@ impl OpenAiConfig {
                 .map(|v| (name, v))
         };
         let required = |suffix: &str| {
-            get(suffix).map(|(_, v)| v).ok_or_else(|| ConfigError::Missing {
-                name: format!("FLEXRUN_PLANNER_{suffix}"),
-            })
+            get(suffix)
+                .map(|(_, v)| v)
+                .ok_or_else(|| ConfigError::Missing {
+                    name: format!("FLEXRUN_PLANNER_{suffix}"),
+                })
         };
         let mut config = Self::new(required("BASE_URL")?, required("MODEL")?);
         if let Some((_, v)) = get("API_KEY_ENV") {
@@ -177,10 +179,13 @@ fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError
 where
     T::Err: fmt::Display,
 {
-    value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-        field: name.to_owned(),
-        message: format!("`{value}`: {e}"),
-    })
+    value
+        .trim()
+        .parse()
+        .map_err(|e: T::Err| ConfigError::Invalid {
+            field: name.to_owned(),
+            message: format!("`{value}`: {e}"),
+        })
 }
 
 #[cfg(test)]
@@ -230,14 +235,20 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(
-            e.to_string().contains("FLEXRUN_PLANNER_MAX_ATTEMPTS") && e.to_string().contains("many"),
+            e.to_string().contains("FLEXRUN_PLANNER_MAX_ATTEMPTS")
+                && e.to_string().contains("many"),
             "{e}"
         );
         let e = OpenAiConfig::new("ftp://x", "m").validate().unwrap_err();
         assert!(e.to_string().contains("base_url"), "{e}");
         let mut c = OpenAiConfig::new("http://x/v1", "m");
         c.max_attempts = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("max_attempts"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_attempts")
+        );
     }
 
     #[test]

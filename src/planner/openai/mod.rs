@@ -145,7 +145,9 @@ impl Planner for OpenAiPlanner {
             Err(message) => {
                 metrics.failed();
                 tracing::warn!(run_id = %request.run_id, attempt = request.attempt, error = %message, "unusable planner reply");
-                Err(PlannerError::Retryable(format!("openai planner: {message}")))
+                Err(PlannerError::Retryable(format!(
+                    "openai planner: {message}"
+                )))
             }
         }
     }

@@ -33,7 +33,9 @@ each such dependency.\n\
 required capability and kind.\n\
 - Keep instructions and rationales to one short sentence.";
     match purpose {
-        Purpose::Initial => format!("{common}\nReply with a draft: nodes, edges, systemInstructions, rationale."),
+        Purpose::Initial => {
+            format!("{common}\nReply with a draft: nodes, edges, systemInstructions, rationale.")
+        }
         Purpose::Replan => format!(
             "{common}\nThe run is under way. Reply with a delta against currentPlan: baseVersion \
 (the current version), rationale, and operations (addNode, replaceNode or removeNode for pending \
@@ -93,7 +95,10 @@ pub(crate) fn prune(req: &PlanRequest) -> Vec<&Capability> {
         for (i, cap) in allowed.iter().enumerate() {
             if usable[i]
                 && !relevant[i]
-                && cap.output_facets.iter().any(|f| needed.contains(f.as_str()))
+                && cap
+                    .output_facets
+                    .iter()
+                    .any(|f| needed.contains(f.as_str()))
             {
                 relevant[i] = true;
                 needed.extend(cap.input_facets.iter().map(String::as_str));
@@ -150,7 +155,9 @@ pub(crate) fn clip(value: &Value) -> Value {
             }
             Value::Array(out)
         }
-        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), clip(v))).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), clip(v))).collect())
+        }
         Value::Null | Value::Bool(_) | Value::Number(_) => value.clone(),
     }
 }
@@ -201,10 +208,26 @@ pub(crate) fn context_message(req: &PlanRequest, caps: &[&Capability]) -> String
     let policy = &req.policies.planner;
     let mut policies = json!({"maxNodes": policy.max_nodes});
     let lists = [
-        ("forbiddenCapabilities", json!(policy.forbidden_capabilities), policy.forbidden_capabilities.is_empty()),
-        ("requiredCapabilities", json!(policy.required_capabilities), policy.required_capabilities.is_empty()),
-        ("forbiddenKinds", json!(policy.forbidden_kinds), policy.forbidden_kinds.is_empty()),
-        ("requiredKinds", json!(policy.required_kinds), policy.required_kinds.is_empty()),
+        (
+            "forbiddenCapabilities",
+            json!(policy.forbidden_capabilities),
+            policy.forbidden_capabilities.is_empty(),
+        ),
+        (
+            "requiredCapabilities",
+            json!(policy.required_capabilities),
+            policy.required_capabilities.is_empty(),
+        ),
+        (
+            "forbiddenKinds",
+            json!(policy.forbidden_kinds),
+            policy.forbidden_kinds.is_empty(),
+        ),
+        (
+            "requiredKinds",
+            json!(policy.required_kinds),
+            policy.required_kinds.is_empty(),
+        ),
     ];
     for (key, value, empty) in lists {
         if !empty {
@@ -326,7 +349,10 @@ mod tests {
             phase: PlanPhase::Initial,
             attempt: 1,
             objective: "tagline".into(),
-            inputs: json!({"objectiveBrief": "fresh bread"}).as_object().cloned().unwrap(),
+            inputs: json!({"objectiveBrief": "fresh bread"})
+                .as_object()
+                .cloned()
+                .unwrap(),
             facet_values: Map::new(),
             completed: vec![],
             required_outputs: required.iter().map(|s| (*s).to_owned()).collect(),
@@ -360,7 +386,12 @@ mod tests {
         req.policies.planner.required_capabilities = vec!["keywords.extract".into()];
         assert_eq!(
             ids(&prune(&req)),
-            ["brief.structurer", "writer.formal", "qa.copy", "keywords.extract"]
+            [
+                "brief.structurer",
+                "writer.formal",
+                "qa.copy",
+                "keywords.extract"
+            ]
         );
     }
 
@@ -385,8 +416,11 @@ mod tests {
         req.attempt = 2;
         req.phase = PlanPhase::Revision;
         req.diagnostics = vec![
-            Diagnostic::error(DiagnosticCode::CapabilityNotRegistered, "capability `writer.de` is not registered")
-                .node("write"),
+            Diagnostic::error(
+                DiagnosticCode::CapabilityNotRegistered,
+                "capability `writer.de` is not registered",
+            )
+            .node("write"),
         ];
         let caps = prune(&req);
         let msgs = messages(&req, &caps);
@@ -395,9 +429,23 @@ mod tests {
         assert_eq!(ctx["objective"], "tagline");
         assert_eq!(ctx["availableFacets"]["objectiveBrief"], "fresh bread");
         assert_eq!(ctx["capabilities"].as_array().unwrap().len(), 4);
-        assert!(ctx["facets"].as_array().unwrap().iter().all(|f| f["name"] != "summary"));
-        assert!(msgs[2].content.contains("CAPABILITY_NOT_REGISTERED"), "{}", msgs[2].content);
-        assert!(msgs[2].content.contains("node `write`"), "{}", msgs[2].content);
+        assert!(
+            ctx["facets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["name"] != "summary")
+        );
+        assert!(
+            msgs[2].content.contains("CAPABILITY_NOT_REGISTERED"),
+            "{}",
+            msgs[2].content
+        );
+        assert!(
+            msgs[2].content.contains("node `write`"),
+            "{}",
+            msgs[2].content
+        );
     }
 
     #[test]

@@ -48,7 +48,11 @@ pub(crate) fn parse_plan(
         .iter_errors(&value)
         .map(|e| {
             let at = e.instance_path().as_str().to_owned();
-            let at = if at.is_empty() { "(root)".to_owned() } else { at };
+            let at = if at.is_empty() {
+                "(root)".to_owned()
+            } else {
+                at
+            };
             format!("{at}: {}", shorten(&e.to_string(), 200))
         })
         .collect();
@@ -62,7 +66,9 @@ pub(crate) fn parse_plan(
         if more > 0 {
             text.push_str(&format!("; and {more} more"));
         }
-        return Err(format!("the {what} reply does not match its schema: {text}"));
+        return Err(format!(
+            "the {what} reply does not match its schema: {text}"
+        ));
     }
     let output = match purpose {
         Purpose::Initial => serde_json::from_value::<PlanDraft>(value).map(PlannerOutput::Draft),
@@ -118,11 +124,20 @@ mod tests {
 
     #[test]
     fn schema_mismatches_name_their_paths() {
-        let e = parse_plan(r#"{"nodes":[{"id":"x"}],"edges":[]}"#, &schema(), Purpose::Initial)
-            .unwrap_err();
-        assert!(e.starts_with("the draft reply does not match its schema"), "{e}");
+        let e = parse_plan(
+            r#"{"nodes":[{"id":"x"}],"edges":[]}"#,
+            &schema(),
+            Purpose::Initial,
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("the draft reply does not match its schema"),
+            "{e}"
+        );
         assert!(e.contains("(root)") && e.contains("/nodes/0"), "{e}");
-        let many: Vec<Value> = (0..9).map(|i| json!({"from": format!("n{i}"), "to": 3})).collect();
+        let many: Vec<Value> = (0..9)
+            .map(|i| json!({"from": format!("n{i}"), "to": 3}))
+            .collect();
         let v = json!({"nodes": [], "edges": many, "systemInstructions": "", "rationale": ""});
         let e = parse_plan(&v.to_string(), &schema(), Purpose::Initial).unwrap_err();
         assert!(e.contains("more"), "long error lists are cut: {e}");

@@ -162,8 +162,16 @@ pub(crate) fn delta_schema(
     let node = node_schema(caps, b);
     let mut variants = vec![
         object(vec![("op", op("addNode")), ("node", node.clone())]),
-        object(vec![("op", op("addEdge")), ("from", b.node_ref()), ("to", b.node_ref())]),
-        object(vec![("op", op("removeEdge")), ("from", b.node_ref()), ("to", b.node_ref())]),
+        object(vec![
+            ("op", op("addEdge")),
+            ("from", b.node_ref()),
+            ("to", b.node_ref()),
+        ]),
+        object(vec![
+            ("op", op("removeEdge")),
+            ("from", b.node_ref()),
+            ("to", b.node_ref()),
+        ]),
     ];
     if !pending.is_empty() {
         variants.push(object(vec![("op", op("replaceNode")), ("node", node)]));
@@ -225,7 +233,13 @@ mod tests {
             rationale: "r".into(),
         };
         let mut value = serde_json::to_value(&draft).unwrap();
-        assert!(v.is_valid(&value), "{:?}", v.iter_errors(&value).map(|e| e.to_string()).collect::<Vec<_>>());
+        assert!(
+            v.is_valid(&value),
+            "{:?}",
+            v.iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        );
         value["nodes"][1]["kind"] = json!("validation");
         assert!(!v.is_valid(&value), "kind must fit the capability");
         value["nodes"][1]["kind"] = json!("execution");
@@ -259,7 +273,11 @@ mod tests {
                 max_string: None,
             },
         );
-        assert!(unbounded["properties"]["rationale"].get("maxLength").is_none());
+        assert!(
+            unbounded["properties"]["rationale"]
+                .get("maxLength")
+                .is_none()
+        );
     }
 
     #[test]
@@ -274,7 +292,10 @@ mod tests {
         let schema = node_schema(&refs, &bounds());
         assert!(schema.get("anyOf").is_none());
         assert_eq!(
-            schema["properties"]["capabilityId"]["enum"].as_array().unwrap().len(),
+            schema["properties"]["capabilityId"]["enum"]
+                .as_array()
+                .unwrap()
+                .len(),
             VARIANT_CAP + 1
         );
     }
@@ -309,7 +330,13 @@ mod tests {
             ],
         };
         let mut value = serde_json::to_value(&delta).unwrap();
-        assert!(v.is_valid(&value), "{:?}", v.iter_errors(&value).map(|e| e.to_string()).collect::<Vec<_>>());
+        assert!(
+            v.is_valid(&value),
+            "{:?}",
+            v.iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        );
         value["baseVersion"] = json!(1);
         assert!(!v.is_valid(&value), "stale base version");
         value["baseVersion"] = json!(2);
@@ -319,6 +346,10 @@ mod tests {
         let ops = none_pending["properties"]["operations"]["items"]["anyOf"]
             .as_array()
             .unwrap();
-        assert_eq!(ops.len(), 3, "no replace/remove variants without pending nodes");
+        assert_eq!(
+            ops.len(),
+            3,
+            "no replace/remove variants without pending nodes"
+        );
     }
 }
