@@ -225,9 +225,9 @@ async fn a_real_model_plans_and_the_engine_handles_what_it_says() {
             assert!(
                 matches!(
                     kinds[i + 1],
-                    EventKind::PlanAccepted | EventKind::PlanRejected
+                    EventKind::PlanAccepted | EventKind::PlanRejected | EventKind::Complete
                 ),
-                "every parsed draft is validated: {:?}",
+                "every parsed draft is validated (the last rejection ends the run): {:?}",
                 labels(&events)
             );
         }
