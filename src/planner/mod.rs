@@ -5,6 +5,7 @@
 //! orchestrator validates whatever comes back; a planner never changes a plan itself.
 
 mod catalog_planner;
+pub mod openai;
 mod scripted;
 
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ use crate::policy::NormalizedPolicies;
 
 pub use crate::fsm::Purpose;
 pub use catalog_planner::CatalogPlanner;
+pub use openai::{OpenAiConfig, OpenAiPlanner};
 pub use scripted::{ScriptStep, ScriptedPlanner};
 
 /// A node that already completed, with what it produced.
