@@ -439,6 +439,7 @@ mod tests {
             instructions: vec![],
             inputs: inputs.as_object().cloned().unwrap_or_default(),
             output_schema: std::sync::Arc::new(Value::Null),
+            executor: None,
         }
     }
 

@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use flexrun::api::{self, ApiConfig, AppState};
 use flexrun::bench::{self, BenchOptions, Level, Scenario, Variant};
 use flexrun::executors::http::HttpExecutor;
+use flexrun::executors::llm::LlmExecutor;
 use flexrun::fsm::{EventBody, HitlDecision, RunOutcome};
+use flexrun::planner::{OpenAiConfig, OpenAiPlanner, Planner};
 use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -104,6 +106,8 @@ enum Cmd {
         /// Seconds between SSE heartbeat comments.
         #[arg(long, default_value_t = 15)]
         heartbeat_secs: u64,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Print documentation generated from the code.
     Docs {
@@ -132,10 +136,50 @@ enum VariantArg {
     Route,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum PlannerArg {
     /// The deterministic, offline catalog planner.
     Catalog,
+    /// An OpenAI-compatible Chat Completions endpoint (needs --planner-base-url and --planner-model).
+    Openai,
+}
+
+/// The OpenAI-compatible endpoint used by the `openai` planner and the `llm` executor.
+#[derive(Debug, Clone, clap::Args)]
+struct ModelArgs {
+    /// Base URL including the API prefix, e.g. `https://api.openai.com/v1`. When given, the
+    /// `openai` planner is available to runs (envelope `planner: "openai"`) and capabilities
+    /// with `executor.type = "llm"` run against it.
+    #[arg(long)]
+    planner_base_url: Option<String>,
+    /// Model name, e.g. `gpt-4o-mini`.
+    #[arg(long)]
+    planner_model: Option<String>,
+    /// Environment variable holding the API key (never logged).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    planner_api_key_env: String,
+    /// Per-attempt timeout of a model call, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    planner_timeout_ms: u64,
+    /// Attempts per model call (429/5xx/timeouts are retried with backoff).
+    #[arg(long, default_value_t = 3)]
+    planner_max_attempts: u32,
+}
+
+impl ModelArgs {
+    fn config(&self) -> anyhow::Result<Option<OpenAiConfig>> {
+        let (Some(url), Some(model)) = (&self.planner_base_url, &self.planner_model) else {
+            if self.planner_base_url.is_some() || self.planner_model.is_some() {
+                bail!("--planner-base-url and --planner-model go together");
+            }
+            return Ok(None);
+        };
+        let mut config = OpenAiConfig::new(url.clone(), model.clone());
+        config.api_key_env = self.planner_api_key_env.clone();
+        config.timeout = Duration::from_millis(self.planner_timeout_ms.max(1));
+        config.max_attempts = self.planner_max_attempts.max(1);
+        Ok(Some(config))
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -201,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
             auth_token_env,
             body_limit,
             heartbeat_secs,
+            model,
         } => {
             let auth_token = match auth_token_env {
                 None => None,
@@ -219,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
                 body_limit,
                 ..ApiConfig::default()
             };
-            serve(addr, data, planner, config).await
+            serve(addr, data, planner, model, config).await
         }
         Cmd::Docs {
             what: DocsArg::States,
@@ -295,16 +340,34 @@ async fn serve(
     addr: SocketAddr,
     data: PathBuf,
     planner: PlannerArg,
+    model: ModelArgs,
     config: ApiConfig,
 ) -> anyhow::Result<()> {
+    let model = model.config()?;
+    if planner == PlannerArg::Openai && model.is_none() {
+        bail!("--planner openai needs --planner-base-url and --planner-model");
+    }
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let path = data.join("flexrun.redb");
     let store = RedbStore::open(&path, Durability::Fsync)
         .with_context(|| format!("opening {}", path.display()))?;
     let recovered = store.non_terminal_runs()?.len();
     let mut engine_config = flexrun::demo::config(Arc::new(store));
-    match planner {
-        PlannerArg::Catalog => engine_config.planner = Arc::new(flexrun::CatalogPlanner),
+    engine_config.planner = Arc::new(flexrun::CatalogPlanner);
+    if let Some(model) = model {
+        let openai: Arc<dyn Planner> = Arc::new(OpenAiPlanner::new(model.clone())?);
+        match planner {
+            PlannerArg::Openai => {
+                engine_config.planners.push(engine_config.planner.clone());
+                engine_config.planner = openai;
+            }
+            PlannerArg::Catalog => engine_config.planners.push(openai),
+        }
+        let llm = LlmExecutor::new(model, |_| None)?;
+        engine_config.executors = engine_config
+            .executors
+            .clone()
+            .with_type("llm", Arc::new(llm));
     }
     let (http, binding) = HttpExecutor::for_engine()?;
     engine_config.executors = engine_config

@@ -1171,7 +1171,7 @@ impl RunActor {
             .iter()
             .filter_map(|f| self.facets.get(f).map(|v| (f.clone(), v.clone())))
             .collect();
-        let call = NodeCall {
+        let mut call = NodeCall {
             run_id: self.run_id,
             idempotency_key: format!("{}/{}", self.run_id, node_id),
             node_id: node_id.clone(),
@@ -1184,6 +1184,7 @@ impl RunActor {
                 .contracts
                 .get(&node_id)
                 .map_or_else(|| Arc::new(Value::Null), |c| c.shared_schema()),
+            executor: None,
         };
         let started = Instant::now();
         let timeout = Duration::from_millis(cap.timeout_ms.max(1));
@@ -1220,6 +1221,7 @@ impl RunActor {
                 return;
             }
         };
+        call.executor = Some(cap.executor.clone());
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let result = match tokio::time::timeout(timeout, executor.execute(call)).await {

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::catalog::ExecutorSpec;
 use crate::ids::RunId;
 
 /// The context bundle handed to an executor (DESIGN §8, "HTTP executor call").
@@ -32,6 +33,9 @@ pub struct NodeCall {
     pub inputs: Map<String, Value>,
     /// The node's compiled output contract.
     pub output_schema: Arc<Value>,
+    /// How the capability says its nodes run (not sent over the wire).
+    #[serde(skip)]
+    pub executor: Option<ExecutorSpec>,
 }
 
 /// A failed node attempt.

@@ -282,6 +282,7 @@ mod tests {
             instructions: vec![],
             inputs: Map::new(),
             output_schema: Arc::new(Value::Null),
+            executor: None,
         };
         let err = exec.execute(call).await.unwrap_err();
         assert_eq!((err.code.as_str(), err.retryable), ("HTTP_CONNECT", true));

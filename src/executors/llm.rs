@@ -165,15 +165,18 @@ fn exec_error(e: &ChatError) -> ExecError {
 #[async_trait]
 impl NodeExecutor for LlmExecutor {
     async fn execute(&self, call: NodeCall) -> Result<Map<String, Value>, ExecError> {
-        let spec = (self.resolve)(&call.capability_id).ok_or_else(|| {
-            ExecError::fatal(
-                "EXECUTOR_MISCONFIGURED",
-                format!(
-                    "capability `{}` has no llm executor spec",
-                    call.capability_id
-                ),
-            )
-        })?;
+        let from_call = call.executor.as_ref().and_then(LlmSpec::of);
+        let spec = from_call
+            .or_else(|| (self.resolve)(&call.capability_id))
+            .ok_or_else(|| {
+                ExecError::fatal(
+                    "EXECUTOR_MISCONFIGURED",
+                    format!(
+                        "capability `{}` has no llm executor spec",
+                        call.capability_id
+                    ),
+                )
+            })?;
         let metrics = self.client.metrics();
         let building = Instant::now();
         let request = self.chat_request(&call, &spec);
@@ -243,6 +246,7 @@ mod tests {
                 .cloned()
                 .unwrap(),
             output_schema: Arc::new(json!({"type": "object", "required": ["copyVariants"]})),
+            executor: None,
         }
     }
 
