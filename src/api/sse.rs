@@ -209,10 +209,10 @@ mod tests {
             batch.envelope = Some(serde_json::json!({"objective": "o"}));
         }
         batch.events = (from..=to)
-            .map(|s| event(run, s, done && s == to))
+            .map(|s| Arc::new(event(run, s, done && s == to)))
             .collect();
         store.commit(&[batch.clone()]).unwrap();
-        batch.events
+        batch.events.iter().map(|e| (**e).clone()).collect()
     }
 
     fn seqs(events: &[Arc<RunEvent>]) -> Vec<u64> {

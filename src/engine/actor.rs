@@ -1058,7 +1058,7 @@ impl RunActor {
             updated_at: now,
             objective: self.envelope.objective.clone(),
         };
-        let events = batch.events;
+        let events: Vec<Arc<RunEvent>> = batch.events.into_iter().map(Arc::new).collect();
         let commit = CommitBatch {
             run_id: self.run_id,
             head,

@@ -214,7 +214,7 @@ impl Inner {
             .clone()
     }
 
-    fn publish(&self, event: RunEvent) {
+    fn publish(&self, event: Arc<RunEvent>) {
         self.metrics.count(event.kind());
         tracing::info!(
             run_id = %event.run_id,
@@ -224,7 +224,7 @@ impl Inner {
             plan_version = event.plan_version,
             "run event"
         );
-        let _ = self.events.send(Arc::new(event));
+        let _ = self.events.send(event);
     }
 }
 

@@ -486,7 +486,7 @@ mod tests {
             let mut script = RunScript::new(RunId::new());
             let mut batch = script.create();
             if i == 17 {
-                batch.events[0].seq = 9;
+                Arc::make_mut(&mut batch.events[0]).seq = 9;
             }
             scripts.push(script);
             let committer = committer.clone();

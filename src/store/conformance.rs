@@ -13,7 +13,7 @@ pub(crate) fn commit_all(store: &dyn Store, batches: Vec<CommitBatch>) -> Vec<Ru
     let mut events = Vec::new();
     for batch in batches {
         store.commit(std::slice::from_ref(&batch)).unwrap();
-        events.extend(batch.events);
+        events.extend(batch.events.iter().map(|e| (**e).clone()));
     }
     events
 }
@@ -274,7 +274,7 @@ pub(crate) fn a_seq_gap_is_refused_and_nothing_of_the_batch_is_written(store: &d
 pub(crate) fn events_of_another_run_are_refused(store: &dyn Store) {
     let mut run = RunScript::new(RunId::new());
     let mut batch = run.create();
-    batch.events[0].run_id = RunId::new();
+    std::sync::Arc::make_mut(&mut batch.events[0]).run_id = RunId::new();
     let message = violation_message(store.commit(&[batch]).unwrap_err(), run.run);
     assert!(message.contains("event seq 1 belongs to run"), "{message}");
 }
@@ -371,7 +371,7 @@ pub(crate) fn commit_is_all_or_nothing_and_commit_each_isolates_bad_batches(stor
     let mut bad = RunScript::new(RunId::new());
     let good_batch = good.create();
     let mut bad_batch = bad.create();
-    bad_batch.events[0].seq = 5;
+    std::sync::Arc::make_mut(&mut bad_batch.events[0]).seq = 5;
 
     let err = store
         .commit(&[good_batch.clone(), bad_batch.clone()])

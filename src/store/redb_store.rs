@@ -633,7 +633,7 @@ mod tests {
         let mut events = commit_all(&store, vec![run.create(), run.accept_plan()]);
         for i in 0..3 * MEMORY_DURABLE_EVERY {
             let batch = run.node_start(&format!("node-{i}"));
-            events.extend(batch.events.clone());
+            events.extend(batch.events.iter().map(|e| (**e).clone()));
             store.commit(&[batch]).unwrap();
         }
         assert_eq!(store.stats().commits, 2 + 3 * MEMORY_DURABLE_EVERY);
@@ -798,7 +798,7 @@ mod tests {
             done.hitl_resolved("req-1"),
         ];
         let mut replan = done.accept_plan();
-        replan.events[0].body = crate::fsm::EventBody::PlanUpdated {
+        std::sync::Arc::make_mut(&mut replan.events[0]).body = crate::fsm::EventBody::PlanUpdated {
             previous_version: 1,
             version: 2,
             diff: crate::graph::PlanDiff {
@@ -867,7 +867,7 @@ mod tests {
             batches
                 .iter()
                 .filter(|batch| batch.run_id == run)
-                .flat_map(|batch| batch.events.clone())
+                .flat_map(|batch| batch.events.iter().map(|e| (**e).clone()))
                 .collect()
         };
         assert_eq!(store.run_head(done.run).unwrap(), Some(done.head()));

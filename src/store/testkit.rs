@@ -64,7 +64,7 @@ impl RunScript {
 
     fn batch(&self, events: Vec<RunEvent>) -> CommitBatch {
         let mut batch = CommitBatch::new(self.run, self.head());
-        batch.events = events;
+        batch.events = events.into_iter().map(std::sync::Arc::new).collect();
         batch
     }
 

@@ -1,5 +1,7 @@
 //! The records the store keeps, and the unit of a commit.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -208,7 +210,7 @@ pub struct CommitBatch {
     /// The run envelope, present exactly when the batch creates the run.
     pub envelope: Option<Value>,
     /// New events, continuing the run's seqs without a gap.
-    pub events: Vec<RunEvent>,
+    pub events: Vec<Arc<RunEvent>>,
     /// A new plan version, never one already stored.
     pub plan: Option<PlanSnapshot>,
     /// Node attempt records to write.
