@@ -18,6 +18,12 @@ use flexrun::planner::{OpenAiConfig, OpenAiPlanner, Planner};
 use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
 use tokio::sync::broadcast::error::RecvError;
 
+/// The binary's allocator. The engine allocates small, short-lived values on one thread and
+/// frees many of them on another (events reach subscribers on other workers); mimalloc's
+/// per-thread free lists avoid the arena lock contention glibc's allocator shows there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "flexrun", version, about = "Hybrid plan/execute engine")]
 struct Cli {
