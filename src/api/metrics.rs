@@ -79,6 +79,38 @@ pub(crate) fn render(engine: &Engine, runs: &[(RunId, RunHead)]) -> String {
     );
     header(
         &mut out,
+        "flexrun_planner_latency_seconds",
+        "summary",
+        "Latency of planner answers (plan_generated events).",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_planner_latency_seconds_sum {}",
+        metrics.planner_millis.load(Ordering::Relaxed) as f64 / 1e3
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_planner_latency_seconds_count {}",
+        metrics.planner_answers.load(Ordering::Relaxed)
+    );
+    header(
+        &mut out,
+        "flexrun_planner_tokens_total",
+        "counter",
+        "Tokens reported by model-backed planners.",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_planner_tokens_total{{kind=\"prompt\"}} {}",
+        metrics.prompt_tokens.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_planner_tokens_total{{kind=\"completion\"}} {}",
+        metrics.completion_tokens.load(Ordering::Relaxed)
+    );
+    header(
+        &mut out,
         "flexrun_plan_rejections_total",
         "counter",
         "Drafts and deltas rejected by validation since start.",

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::catalog::{Capability, CapabilityStatus, Facet};
 use crate::envelope::RunEnvelope;
-use crate::fsm::{EventKind, HitlDecision, RunEvent, RunOutcome};
+use crate::fsm::{EventBody, EventKind, HitlDecision, RunEvent, RunOutcome};
 use crate::ids::RunId;
 use crate::planner::Planner;
 use crate::store::{Committer, RunHead, RunStatus, Store, StoreError};
@@ -110,6 +110,14 @@ pub struct EngineMetrics {
     pub node_attempts: AtomicU64,
     /// Total node attempt wall time in microseconds.
     pub node_micros: AtomicU64,
+    /// Planner answers received (`plan_generated` events).
+    pub planner_answers: AtomicU64,
+    /// Total planner latency of those answers, in milliseconds.
+    pub planner_millis: AtomicU64,
+    /// Prompt tokens reported by model-backed planners.
+    pub prompt_tokens: AtomicU64,
+    /// Completion tokens reported by model-backed planners.
+    pub completion_tokens: AtomicU64,
 }
 
 impl EngineMetrics {
@@ -216,6 +224,20 @@ impl Inner {
 
     fn publish(&self, event: Arc<RunEvent>) {
         self.metrics.count(event.kind());
+        if let EventBody::PlanGenerated {
+            latency_ms, usage, ..
+        } = &event.body
+        {
+            let m = &self.metrics;
+            m.planner_answers.fetch_add(1, Ordering::Relaxed);
+            m.planner_millis.fetch_add(*latency_ms, Ordering::Relaxed);
+            if let Some(u) = usage {
+                m.prompt_tokens
+                    .fetch_add(u.prompt_tokens, Ordering::Relaxed);
+                m.completion_tokens
+                    .fetch_add(u.completion_tokens, Ordering::Relaxed);
+            }
+        }
         tracing::info!(
             run_id = %event.run_id,
             seq = event.seq,

@@ -126,6 +126,20 @@ async fn a_valid_draft_runs_to_completion_through_the_envelope_choice() {
             completion_tokens: 45
         })
     );
+    let m = env.engine.metrics();
+    assert_eq!(
+        m.prompt_tokens.load(std::sync::atomic::Ordering::Relaxed),
+        120
+    );
+    assert_eq!(
+        m.completion_tokens
+            .load(std::sync::atomic::Ordering::Relaxed),
+        45
+    );
+    assert_eq!(
+        m.planner_answers.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 
     let got = fake.received();
     assert_eq!(got.len(), 1);
