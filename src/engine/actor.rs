@@ -13,8 +13,8 @@ use super::{EngineError, HitlAnswer, Inner};
 use crate::catalog::{Capability, CompiledContract, ExecutorSpec};
 use crate::envelope::RunEnvelope;
 use crate::fsm::{
-    Command, EventBody, FsmError, Limits, PlanCall, PlannerOutput, Purpose, RunError, RunEvent,
-    RunInput, RunMachine, RunState, Trigger, TriggerSource,
+    Command, EventBody, FollowUp, FsmError, HitlKind, Limits, PlanCall, PlannerOutput, Purpose,
+    RunError, RunEvent, RunInput, RunMachine, RunState, Trigger, TriggerSource,
 };
 use crate::graph::{NodeState, PlanGraph, PlanNode};
 use crate::ids::{RunId, Timestamp};
@@ -66,6 +66,8 @@ pub(crate) enum Msg {
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
     Timer,
+    /// Nothing arrived, but follow-ups are due (a `human` node waits for its request).
+    Wake,
     Shutdown,
 }
 
@@ -114,6 +116,10 @@ pub(crate) struct RunActor {
     facets: Map<String, Value>,
     completed: Vec<CompletedNode>,
     deferred: VecDeque<(Firing, TriggerSource, Option<String>)>,
+    /// Dispatched `human` nodes waiting for their HITL request, in dispatch order.
+    human_waiting: VecDeque<(String, u32)>,
+    /// Open HITL requests that stand for a `human` node: request id → (node, attempt).
+    human_requests: HashMap<String, (String, u32)>,
     started_execution: bool,
     created_at: Timestamp,
     hitl_requests: HashMap<String, Value>,
@@ -166,6 +172,8 @@ impl RunActor {
             facets: envelope.inputs.clone(),
             completed: Vec::new(),
             deferred: VecDeque::new(),
+            human_waiting: VecDeque::new(),
+            human_requests: HashMap::new(),
             started_execution: false,
             created_at: Timestamp::now(),
             hitl_requests: HashMap::new(),
@@ -264,7 +272,15 @@ impl RunActor {
                 }
             }
             RunState::Executing | RunState::Replanning | RunState::Paused => {
-                let interrupted: Vec<String> = self.machine.in_flight().keys().cloned().collect();
+                let asked: BTreeSet<&String> =
+                    self.human_requests.values().map(|(n, _)| n).collect();
+                let interrupted: Vec<String> = self
+                    .machine
+                    .in_flight()
+                    .keys()
+                    .filter(|n| !asked.contains(n))
+                    .cloned()
+                    .collect();
                 for node_id in interrupted {
                     let input = RunInput::NodeFailed {
                         node_id,
@@ -320,6 +336,7 @@ impl RunActor {
                     None
                 }
                 Msg::Control { control, reply } => Some((self.on_control(control), reply)),
+                Msg::Wake => None,
                 Msg::Timer => {
                     self.on_timer();
                     None
@@ -514,6 +531,11 @@ impl RunActor {
                 let request = serde_json::to_value(&event.body).unwrap_or(Value::Null);
                 self.hitl_requests
                     .insert(request_id.clone(), request.clone());
+                if let (true, None, Some(node)) = (replaying, policy_id, &event.node_id) {
+                    let attempt = self.attempts.get(node).copied().unwrap_or(1);
+                    self.human_requests
+                        .insert(request_id.clone(), (node.clone(), attempt));
+                }
                 if !replaying {
                     self.batch.hitl.push(HitlRecord {
                         request_id: request_id.clone(),
@@ -524,6 +546,9 @@ impl RunActor {
                 }
             }
             EventBody::HitlResolved { request_id, .. } => {
+                if replaying {
+                    self.human_requests.remove(request_id);
+                }
                 let request = self.hitl_requests.remove(request_id).unwrap_or(Value::Null);
                 if !replaying {
                     self.batch.hitl.push(HitlRecord {
@@ -850,12 +875,24 @@ impl RunActor {
             Control::Answer { request_id, answer } => {
                 let text = answer.text.clone().or(answer.option_id.clone());
                 self.feed(RunInput::HitlAnswered {
-                    request_id,
+                    request_id: request_id.clone(),
                     decision: answer.decision,
                     text,
-                    responder: answer.responder,
+                    responder: answer.responder.clone(),
                 })
-                .map_err(conflict)
+                .map_err(conflict)?;
+                if let Some((node_id, attempt)) = self.human_requests.remove(&request_id) {
+                    if self.machine.state() != RunState::Done {
+                        let result = self.human_output(&node_id, &answer);
+                        self.local.push_back(Msg::NodeDone {
+                            node_id,
+                            attempt,
+                            result,
+                            duration_ms: 0,
+                        });
+                    }
+                }
+                Ok(())
             }
             Control::Signal { name, payload } => {
                 for firing in self.policy_engine.on_signal(&name, &payload) {
@@ -888,6 +925,10 @@ impl RunActor {
                     }
                     if let Some((firing, source, node)) = self.deferred.pop_front() {
                         self.fire(firing, source, node);
+                        continue;
+                    }
+                    if let Some((node_id, attempt)) = self.human_waiting.pop_front() {
+                        self.ask_human(node_id, attempt);
                         continue;
                     }
                     if let Some(failed) = self.failed.first().cloned() {
@@ -1018,6 +1059,82 @@ impl RunActor {
             }
         };
         self.feed_or_log(input);
+    }
+
+    /// Turns a dispatched `human` node into a HITL request (the node stays in flight).
+    fn ask_human(&mut self, node_id: String, attempt: u32) {
+        if self.machine.in_flight().get(&node_id) != Some(&attempt) {
+            return;
+        }
+        let Some(node) = self.plan_node(&node_id).cloned() else {
+            return;
+        };
+        let question = if node.instructions.is_empty() {
+            format!(
+                "provide {} for node `{}`",
+                node.output_facets.join(", "),
+                node.id
+            )
+        } else {
+            node.instructions.join("\n")
+        };
+        let mut summary = self.contract_summary(Some(&node_id)).unwrap_or(Value::Null);
+        if let (Value::Object(map), Some(contract)) = (&mut summary, self.contracts.get(&node_id)) {
+            map.insert("outputSchema".to_owned(), contract.schema().clone());
+            let inputs: Map<String, Value> = node
+                .input_facets
+                .iter()
+                .filter_map(|f| self.facets.get(f).map(|v| (f.clone(), v.clone())))
+                .collect();
+            map.insert("inputs".to_owned(), Value::Object(inputs));
+        }
+        let request_id = format!("{node_id}-{attempt}");
+        self.human_requests
+            .insert(request_id.clone(), (node_id.clone(), attempt));
+        self.feed_or_log(RunInput::HitlRequested {
+            request_id,
+            kind: HitlKind::Clarify,
+            question,
+            policy_id: None,
+            node_id: Some(node_id),
+            options: Vec::new(),
+            contract_summary: Some(summary),
+            on_approve: FollowUp::Continue,
+            on_reject: FollowUp::Fail,
+        });
+    }
+
+    /// The output a human's answer gives a `human` node: a JSON object in the text is the
+    /// output; otherwise the text (or `true` for a bare approval) is the value of the node's
+    /// single output facet.
+    fn human_output(
+        &self,
+        node_id: &str,
+        answer: &HitlAnswer,
+    ) -> Result<Map<String, Value>, ExecError> {
+        let facets = self
+            .plan_node(node_id)
+            .map(|n| n.output_facets.clone())
+            .unwrap_or_default();
+        let text = answer.text.as_deref().or(answer.option_id.as_deref());
+        if let Some(Ok(Value::Object(map))) = text.map(serde_json::from_str::<Value>) {
+            return Ok(map);
+        }
+        let value = match (text, answer.decision) {
+            (Some(t), _) => Value::String(t.to_owned()),
+            (None, crate::fsm::HitlDecision::Approve) => Value::Bool(true),
+            (None, _) => Value::Null,
+        };
+        match facets.as_slice() {
+            [facet] if !value.is_null() => Ok(Map::from_iter([(facet.clone(), value)])),
+            _ => Err(ExecError::retryable(
+                "HUMAN_ANSWER_UNUSABLE",
+                format!(
+                    "the answer gives no value for {}; answer with a JSON object of those facets",
+                    facets.join(", ")
+                ),
+            )),
+        }
     }
 
     fn contract_summary(&self, node_id: Option<&str>) -> Option<Value> {
@@ -1207,7 +1324,11 @@ impl RunActor {
             },
             ExecutorSpec::Http { .. } => self.typed_executor("http"),
             ExecutorSpec::Llm { .. } => self.typed_executor("llm"),
-            ExecutorSpec::Human => self.typed_executor("human"),
+            ExecutorSpec::Human => {
+                self.human_waiting.push_back((node_id, attempt));
+                self.local.push_back(Msg::Wake);
+                return;
+            }
         };
         let executor = match executor {
             Ok(e) => e,
