@@ -881,16 +881,17 @@ impl RunActor {
                     responder: answer.responder.clone(),
                 })
                 .map_err(conflict)?;
-                if let Some((node_id, attempt)) = self.human_requests.remove(&request_id) {
-                    if self.machine.state() != RunState::Done {
-                        let result = self.human_output(&node_id, &answer);
-                        self.local.push_back(Msg::NodeDone {
-                            node_id,
-                            attempt,
-                            result,
-                            duration_ms: 0,
-                        });
-                    }
+                let human = self.human_requests.remove(&request_id);
+                if let (Some((node_id, attempt)), false) =
+                    (human, self.machine.state() == RunState::Done)
+                {
+                    let result = self.human_output(&node_id, &answer);
+                    self.local.push_back(Msg::NodeDone {
+                        node_id,
+                        attempt,
+                        result,
+                        duration_ms: 0,
+                    });
                 }
                 Ok(())
             }
