@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{Map, json};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::catalog::{
     AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec, Facet, FacetDirection,
@@ -79,6 +79,20 @@ pub struct BenchOptions {
     pub warmup: bool,
     /// Directory for store files (a temp dir when absent).
     pub dir: Option<PathBuf>,
+    /// How the client waits for events.
+    pub consumer: Consumer,
+}
+
+/// How the benchmark's client waits for events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consumer {
+    /// Awaits the next event: its worker parks when idle, so each step pays a cross-core
+    /// wake-up (the usual subscriber).
+    Park,
+    /// Polls the channel and yields to the runtime when it is empty, keeping its worker
+    /// awake: measures the engine without the wake-up.
+    Poll,
 }
 
 const STEP_FACET: &str = "stepResult";
@@ -252,6 +266,8 @@ pub struct BenchReport {
     pub runs: usize,
     /// Durability level.
     pub durability: Level,
+    /// How the client waited for events.
+    pub consumer: Consumer,
     /// Commits of different runs may share one store transaction.
     pub group_commit: bool,
     /// Timed region.
@@ -346,7 +362,19 @@ async fn drive(
         submitted += 1;
     }
     while remaining > 0 {
-        let ev = match rx.recv().await {
+        let received = match opts.consumer {
+            Consumer::Park => rx.recv().await,
+            Consumer::Poll => match rx.try_recv() {
+                Err(TryRecvError::Empty) => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Ok(ev) => Ok(ev),
+                Err(TryRecvError::Lagged(k)) => Err(RecvError::Lagged(k)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            },
+        };
+        let ev = match received {
             Ok(ev) => ev,
             Err(RecvError::Lagged(k)) => {
                 obs.lagged += k;
@@ -539,6 +567,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
         n: opts.nodes,
         runs,
         durability: opts.level,
+        consumer: opts.consumer,
         group_commit: true,
         wall_s,
         steps: obs.steps,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use flexrun::api::{self, ApiConfig, AppState};
-use flexrun::bench::{self, BenchOptions, Level, Scenario, Variant};
+use flexrun::bench::{self, BenchOptions, Consumer, Level, Scenario, Variant};
 use flexrun::executors::http::HttpExecutor;
 use flexrun::executors::llm::LlmExecutor;
 use flexrun::fsm::{EventBody, HitlDecision, RunOutcome};
@@ -90,6 +90,9 @@ enum Cmd {
         /// Directory for the store files (a temp dir by default).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// park: the client awaits events (a wake-up per step); poll: it polls and yields.
+        #[arg(long, value_enum, default_value = "park")]
+        consumer: ConsumerArg,
     },
     /// Serve the HTTP API (runs, SSE events, plans, HITL, catalog, metrics).
     Serve {
@@ -134,6 +137,12 @@ enum LevelArg {
     Memory,
     D1,
     D2,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ConsumerArg {
+    Park,
+    Poll,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -217,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
             variant,
             warmup,
             dir,
+            consumer,
         } => {
             let opts = BenchOptions {
                 scenario: match scenario {
@@ -237,6 +247,10 @@ async fn main() -> anyhow::Result<()> {
                 },
                 warmup: warmup != 0,
                 dir,
+                consumer: match consumer {
+                    ConsumerArg::Park => Consumer::Park,
+                    ConsumerArg::Poll => Consumer::Poll,
+                },
             };
             let report = bench::run(&opts)
                 .await
