@@ -1,5 +1,7 @@
 //! Engine scenarios over real redb files in temp dirs.
 
+#[path = "../common/plans.rs"]
+mod plans;
 mod support;
 
 mod crash;

@@ -2,13 +2,12 @@
 
 use std::sync::Arc;
 
-use flexrun::catalog::CapabilityKind;
 use flexrun::diagnostics::DiagnosticCode;
 use flexrun::fsm::{EventBody, PlanPhase, RunOutcome};
-use flexrun::graph::{PlanDraft, PlanEdge, PlanNode};
 use flexrun::planner::{ScriptStep, ScriptedPlanner};
 use serde_json::json;
 
+use crate::plans::draft;
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,43 +53,6 @@ async fn initial_plan_is_accepted_executed_and_completed() {
         ("done", 1, 8)
     );
     assert_eq!(env.engine.wait(run).await.unwrap(), RunOutcome::Completed);
-}
-
-fn node(id: &str, cap: &str, kind: CapabilityKind, inputs: &[&str], outputs: &[&str]) -> PlanNode {
-    PlanNode {
-        id: id.into(),
-        stage: "s".into(),
-        capability_id: cap.into(),
-        kind,
-        input_facets: inputs.iter().map(|s| s.to_string()).collect(),
-        output_facets: outputs.iter().map(|s| s.to_string()).collect(),
-        instructions: vec![],
-        rationale: String::new(),
-    }
-}
-
-fn draft(writer: &str) -> PlanDraft {
-    PlanDraft {
-        nodes: vec![
-            node(
-                "brief",
-                "brief.structurer",
-                CapabilityKind::Structuring,
-                &["objectiveBrief"],
-                &["writerBrief"],
-            ),
-            node(
-                "write",
-                writer,
-                CapabilityKind::Execution,
-                &["writerBrief"],
-                &["copyVariants"],
-            ),
-        ],
-        edges: vec![PlanEdge::new("brief", "write")],
-        system_instructions: "be brief".into(),
-        rationale: "two steps".into(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! The HTTP API over real sockets: a server on 127.0.0.1:0, a real client and SSE reader,
 //! webhook capabilities served by the tests themselves.
 
+#[path = "../common/plans.rs"]
+mod plans;
 mod support;
 
 mod catalog;

@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use flexrun::catalog::CapabilityKind;
-use flexrun::graph::{PlanDraft, PlanEdge, PlanNode};
 use flexrun::planner::{ScriptStep, ScriptedPlanner};
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::plans::draft;
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,43 +113,6 @@ async fn initial_plan_is_accepted_and_a_webhook_writes_the_copy() {
     let (_, none) = server.get("/v1/runs?status=failed").await;
     assert_eq!(none["runs"], json!([]));
     server.stop().await;
-}
-
-fn node(id: &str, cap: &str, kind: CapabilityKind, inputs: &[&str], outputs: &[&str]) -> PlanNode {
-    PlanNode {
-        id: id.into(),
-        stage: "s".into(),
-        capability_id: cap.into(),
-        kind,
-        input_facets: inputs.iter().map(|s| s.to_string()).collect(),
-        output_facets: outputs.iter().map(|s| s.to_string()).collect(),
-        instructions: vec![],
-        rationale: String::new(),
-    }
-}
-
-fn draft(writer: &str) -> PlanDraft {
-    PlanDraft {
-        nodes: vec![
-            node(
-                "brief",
-                "brief.structurer",
-                CapabilityKind::Structuring,
-                &["objectiveBrief"],
-                &["writerBrief"],
-            ),
-            node(
-                "write",
-                writer,
-                CapabilityKind::Execution,
-                &["writerBrief"],
-                &["copyVariants"],
-            ),
-        ],
-        edges: vec![PlanEdge::new("brief", "write")],
-        system_instructions: "be brief".into(),
-        rationale: "two steps".into(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
