@@ -75,6 +75,21 @@ pub enum DiagnosticCode {
     PolicyRequirementMissing,
     /// The planner returned something of the wrong shape (e.g. a delta for an initial plan).
     PlannerOutputInvalid,
+    /// The reply holds no JSON object that parses (prose only, truncated or malformed JSON).
+    ReplyNotJson,
+    /// The reply is JSON but a field is missing or has the wrong type; `pointer`, `expected`
+    /// and `found` say where and what.
+    ReplyShape,
+    /// The JSON object was taken out of a Markdown fence or surrounding prose (warning).
+    ReplyExtracted,
+    /// The reply has a field the draft or delta shape does not know; it was ignored (warning).
+    ReplyUnknownField,
+    /// A node field the reply left out (or gave an unknown value) was filled in from the
+    /// node's capability (warning).
+    ReplyFieldFilled,
+    /// A single string was given where a list of strings is expected; it was read as a list
+    /// of one (warning).
+    ReplyValueCoerced,
 }
 
 impl DiagnosticCode {
@@ -108,6 +123,12 @@ impl DiagnosticCode {
             Self::PolicyForbiddenKind => "POLICY_FORBIDDEN_KIND",
             Self::PolicyRequirementMissing => "POLICY_REQUIREMENT_MISSING",
             Self::PlannerOutputInvalid => "PLANNER_OUTPUT_INVALID",
+            Self::ReplyNotJson => "REPLY_NOT_JSON",
+            Self::ReplyShape => "REPLY_SHAPE",
+            Self::ReplyExtracted => "REPLY_EXTRACTED",
+            Self::ReplyUnknownField => "REPLY_UNKNOWN_FIELD",
+            Self::ReplyFieldFilled => "REPLY_FIELD_FILLED",
+            Self::ReplyValueCoerced => "REPLY_VALUE_COERCED",
         }
     }
 
@@ -140,6 +161,12 @@ impl DiagnosticCode {
         Self::PolicyForbiddenKind,
         Self::PolicyRequirementMissing,
         Self::PlannerOutputInvalid,
+        Self::ReplyNotJson,
+        Self::ReplyShape,
+        Self::ReplyExtracted,
+        Self::ReplyUnknownField,
+        Self::ReplyFieldFilled,
+        Self::ReplyValueCoerced,
     ];
 }
 
@@ -171,6 +198,18 @@ pub struct Diagnostic {
     /// A suggestion for the planner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Where in the planner's reply, as a JSON pointer (`/nodes/1/kind`), for reply findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// What the shape expects at `pointer` (e.g. `string`, `one of: structuring, execution`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// What the reply holds there, shortened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
+    /// Ids that would fix the finding (capabilities or nodes), best first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<String>,
 }
 
 impl Diagnostic {
@@ -184,6 +223,10 @@ impl Diagnostic {
             capability_id: None,
             facet: None,
             hint: None,
+            pointer: None,
+            expected: None,
+            found: None,
+            suggestions: Vec::new(),
         }
     }
 
@@ -216,6 +259,25 @@ impl Diagnostic {
     /// Adds a hint for the planner.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// Names the place in the reply (a JSON pointer).
+    pub fn at(mut self, pointer: impl Into<String>) -> Self {
+        self.pointer = Some(pointer.into());
+        self
+    }
+
+    /// Says what was expected and what was found.
+    pub fn expected_found(mut self, expected: impl Into<String>, found: impl Into<String>) -> Self {
+        self.expected = Some(expected.into());
+        self.found = Some(found.into());
+        self
+    }
+
+    /// Lists ids that would fix the finding.
+    pub fn suggest<'s>(mut self, ids: impl IntoIterator<Item = &'s str>) -> Self {
+        self.suggestions = ids.into_iter().map(str::to_owned).collect();
         self
     }
 

@@ -171,7 +171,8 @@ fn check_capability(node: &PlanNode, ctx: &ValidationContext<'_>, out: &mut Vec<
             )
             .node(&node.id)
             .capability(&node.capability_id)
-            .hint(alternatives_hint(&suggestions)),
+            .hint(alternatives_hint(&suggestions))
+            .suggest(suggestions.iter().copied()),
         );
         return;
     };
@@ -187,7 +188,8 @@ fn check_capability(node: &PlanNode, ctx: &ValidationContext<'_>, out: &mut Vec<
             )
             .node(&node.id)
             .capability(&node.capability_id)
-            .hint(alternatives_hint(&suggestions)),
+            .hint(alternatives_hint(&suggestions))
+            .suggest(suggestions.iter().copied()),
         );
     }
     if capability.kind != node.kind {
@@ -356,15 +358,19 @@ fn check_inputs_satisfied(
             .map(|(_, candidate)| candidate.id.as_str())
             .take(MAX_SUGGESTIONS)
             .collect();
-        let hint = if let Some(first) = producers.first() {
-            format!(
+        let (hint, suggestions) = if let Some(first) = producers.first() {
+            let hint = format!(
                 "{} produces `{facet}` but is not upstream of `{}`: add an edge from `{first}` to `{}`",
                 node_list(&producers),
                 node.id,
                 node.id
-            )
+            );
+            (hint, producers.clone())
         } else {
-            missing_producer_hint(facet, ctx.registry)
+            (
+                missing_producer_hint(facet, ctx.registry),
+                producer_capabilities(facet, ctx.registry),
+            )
         };
         out.push(
             Diagnostic::error(
@@ -377,7 +383,8 @@ fn check_inputs_satisfied(
             .node(&node.id)
             .capability(&node.capability_id)
             .facet(facet)
-            .hint(hint),
+            .hint(hint)
+            .suggest(suggestions),
         );
     }
 }
@@ -403,7 +410,8 @@ fn check_outputs_covered(
                 format!("required output facet `{facet}` is produced by no node"),
             )
             .facet(facet)
-            .hint(missing_producer_hint(facet, ctx.registry)),
+            .hint(missing_producer_hint(facet, ctx.registry))
+            .suggest(producer_capabilities(facet, ctx.registry)),
         );
     }
 }
@@ -463,12 +471,16 @@ fn available_covers(available: &BTreeSet<String>, facet: &str) -> bool {
     }
 }
 
-fn missing_producer_hint(facet: &str, registry: &CapabilityRegistry) -> String {
-    let producers: Vec<&str> = registry
+fn producer_capabilities<'r>(facet: &'r str, registry: &'r CapabilityRegistry) -> Vec<&'r str> {
+    registry
         .producers_of(facet)
         .map(|c| c.capability_id.as_str())
         .take(MAX_SUGGESTIONS)
-        .collect();
+        .collect()
+}
+
+fn missing_producer_hint(facet: &str, registry: &CapabilityRegistry) -> String {
+    let producers = producer_capabilities(facet, registry);
     if producers.is_empty() {
         format!("no active capability produces `{facet}`; it must be supplied as a run input")
     } else {

@@ -109,6 +109,9 @@ pub fn summary(event: &RunEvent) -> String {
                     d.operations.len(),
                     d.base_version
                 ),
+                PlannerOutput::Unparsed(r) => {
+                    format!("reply of {} bytes that is not a plan", r.bytes)
+                }
             };
             let _ = write!(s, "{planner} returned a {what} in {latency_ms} ms");
         }

@@ -13,7 +13,7 @@ use super::{EngineError, HitlAnswer, Inner};
 use crate::catalog::{Capability, CompiledContract, ExecutorSpec};
 use crate::envelope::RunEnvelope;
 use crate::fsm::{
-    Command, EventBody, FollowUp, FsmError, HitlKind, Limits, PlanCall, PlannerOutput, Purpose,
+    Command, EventBody, FollowUp, FsmError, HitlKind, Limits, PendingOutput, PlanCall, Purpose,
     RunError, RunEvent, RunInput, RunMachine, RunState, Trigger, TriggerSource,
 };
 use crate::graph::{NodeState, PlanGraph, PlanNode};
@@ -267,8 +267,8 @@ impl RunActor {
                 self.after.push(After::CallPlanner(call));
             }
             RunState::Validating => {
-                if let Some(output) = self.machine.pending_output().cloned() {
-                    self.validate(output);
+                if let Some(pending) = self.machine.pending_output().cloned() {
+                    self.validate(pending);
                 }
             }
             RunState::Executing | RunState::Replanning | RunState::Paused => {
@@ -687,7 +687,11 @@ impl RunActor {
         }
     }
 
-    fn validate(&mut self, output: Arc<PlannerOutput>) {
+    fn validate(&mut self, pending: PendingOutput) {
+        let PendingOutput {
+            output,
+            diagnostics: reply,
+        } = pending;
         let catalog = self.inner.catalog();
         let state_of = |id: &str| match self.progress.get(id) {
             Some(Progress::Completed) => NodeState::Completed,
@@ -696,6 +700,7 @@ impl RunActor {
         };
         let result = validation::validate_output(
             &output,
+            reply,
             self.machine.purpose(),
             self.plan.as_deref(),
             &state_of,
@@ -707,13 +712,13 @@ impl RunActor {
         );
         match result {
             Ok(validated) => {
-                let input = match output.as_ref() {
-                    PlannerOutput::Draft(_) => RunInput::DraftValid {
+                let input = match self.machine.purpose() {
+                    Purpose::Initial => RunInput::DraftValid {
                         nodes: validated.graph.len(),
                         edges: validated.graph.edges().len(),
                         warnings: validated.warnings.clone(),
                     },
-                    PlannerOutput::Delta(_) => RunInput::DeltaValid {
+                    Purpose::Replan => RunInput::DeltaValid {
                         diff: self
                             .plan
                             .as_deref()
@@ -744,6 +749,7 @@ impl RunActor {
                 planner: self.planner.name().to_owned(),
                 latency_ms,
                 usage: response.usage,
+                diagnostics: response.diagnostics,
             },
             Err(e) => RunInput::PlannerFailed {
                 retryable: e.is_retryable(),

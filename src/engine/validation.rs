@@ -11,7 +11,7 @@ use crate::catalog::{CompiledContract, ContractDirection, compile_schema};
 use crate::diagnostics::{Diagnostic, DiagnosticCode, has_errors};
 use crate::envelope::{OutputContract, RunEnvelope};
 use crate::fsm::{PlannerOutput, Purpose};
-use crate::graph::{NodeState, PlanGraph, PlanSnapshot};
+use crate::graph::{DeltaOp, NodeState, PlanGraph, PlanNode, PlanSnapshot};
 use crate::policy::{Condition, NormalizedPolicies};
 use crate::validate::{PlanLimits, ValidationContext, check_plan};
 
@@ -35,9 +35,14 @@ fn limits_of(policies: &NormalizedPolicies) -> PlanLimits {
 }
 
 /// Validates a planner's output against the run, returning the next plan version.
+///
+/// `reply` holds what reading the planner's reply found (`REPLY_*` codes). An unreadable
+/// reply is rejected with those alone; otherwise they are judged with the validator's own
+/// findings: accepted plans carry the warnings, rejections carry everything.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn validate_output(
     output: &PlannerOutput,
+    reply: Vec<Diagnostic>,
     purpose: Purpose,
     current: Option<&PlanGraph>,
     state: &dyn Fn(&str) -> NodeState,
@@ -47,34 +52,52 @@ pub(crate) fn validate_output(
     policies: &NormalizedPolicies,
     catalog: &CatalogState,
 ) -> Result<Validated, Vec<Diagnostic>> {
-    let graph = match (output, purpose, current) {
-        (PlannerOutput::Draft(draft), Purpose::Initial, _) => PlanGraph::from_draft(draft)?,
+    let mut diagnostics = reply;
+    let normalized = match output {
+        PlannerOutput::Unparsed(_) => {
+            if !has_errors(&diagnostics) {
+                diagnostics.push(Diagnostic::error(
+                    DiagnosticCode::ReplyNotJson,
+                    "the reply could not be read as a draft or delta",
+                ));
+            }
+            return Err(diagnostics);
+        }
+        PlannerOutput::Draft(_) | PlannerOutput::Delta(_) => {
+            normalize_kinds(output, catalog, &mut diagnostics)
+        }
+    };
+    let output = normalized.as_ref().unwrap_or(output);
+    let built = match (output, purpose, current) {
+        (PlannerOutput::Draft(draft), Purpose::Initial, _) => PlanGraph::from_draft(draft),
         (PlannerOutput::Delta(delta), Purpose::Replan, Some(base)) => {
-            base.apply_delta(delta, state)?
+            base.apply_delta(delta, state)
         }
-        (PlannerOutput::Delta(_), Purpose::Replan, None) => {
-            return Err(vec![Diagnostic::error(
+        (PlannerOutput::Delta(_), Purpose::Replan, None) => Err(vec![Diagnostic::error(
+            DiagnosticCode::PlannerOutputInvalid,
+            "a delta was returned but the run has no plan to change",
+        )]),
+        (PlannerOutput::Draft(_), Purpose::Replan, _) => Err(vec![
+            Diagnostic::error(
                 DiagnosticCode::PlannerOutputInvalid,
-                "a delta was returned but the run has no plan to change",
-            )]);
-        }
-        (PlannerOutput::Draft(_), Purpose::Replan, _) => {
-            return Err(vec![
-                Diagnostic::error(
-                    DiagnosticCode::PlannerOutputInvalid,
-                    "a replan must return a delta, not a draft",
-                )
-                .hint("return {baseVersion, operations} against the current plan"),
-            ]);
-        }
-        (PlannerOutput::Delta(_), Purpose::Initial, _) => {
-            return Err(vec![
-                Diagnostic::error(
-                    DiagnosticCode::PlannerOutputInvalid,
-                    "an initial plan must be a draft, not a delta",
-                )
-                .hint("return {nodes, edges} for the whole plan"),
-            ]);
+                "a replan must return a delta, not a draft",
+            )
+            .hint("return {baseVersion, operations} against the current plan"),
+        ]),
+        (PlannerOutput::Delta(_), Purpose::Initial, _) => Err(vec![
+            Diagnostic::error(
+                DiagnosticCode::PlannerOutputInvalid,
+                "an initial plan must be a draft, not a delta",
+            )
+            .hint("return {nodes, edges} for the whole plan"),
+        ]),
+        (PlannerOutput::Unparsed(_), _, _) => Err(Vec::new()),
+    };
+    let graph = match built {
+        Ok(graph) => graph,
+        Err(found) => {
+            diagnostics.extend(found);
+            return Err(diagnostics);
         }
     };
     let frozen: BTreeSet<String> = graph
@@ -96,22 +119,97 @@ pub(crate) fn validate_output(
         limits: &limits,
         frozen_nodes: &frozen,
     };
-    let diagnostics = match output {
-        PlannerOutput::Draft(draft) => check_plan(&draft.nodes, &draft.edges, &ctx),
-        PlannerOutput::Delta(_) => {
-            let nodes: Vec<_> = graph.nodes().cloned().collect();
-            check_plan(&nodes, &graph.edges(), &ctx)
+    match output {
+        PlannerOutput::Draft(draft) => {
+            diagnostics.extend(check_plan(&draft.nodes, &draft.edges, &ctx));
         }
-    };
+        PlannerOutput::Delta(_) | PlannerOutput::Unparsed(_) => {
+            let nodes: Vec<_> = graph.nodes().cloned().collect();
+            diagnostics.extend(check_plan(&nodes, &graph.edges(), &ctx));
+        }
+    }
     if has_errors(&diagnostics) {
         return Err(diagnostics);
     }
-    let contracts = compile_contracts(&graph, catalog)?;
+    let contracts = match compile_contracts(&graph, catalog) {
+        Ok(contracts) => contracts,
+        Err(found) => {
+            diagnostics.extend(found);
+            return Err(diagnostics);
+        }
+    };
     Ok(Validated {
         graph: Arc::new(graph),
         contracts,
         warnings: diagnostics,
     })
+}
+
+/// A node's `kind` is fixed by its capability: a node of a registered capability whose kind
+/// differs is given the capability's kind, with a `CAPABILITY_KIND_MISMATCH` warning.
+/// Returns the corrected output when anything changed.
+fn normalize_kinds(
+    output: &PlannerOutput,
+    catalog: &CatalogState,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<PlannerOutput> {
+    let mut fix = |node: &mut PlanNode| -> bool {
+        let Some(capability) = catalog.registry.get(&node.capability_id) else {
+            return false;
+        };
+        if capability.kind == node.kind {
+            return false;
+        }
+        diagnostics.push(
+            Diagnostic::warning(
+                DiagnosticCode::CapabilityKindMismatch,
+                format!(
+                    "node `{}` has kind {} but capability `{}` is {}; the capability's kind was used",
+                    node.id,
+                    node.kind.as_str(),
+                    node.capability_id,
+                    capability.kind.as_str()
+                ),
+            )
+            .node(&node.id)
+            .capability(&node.capability_id)
+            .hint(format!(
+                "set the node's kind to `{}`",
+                capability.kind.as_str()
+            )),
+        );
+        node.kind = capability.kind;
+        true
+    };
+    let mismatched = |node: &PlanNode| {
+        catalog
+            .registry
+            .get(&node.capability_id)
+            .is_some_and(|c| c.kind != node.kind)
+    };
+    let any = match output {
+        PlannerOutput::Draft(draft) => draft.nodes.iter().any(mismatched),
+        PlannerOutput::Delta(delta) => delta.operations.iter().any(|op| match op {
+            DeltaOp::AddNode { node } | DeltaOp::ReplaceNode { node } => mismatched(node),
+            DeltaOp::RemoveNode { .. } | DeltaOp::AddEdge { .. } | DeltaOp::RemoveEdge { .. } => {
+                false
+            }
+        }),
+        PlannerOutput::Unparsed(_) => false,
+    };
+    if !any {
+        return None;
+    }
+    let mut out = output.clone();
+    let changed = match &mut out {
+        PlannerOutput::Draft(draft) => draft.nodes.iter_mut().fold(false, |c, n| fix(n) | c),
+        PlannerOutput::Delta(delta) => delta.operations.iter_mut().fold(false, |c, op| match op {
+            DeltaOp::AddNode { node } | DeltaOp::ReplaceNode { node } => fix(node) | c,
+            DeltaOp::RemoveNode { .. } | DeltaOp::AddEdge { .. } | DeltaOp::RemoveEdge { .. } => c,
+        }),
+        PlannerOutput::Unparsed(_) => false,
+    };
+    changed.then_some(out)
 }
 
 fn compile_contracts(

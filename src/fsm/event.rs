@@ -90,6 +90,42 @@ pub enum PlannerOutput {
     Draft(PlanDraft),
     /// A change against a base version (replan phase).
     Delta(PlanDelta),
+    /// A reply that could not be read as a draft or delta (not JSON, or JSON of the wrong
+    /// shape): the text as it came back, bounded. Validation rejects it with the reply
+    /// diagnostics recorded beside it.
+    Unparsed(UnparsedReply),
+}
+
+/// The text of a reply that could not be read, kept for the record and the next request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnparsedReply {
+    /// The reply's first [`UnparsedReply::MAX_BYTES`] bytes (cut at a character boundary).
+    pub content: String,
+    /// The reply's whole length in bytes.
+    pub bytes: usize,
+}
+
+impl UnparsedReply {
+    /// Most bytes of an unreadable reply that are kept.
+    pub const MAX_BYTES: usize = 4096;
+
+    /// Keeps at most [`UnparsedReply::MAX_BYTES`] of `text`.
+    pub fn new(text: &str) -> Self {
+        let mut end = text.len().min(Self::MAX_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self {
+            content: text[..end].to_owned(),
+            bytes: text.len(),
+        }
+    }
+
+    /// True when the kept content is shorter than the reply.
+    pub fn is_cut(&self) -> bool {
+        self.content.len() < self.bytes
+    }
 }
 
 /// Token usage reported by a model-backed planner.
@@ -196,13 +232,18 @@ pub enum EventBody {
         attempt: u32,
         /// Which planner answered.
         planner: String,
-        /// The draft or delta, as returned.
+        /// The draft or delta as read from the reply, or the unreadable reply itself.
         output: Arc<PlannerOutput>,
         /// Planner latency.
         latency_ms: u64,
         /// Token usage, for model-backed planners.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<TokenUsage>,
+        /// What reading the reply found (`REPLY_*` codes): errors for an unreadable reply,
+        /// warnings for what was extracted, ignored or filled in. Validation adds them to
+        /// its own findings.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        diagnostics: Vec<Diagnostic>,
     },
     /// An initial draft passed validation and became version 1.
     #[serde(rename_all = "camelCase")]

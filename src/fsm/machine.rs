@@ -113,6 +113,8 @@ pub enum RunInput {
         latency_ms: u64,
         /// Token usage, if reported.
         usage: Option<TokenUsage>,
+        /// What reading the reply found.
+        diagnostics: Vec<Diagnostic>,
     },
     /// The planner call failed.
     PlannerFailed {
@@ -376,13 +378,22 @@ pub struct PlanCall {
     pub error: Option<String>,
 }
 
+/// A planner's output awaiting validation, with what reading the reply found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingOutput {
+    /// The draft, delta or unreadable reply.
+    pub output: Arc<PlannerOutput>,
+    /// Reply findings (`REPLY_*`), judged with the validator's own.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
 /// What the driver must do after a transition.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Call the planner.
     CallPlanner(PlanCall),
     /// Validate the planner's output (and merge a delta).
-    Validate(Arc<PlannerOutput>),
+    Validate(PendingOutput),
     /// Dispatch ready nodes (or report completion).
     Dispatch,
     /// Wait for in-flight nodes, then feed [`RunInput::Drained`].
@@ -452,7 +463,7 @@ pub struct RunCore {
     trigger: Option<Trigger>,
     diagnostics: Vec<Diagnostic>,
     last_error: Option<String>,
-    pending_output: Option<Arc<PlannerOutput>>,
+    pending_output: Option<PendingOutput>,
     in_flight: BTreeMap<String, u32>,
     hitl: Option<PendingHitl>,
     outcome: Option<RunOutcome>,
@@ -691,8 +702,12 @@ impl RunCore {
                 planner,
                 latency_ms,
                 usage,
+                diagnostics,
             } => {
-                self.pending_output = Some(output.clone());
+                self.pending_output = Some(PendingOutput {
+                    output: output.clone(),
+                    diagnostics: diagnostics.clone(),
+                });
                 self.last_error = None;
                 self.emit(
                     context,
@@ -704,6 +719,7 @@ impl RunCore {
                         output: output.clone(),
                         latency_ms: *latency_ms,
                         usage: *usage,
+                        diagnostics: diagnostics.clone(),
                     },
                 );
                 Transition(State::validating())
@@ -1177,8 +1193,8 @@ impl RunCore {
         if context.restoring {
             return;
         }
-        if let Some(output) = &self.pending_output {
-            context.commands.push(Command::Validate(output.clone()));
+        if let Some(pending) = &self.pending_output {
+            context.commands.push(Command::Validate(pending.clone()));
         }
     }
 
@@ -1326,7 +1342,7 @@ impl RunMachine {
     }
 
     /// The planner output awaiting validation (in Validating).
-    pub fn pending_output(&self) -> Option<&Arc<PlannerOutput>> {
+    pub fn pending_output(&self) -> Option<&PendingOutput> {
         self.sm.inner().pending_output.as_ref()
     }
 
@@ -1442,12 +1458,14 @@ fn input_for(event: &RunEvent, machine: &RunMachine) -> Result<RunInput, FsmErro
             planner,
             latency_ms,
             usage,
+            diagnostics,
             ..
         } => RunInput::PlanReturned {
             output: output.clone(),
             planner: planner.clone(),
             latency_ms: *latency_ms,
             usage: *usage,
+            diagnostics: diagnostics.clone(),
         },
         EventBody::PlanAccepted {
             nodes,

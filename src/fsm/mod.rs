@@ -8,11 +8,11 @@ pub mod table;
 
 pub use event::{
     EventBody, EventKind, FollowUp, HitlDecision, HitlKind, PlanPhase, PlannerOutput, RunError,
-    RunEvent, RunOutcome, TokenUsage, Trigger, TriggerSource,
+    RunEvent, RunOutcome, TokenUsage, Trigger, TriggerSource, UnparsedReply,
 };
 pub use machine::{
-    Command, InputKind, Limits, PendingHitl, PlanCall, Purpose, RunInput, RunMachine, RunState,
-    Step,
+    Command, InputKind, Limits, PendingHitl, PendingOutput, PlanCall, Purpose, RunInput,
+    RunMachine, RunState, Step,
 };
 
 /// Errors of the run machine.

@@ -77,6 +77,7 @@ fn any_input() -> BoxedStrategy<RunInput> {
             planner: "m".into(),
             latency_ms: 0,
             usage: None,
+            diagnostics: vec![],
         }),
         any::<bool>().prop_map(|retryable| RunInput::PlannerFailed {
             error: "e".into(),
@@ -189,6 +190,7 @@ fn likely_input(m: &Model) -> BoxedStrategy<RunInput> {
                     planner: "m".into(),
                     latency_ms: 0,
                     usage: None,
+                    diagnostics: vec![],
                 })
                 .boxed(),
             );
@@ -582,6 +584,7 @@ fn the_model_reaches_every_state() {
             planner: "m".into(),
             latency_ms: 0,
             usage: None,
+            diagnostics: vec![],
         },
         RunInput::DraftValid {
             nodes: 1,

@@ -22,6 +22,7 @@ fn draft_returned() -> RunInput {
         planner: "test".into(),
         latency_ms: 1,
         usage: None,
+        diagnostics: vec![],
     }
 }
 
@@ -35,6 +36,7 @@ fn delta_returned(base: u32) -> RunInput {
         planner: "test".into(),
         latency_ms: 1,
         usage: None,
+        diagnostics: vec![],
     }
 }
 
@@ -398,7 +400,7 @@ fn entry_actions_issue_commands_and_restore_stays_silent() {
     let step = apply(&mut m, draft_returned());
     assert!(matches!(
         &step.commands[..],
-        [Command::Validate(o)] if matches!(**o, PlannerOutput::Draft(_))
+        [Command::Validate(o)] if matches!(*o.output, PlannerOutput::Draft(_))
     ));
     events.extend(step.events);
     let step = apply(

@@ -6,6 +6,7 @@
 
 mod catalog_planner;
 pub mod openai;
+mod reply;
 mod scripted;
 
 use async_trait::async_trait;
@@ -79,10 +80,13 @@ pub struct PlanRequest {
 /// What a planner returns on success.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanResponse {
-    /// The draft or delta.
+    /// The draft or delta (or, for a text reply that could not be read, the text).
     pub output: PlannerOutput,
     /// Token usage, for model-backed planners.
     pub usage: Option<TokenUsage>,
+    /// What reading a text reply found (`REPLY_*` codes); validation judges them with its
+    /// own findings and they reach the planner's next request like every diagnostic.
+    pub diagnostics: Vec<Diagnostic>,
 }
 
 impl PlanResponse {
@@ -91,7 +95,28 @@ impl PlanResponse {
         Self {
             output,
             usage: None,
+            diagnostics: Vec::new(),
         }
+    }
+
+    /// Reads a planner's text reply (what a model returns as its message content) as the
+    /// answer to `request`. Never fails: a reply that cannot be read becomes
+    /// [`PlannerOutput::Unparsed`] with `REPLY_NOT_JSON` or `REPLY_SHAPE` diagnostics, which
+    /// the engine records and sends back; what can be filled in unambiguously from the
+    /// capabilities offered in `request` is, with a warning. See `docs/DIAGNOSTICS.md`.
+    pub fn from_text(text: &str, request: &PlanRequest) -> Self {
+        let (output, diagnostics) = reply::read(text, request.purpose, &request.capabilities);
+        Self {
+            output,
+            usage: None,
+            diagnostics,
+        }
+    }
+
+    /// The same response with token usage.
+    pub fn with_usage(mut self, usage: Option<TokenUsage>) -> Self {
+        self.usage = usage;
+        self
     }
 }
 
@@ -99,7 +124,9 @@ impl PlanResponse {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlannerError {
-    /// Another attempt may succeed (timeouts, rate limits, malformed output).
+    /// Another attempt may succeed (timeouts, rate limits, a reply cut at the token limit).
+    /// A reply that arrived but is wrong is not an error: it is a response whose
+    /// diagnostics say what to fix (see [`PlanResponse::from_text`]).
     #[error("retryable planner error: {0}")]
     Retryable(String),
     /// No attempt will succeed (bad credentials, nothing to plan with).

@@ -16,6 +16,9 @@ pub enum ScriptStep {
     Draft(PlanDraft),
     /// Return this delta.
     Delta(PlanDelta),
+    /// Answer with this text, as a model would: read by [`PlanResponse::from_text`], the
+    /// same path as a model planner's replies.
+    Reply(String),
     /// Fail with this error.
     Error(PlannerError),
 }
@@ -69,22 +72,24 @@ impl Planner for ScriptedPlanner {
     }
 
     async fn plan(&self, request: PlanRequest) -> Result<PlanResponse, PlannerError> {
-        self.requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(request);
         let step = self
             .script
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop_front();
-        match step {
+        let answer = match step {
             Some(ScriptStep::Draft(d)) => Ok(PlanResponse::new(PlannerOutput::Draft(d))),
             Some(ScriptStep::Delta(d)) => Ok(PlanResponse::new(PlannerOutput::Delta(d))),
+            Some(ScriptStep::Reply(text)) => Ok(PlanResponse::from_text(&text, &request)),
             Some(ScriptStep::Error(e)) => Err(e),
             None => Err(PlannerError::Fatal(
                 "the planner script is exhausted".to_owned(),
             )),
-        }
+        };
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(request);
+        answer
     }
 }

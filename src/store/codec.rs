@@ -679,6 +679,10 @@ mod tests {
             capability_id: Some("writer.xx".to_owned()),
             facet: None,
             hint: None,
+            pointer: Some("/nodes/0/capabilityId".to_owned()),
+            expected: None,
+            found: None,
+            suggestions: vec!["writer.en".to_owned()],
         };
         let bodies = vec![
             EventBody::PlanRequested {

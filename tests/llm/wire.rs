@@ -7,13 +7,13 @@ use flexrun::ScriptedPlanner;
 use flexrun::catalog::{AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec};
 use flexrun::engine::NodeExecutor;
 use flexrun::executors::llm::LlmExecutor;
-use flexrun::fsm::{EventBody, EventKind, RunEvent, TokenUsage};
+use flexrun::fsm::{EventBody, EventKind, PlannerOutput, RunEvent, TokenUsage};
 use flexrun::graph::{PlanDraft, PlanEdge, PlanNode};
-use flexrun::planner::openai::{ChatClient, OpenAiConfig, OpenAiPlanner};
+use flexrun::planner::openai::{ChatClient, DIAGNOSTICS_LEAD, OpenAiConfig, OpenAiPlanner};
 use flexrun::planner::{Planner, ScriptStep};
 use serde_json::{Value, json};
 
-use crate::fake::{FakeOpenAi, Reply, chat, chat_finishing, error};
+use crate::fake::{FakeOpenAi, Received, Reply, chat, chat_finishing, error};
 use crate::support::{TestEnv, complete_status, copy_envelope, envelope, labels, open};
 
 const SECRET: &str = "sk-test-0123456789-secret";
@@ -388,7 +388,7 @@ async fn a_hung_server_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn truncated_and_malformed_replies_are_planner_errors_and_retried() {
+async fn truncation_is_a_planner_error_malformed_replies_are_diagnosed() {
     let fake = FakeOpenAi::start([
         chat_finishing(r#"{"nodes":[{"id":"brief","stage":"struct"#, "length"),
         chat(r#"{"nodes": oops}"#),
@@ -411,25 +411,84 @@ async fn truncated_and_malformed_replies_are_planner_errors_and_retried() {
         labels(&events)
     );
     let errors = planner_errors(&events);
-    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(
+        errors.len(),
+        1,
+        "only the truncation is a planner error: {errors:?}"
+    );
     assert!(
         errors[0].contains("truncated") && errors[0].contains("finish_reason `length`"),
         "{}",
         errors[0]
     );
-    assert!(errors[1].contains("not valid JSON"), "{}", errors[1]);
-    assert!(
-        errors[2].contains("does not match its schema") && errors[2].contains("/nodes/0"),
-        "{}",
-        errors[2]
+    let rejected = rejected_codes(&events);
+    assert_eq!(
+        rejected,
+        vec![vec!["REPLY_NOT_JSON"], vec!["REPLY_SHAPE", "REPLY_SHAPE"]],
+        "{:?}",
+        labels(&events)
     );
+    let unparsed = events
+        .iter()
+        .filter(|e| {
+            matches!(&e.body, EventBody::PlanGenerated { output, .. }
+                if matches!(output.as_ref(), PlannerOutput::Unparsed(r) if r.content.contains("oops")))
+        })
+        .count();
+    assert_eq!(unparsed, 1, "the unreadable reply is recorded as it came");
     let got = fake.received();
     assert!(
         got[1].all_content().contains("truncated"),
         "the next request says what went wrong"
     );
-    assert!(got[3].all_content().contains("does not match its schema"));
-    assert_eq!(openai.metrics().failures, 3);
+    assert_eq!(sent_codes(&got[2]), vec!["REPLY_NOT_JSON"]);
+    let shape = sent_diagnostics(&got[3]);
+    let pointers: Vec<&str> = shape.iter().filter_map(|d| d["pointer"].as_str()).collect();
+    assert_eq!(
+        pointers,
+        ["/nodes/0/capabilityId", "/nodes/0/kind"],
+        "{shape:?}"
+    );
+    assert!(shape.iter().all(|d| d["code"] == "REPLY_SHAPE"));
+    assert_eq!(shape[0]["expected"], "a string");
+    assert_eq!(shape[0]["found"], "nothing");
+    assert_eq!(openai.metrics().failures, 1);
+}
+
+/// The codes of every `plan_rejected`, in order.
+fn rejected_codes(events: &[RunEvent]) -> Vec<Vec<String>> {
+    events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::PlanRejected { diagnostics, .. } => Some(
+                diagnostics
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .map(|d| d.code.as_str().to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The structured diagnostics a request to the model carried.
+fn sent_diagnostics(request: &Received) -> Vec<Value> {
+    let content = request.all_content();
+    let Some((_, list)) = content.split_once(DIAGNOSTICS_LEAD) else {
+        return Vec::new();
+    };
+    let list = list.lines().nth(1).unwrap_or_default();
+    serde_json::from_str(list).unwrap_or_else(|e| panic!("diagnostics are JSON ({e}): {list}"))
+}
+
+/// The error codes a request to the model carried.
+fn sent_codes(request: &Received) -> Vec<String> {
+    sent_diagnostics(request)
+        .iter()
+        .filter(|d| d["severity"] == "error")
+        .filter_map(|d| d["code"].as_str().map(str::to_owned))
+        .collect()
 }
 
 fn llm_writer() -> Capability {

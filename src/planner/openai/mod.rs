@@ -6,10 +6,12 @@
 //! nodes, required outputs, policies, the capabilities pruned to those on a path from the
 //! available to the required facets, their facets, the current plan and the trigger) and,
 //! for a revision, a message listing the previous attempt's diagnostics or error. The reply
-//! must match a bounded JSON Schema of the draft or delta shape; it is checked again here,
-//! and anything unusable (not JSON, a schema mismatch, a truncated reply) is a retryable
-//! planner error with a message saying what was wrong. The engine validates the plan itself
-//! as it does for every planner.
+//! is asked to match a bounded JSON Schema of the draft or delta shape (servers that enforce
+//! it cannot return a wrong shape), and is then read by [`PlanResponse::from_text`], the
+//! path every text reply takes: what cannot be read becomes `REPLY_*` diagnostics, and the
+//! engine validates what can, as for every planner, sending every finding back in the next
+//! request. Only transport failures (timeouts, connection errors, 429/5xx, a reply cut at
+//! the token limit) are planner errors.
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,12 +37,14 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{PlanRequest, PlanResponse, Planner, PlannerError, Purpose};
+use crate::fsm::PlannerOutput;
 
 pub use client::{
     ChatClient, ChatMessage, ChatReply, ChatRequest, OpenAiMetrics, OpenAiMetricsSnapshot, Role,
 };
 pub use config::{DEFAULT_API_KEY_ENV, OpenAiConfig};
 pub use error::{ChatError, ConfigError};
+pub use prompt::DIAGNOSTICS_LEAD;
 pub(crate) use reply::unfenced;
 pub use schema::{INSTRUCTION_CAP, NODE_CAP, NODE_ID_PATTERN, OPERATION_CAP, VARIANT_CAP};
 
@@ -134,21 +138,17 @@ impl Planner for OpenAiPlanner {
         let chat = self.chat_request(&request);
         metrics.overhead(building.elapsed());
         let reply = self.client.complete(&chat).await.map_err(planner_error)?;
-        let checking = Instant::now();
-        let parsed = reply::parse_plan(&reply.content, &chat.schema, request.purpose);
-        metrics.overhead(checking.elapsed());
-        match parsed {
-            Ok(output) => Ok(PlanResponse {
-                output,
-                usage: reply.usage,
-            }),
-            Err(message) => {
-                metrics.failed();
-                tracing::warn!(run_id = %request.run_id, attempt = request.attempt, error = %message, "unusable planner reply");
-                Err(PlannerError::Retryable(format!(
-                    "openai planner: {message}"
-                )))
-            }
+        let reading = Instant::now();
+        let response = PlanResponse::from_text(&reply.content, &request).with_usage(reply.usage);
+        metrics.overhead(reading.elapsed());
+        if let PlannerOutput::Unparsed(text) = &response.output {
+            tracing::warn!(
+                run_id = %request.run_id,
+                attempt = request.attempt,
+                bytes = text.bytes,
+                "planner reply is not a plan; its diagnostics go back to the model"
+            );
         }
+        Ok(response)
     }
 }

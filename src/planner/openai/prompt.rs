@@ -6,7 +6,6 @@ use serde_json::{Map, Value, json};
 
 use super::client::{ChatMessage, shorten};
 use crate::catalog::{Capability, CapabilityKind, Facet};
-use crate::diagnostics::Diagnostic;
 use crate::planner::{PlanRequest, Purpose};
 
 /// Longest string value shown to the planner (facet values, outputs).
@@ -275,25 +274,20 @@ pub(crate) fn context_message(req: &PlanRequest, caps: &[&Capability]) -> String
     doc.to_string()
 }
 
-fn diagnostic_line(d: &Diagnostic) -> String {
-    let mut line = format!("- [{}] {}", d.code.as_str(), d.message);
-    let mut about = Vec::new();
-    if let Some(n) = &d.node_id {
-        about.push(format!("node `{n}`"));
-    }
-    if let Some(c) = &d.capability_id {
-        about.push(format!("capability `{c}`"));
-    }
-    if let Some(f) = &d.facet {
-        about.push(format!("facet `{f}`"));
-    }
-    if !about.is_empty() {
-        line.push_str(&format!(" ({})", about.join(", ")));
-    }
-    if let Some(h) = &d.hint {
-        line.push_str(&format!(" Hint: {h}"));
-    }
-    line
+/// The lead-in of the message that carries the previous attempt's diagnostics; the JSON
+/// array of the diagnostics follows it on the next line.
+pub const DIAGNOSTICS_LEAD: &str = "Diagnostics (JSON):";
+
+fn diagnostics_message(req: &PlanRequest, what: &str) -> String {
+    let list = serde_json::to_string(&req.diagnostics).unwrap_or_else(|_| "[]".to_owned());
+    format!(
+        "Your previous {what} was rejected by the validator (attempt {}). Each diagnostic has a \
+stable code, a message, where it applies (nodeId, capabilityId, facet, or a JSON pointer into \
+your reply) and a hint; suggestions list ids that would fix it. Fix every error and reply \
+with a complete corrected {what}; warnings say what the engine corrected for you.\n\
+{DIAGNOSTICS_LEAD}\n{list}",
+        req.attempt.saturating_sub(1).max(1),
+    )
 }
 
 /// The messages of one planner request.
@@ -307,13 +301,7 @@ pub(crate) fn messages(req: &PlanRequest, caps: &[&Capability]) -> Vec<ChatMessa
         Purpose::Replan => "delta",
     };
     if !req.diagnostics.is_empty() {
-        let lines: Vec<String> = req.diagnostics.iter().map(diagnostic_line).collect();
-        out.push(ChatMessage::user(format!(
-            "Your previous {what} was rejected by the validator (attempt {}). Fix every problem \
-below and reply with a complete corrected {what}:\n{}",
-            req.attempt.saturating_sub(1).max(1),
-            lines.join("\n")
-        )));
+        out.push(ChatMessage::user(diagnostics_message(req, what)));
     } else if let Some(error) = &req.previous_error {
         out.push(ChatMessage::user(format!(
             "Your previous reply could not be used: {}. Reply again with one complete {what} \
@@ -337,7 +325,7 @@ fn known_values(req: &PlanRequest) -> Map<String, Value> {
 mod tests {
     use super::*;
     use crate::demo;
-    use crate::diagnostics::DiagnosticCode;
+    use crate::diagnostics::{Diagnostic, DiagnosticCode};
     use crate::fsm::PlanPhase;
     use crate::ids::RunId;
     use crate::policy::NormalizedPolicies;
@@ -441,11 +429,9 @@ mod tests {
             "{}",
             msgs[2].content
         );
-        assert!(
-            msgs[2].content.contains("node `write`"),
-            "{}",
-            msgs[2].content
-        );
+        let (_, list) = msgs[2].content.split_once(DIAGNOSTICS_LEAD).unwrap();
+        let sent: Vec<Diagnostic> = serde_json::from_str(list.trim()).unwrap();
+        assert_eq!(sent, req.diagnostics, "the same list, structured");
     }
 
     #[test]
