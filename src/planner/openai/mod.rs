@@ -39,7 +39,7 @@ use super::{PlanRequest, PlanResponse, Planner, PlannerError, Purpose};
 pub use client::{
     ChatClient, ChatMessage, ChatReply, ChatRequest, OpenAiMetrics, OpenAiMetricsSnapshot, Role,
 };
-pub use config::{DEFAULT_API_KEY_ENV, OpenAiConfig};
+pub use config::{DEFAULT_API_KEY_ENV, OpenAiConfig, ResponseFormat};
 pub use error::{ChatError, ConfigError};
 pub(crate) use reply::unfenced;
 pub use schema::{INSTRUCTION_CAP, NODE_CAP, NODE_ID_PATTERN, OPERATION_CAP, VARIANT_CAP};
