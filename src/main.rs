@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
 use flexrun::api::{self, ApiConfig, AppState};
 use flexrun::bench::{self, BenchOptions, Consumer, Level, Scenario, Variant};
 use flexrun::executors::http::HttpExecutor;
 use flexrun::executors::llm::LlmExecutor;
 use flexrun::fsm::{EventBody, HitlDecision, RunOutcome};
-use flexrun::planner::{OpenAiConfig, OpenAiPlanner, Planner};
+use flexrun::planner::{OpenAiConfig, OpenAiPlanner, Planner, ResponseFormat};
 use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -179,6 +180,16 @@ struct ModelArgs {
     /// Attempts per model call (429/5xx/timeouts are retried with backoff).
     #[arg(long, default_value_t = 3)]
     planner_max_attempts: u32,
+    /// How requests ask for the reply's shape: `json_schema` (enforced schema), `json_object`
+    /// (JSON mode) or `none` (no `response_format`; the schema goes into the prompt). A 400
+    /// to a mode falls back to the next one for the rest of the process.
+    #[arg(long, default_value = "json_schema", value_parser = response_format_parser())]
+    planner_response_format: ResponseFormat,
+}
+
+fn response_format_parser() -> impl TypedValueParser<Value = ResponseFormat> {
+    clap::builder::PossibleValuesParser::new(ResponseFormat::ALL.map(ResponseFormat::as_str))
+        .try_map(|s| s.parse::<ResponseFormat>())
 }
 
 impl ModelArgs {
@@ -193,6 +204,7 @@ impl ModelArgs {
         config.api_key_env = self.planner_api_key_env.clone();
         config.timeout = Duration::from_millis(self.planner_timeout_ms.max(1));
         config.max_attempts = self.planner_max_attempts.max(1);
+        config.response_format = self.planner_response_format;
         Ok(Some(config))
     }
 }
@@ -374,8 +386,11 @@ async fn serve(
     let recovered = store.non_terminal_runs()?.len();
     let mut engine_config = flexrun::demo::config(Arc::new(store));
     engine_config.planner = Arc::new(flexrun::CatalogPlanner);
+    let mut planner_metrics = None;
     if let Some(model) = model {
-        let openai: Arc<dyn Planner> = Arc::new(OpenAiPlanner::new(model.clone())?);
+        let openai = OpenAiPlanner::new(model.clone())?;
+        planner_metrics = Some(openai.metrics_handle());
+        let openai: Arc<dyn Planner> = Arc::new(openai);
         match planner {
             PlannerArg::Openai => {
                 engine_config.planners.push(engine_config.planner.clone());
@@ -404,7 +419,10 @@ async fn serve(
         listener.local_addr()?,
         path.display()
     );
-    let state = AppState::new(engine.clone(), config);
+    let mut state = AppState::new(engine.clone(), config);
+    if let Some(metrics) = planner_metrics {
+        state = state.with_planner_metrics(metrics);
+    }
     api::serve(listener, state, stop_signal()).await?;
     eprintln!("stopping: finishing current commits");
     engine.shutdown().await;

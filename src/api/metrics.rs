@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use crate::engine::Engine;
 use crate::fsm::EventKind;
 use crate::ids::RunId;
+use crate::planner::openai::OpenAiMetricsSnapshot;
 use crate::store::{RunHead, RunStatus};
 
 const STATUSES: [RunStatus; 4] = [
@@ -16,8 +17,13 @@ const STATUSES: [RunStatus; 4] = [
     RunStatus::Cancelled,
 ];
 
-/// Renders the engine's counters and the runs of `runs` (every run in the store).
-pub(crate) fn render(engine: &Engine, runs: &[(RunId, RunHead)]) -> String {
+/// Renders the engine's counters, the runs of `runs` (every run in the store) and, when an
+/// OpenAI-compatible planner is configured, its response format counters.
+pub(crate) fn render(
+    engine: &Engine,
+    runs: &[(RunId, RunHead)],
+    planner: Option<&OpenAiMetricsSnapshot>,
+) -> String {
     let mut out = String::new();
     let mut by_status: BTreeMap<&'static str, u64> =
         STATUSES.iter().map(|s| (s.as_str(), 0)).collect();
@@ -120,6 +126,9 @@ pub(crate) fn render(engine: &Engine, runs: &[(RunId, RunHead)]) -> String {
         "flexrun_plan_rejections_total {}",
         count(EventKind::PlanRejected)
     );
+    if let Some(planner) = planner {
+        response_format(&mut out, planner);
+    }
     header(
         &mut out,
         "flexrun_node_duration_seconds",
@@ -158,6 +167,31 @@ pub(crate) fn render(engine: &Engine, runs: &[(RunId, RunHead)]) -> String {
     out
 }
 
+fn response_format(out: &mut String, planner: &OpenAiMetricsSnapshot) {
+    header(
+        out,
+        "flexrun_planner_response_format_fallbacks_total",
+        "counter",
+        "Times a 400 made the OpenAI-compatible planner fall back to the next response format.",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_planner_response_format_fallbacks_total {}",
+        planner.format_fallbacks
+    );
+    header(
+        out,
+        "flexrun_planner_response_format",
+        "gauge",
+        "The response format planner calls start in (1 for the effective mode).",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_planner_response_format{{mode=\"{}\"}} 1",
+        planner.response_format.as_str()
+    );
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -173,6 +207,33 @@ fn escape(label: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_planner_response_format_is_a_counter_and_a_gauge() {
+        let mut out = String::new();
+        response_format(
+            &mut out,
+            &OpenAiMetricsSnapshot {
+                format_fallbacks: 1,
+                response_format: crate::planner::ResponseFormat::JsonObject,
+                ..OpenAiMetricsSnapshot::default()
+            },
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "# HELP flexrun_planner_response_format_fallbacks_total Times a 400 made the \
+                 OpenAI-compatible planner fall back to the next response format.",
+                "# TYPE flexrun_planner_response_format_fallbacks_total counter",
+                "flexrun_planner_response_format_fallbacks_total 1",
+                "# HELP flexrun_planner_response_format The response format planner calls start \
+                 in (1 for the effective mode).",
+                "# TYPE flexrun_planner_response_format gauge",
+                "flexrun_planner_response_format{mode=\"json_object\"} 1",
+            ]
+        );
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -717,12 +717,14 @@ pub(crate) async fn healthz() -> Json<Health> {
 }
 
 /// Prometheus metrics: runs by status and state, transitions by type, planner calls and
-/// rejections, node durations, store commits.
+/// rejections, the model planner's response format and fallbacks, node durations, store
+/// commits.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain")))]
 pub(crate) async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> {
     let runs = read(&st, |s| s.list_runs(None)).await?;
-    let body = metrics::render(&st.engine, &runs);
+    let planner = st.planner_metrics.as_ref().map(|m| m.snapshot());
+    let body = metrics::render(&st.engine, &runs, planner.as_ref());
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -1,4 +1,5 @@
-//! What every handler shares: the engine, the server settings and the shutdown signal.
+//! What every handler shares: the engine, the server settings, the shutdown signal and the
+//! counters of a model-backed planner.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::engine::Engine;
+use crate::planner::openai::OpenAiMetrics;
 
 /// Server settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,7 @@ pub struct AppState {
     pub(crate) engine: Engine,
     pub(crate) config: Arc<ApiConfig>,
     pub(crate) shutdown: Shutdown,
+    pub(crate) planner_metrics: Option<Arc<OpenAiMetrics>>,
 }
 
 impl AppState {
@@ -87,7 +90,18 @@ impl AppState {
             engine,
             config: Arc::new(config),
             shutdown: Shutdown::new(),
+            planner_metrics: None,
         }
+    }
+
+    /// Exports the counters of an OpenAI-compatible planner on `/metrics` (its response
+    /// format and fallbacks), e.g. from [`OpenAiPlanner::metrics_handle`].
+    ///
+    /// [`OpenAiPlanner::metrics_handle`]: crate::planner::OpenAiPlanner::metrics_handle
+    #[must_use]
+    pub fn with_planner_metrics(mut self, metrics: Arc<OpenAiMetrics>) -> Self {
+        self.planner_metrics = Some(metrics);
+        self
     }
 
     /// The engine.

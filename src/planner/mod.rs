@@ -22,7 +22,7 @@ use crate::policy::NormalizedPolicies;
 
 pub use crate::fsm::Purpose;
 pub use catalog_planner::CatalogPlanner;
-pub use openai::{OpenAiConfig, OpenAiPlanner};
+pub use openai::{OpenAiConfig, OpenAiPlanner, ResponseFormat};
 pub use scripted::{ScriptStep, ScriptedPlanner};
 
 /// A node that already completed, with what it produced.

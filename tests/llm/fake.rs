@@ -24,6 +24,20 @@ pub enum Reply {
     },
     /// Never answer.
     Hang,
+    /// A 400 naming the refused mode when the request's `response_format.type` (`none` when
+    /// the key is absent) is one of `refused`, else `otherwise`.
+    RefusingFormats {
+        refused: Vec<&'static str>,
+        otherwise: Box<Reply>,
+    },
+}
+
+/// A server that answers 400 to the `refused` response formats and `otherwise` to the rest.
+pub fn refusing(refused: &[&'static str], otherwise: Reply) -> Reply {
+    Reply::RefusingFormats {
+        refused: refused.to_vec(),
+        otherwise: Box::new(otherwise),
+    }
 }
 
 /// A chat completion whose message content is `content`.
@@ -79,6 +93,14 @@ impl Received {
     /// The user message holding the request context, parsed.
     pub fn context(&self) -> Value {
         serde_json::from_str(self.body["messages"][1]["content"].as_str().unwrap()).unwrap()
+    }
+
+    /// `response_format.type`, `none` when the request carries no `response_format`.
+    pub fn format_type(&self) -> &str {
+        match self.body.get("response_format") {
+            None => "none",
+            Some(f) => f["type"].as_str().unwrap_or("?"),
+        }
     }
 
     /// The JSON schema sent as `response_format`.
@@ -149,12 +171,26 @@ async fn answer(
 ) -> Response {
     let reply = {
         let mut s = script.lock().unwrap();
-        s.received.push(Received {
+        let received = Received {
             at: Instant::now(),
             headers,
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        });
-        s.replies.pop_front().or_else(|| s.fallback.clone())
+        };
+        let mut reply = s.replies.pop_front().or_else(|| s.fallback.clone());
+        while let Some(Reply::RefusingFormats { refused, otherwise }) = reply {
+            let kind = received.format_type();
+            reply = Some(if refused.contains(&kind) {
+                error(
+                    400,
+                    vec![],
+                    &format!("response_format `{kind}` is not supported by this server"),
+                )
+            } else {
+                *otherwise
+            });
+        }
+        s.received.push(received);
+        reply
     };
     match reply {
         Some(Reply::Json {
@@ -170,6 +206,7 @@ async fn answer(
             response
         }
         Some(Reply::Hang) => std::future::pending().await,
+        Some(Reply::RefusingFormats { .. }) => unreachable!("resolved above"),
         None => (StatusCode::INTERNAL_SERVER_ERROR, "script exhausted").into_response(),
     }
 }

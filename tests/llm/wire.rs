@@ -4,16 +4,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flexrun::ScriptedPlanner;
+use flexrun::api::{self, ApiConfig, AppState};
 use flexrun::catalog::{AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec};
 use flexrun::engine::NodeExecutor;
 use flexrun::executors::llm::LlmExecutor;
 use flexrun::fsm::{EventBody, EventKind, PlannerOutput, RunEvent, TokenUsage};
 use flexrun::graph::{PlanDraft, PlanEdge, PlanNode};
-use flexrun::planner::openai::{ChatClient, DIAGNOSTICS_LEAD, OpenAiConfig, OpenAiPlanner};
+use flexrun::planner::openai::{
+    ChatClient, DIAGNOSTICS_LEAD, OpenAiConfig, OpenAiPlanner, ResponseFormat,
+};
 use flexrun::planner::{Planner, ScriptStep};
 use serde_json::{Value, json};
 
-use crate::fake::{FakeOpenAi, Received, Reply, chat, chat_finishing, error};
+use crate::fake::{FakeOpenAi, Received, Reply, chat, chat_finishing, error, refusing};
 use crate::support::{TestEnv, complete_status, copy_envelope, envelope, labels, open};
 
 const SECRET: &str = "sk-test-0123456789-secret";
@@ -489,6 +492,204 @@ fn sent_codes(request: &Received) -> Vec<String> {
         .filter(|d| d["severity"] == "error")
         .filter_map(|d| d["code"].as_str().map(str::to_owned))
         .collect()
+}
+
+fn system_message(req: &Received) -> &str {
+    assert_eq!(req.body["messages"][0]["role"], "system");
+    req.body["messages"][0]["content"].as_str().unwrap()
+}
+
+/// `GET /metrics` of a real API server on 127.0.0.1:0 exporting `openai`'s counters.
+async fn metrics_text(env: &TestEnv, openai: &OpenAiPlanner) -> String {
+    let state = AppState::new(env.engine.clone(), ApiConfig::default())
+        .with_planner_metrics(openai.metrics_handle());
+    let shutdown = state.shutdown();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(api::serve(listener, state, std::future::pending()));
+    let client = flexrun::http_client::client_builder().build().unwrap();
+    let response = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    shutdown.trigger();
+    server.await.unwrap().unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_json_schema_is_asked_in_json_object_mode_from_then_on() {
+    let fake = FakeOpenAi::start([]).await;
+    fake.fallback(refusing(&["json_schema"], chat(DRAFT)));
+    let mut c = config(&fake);
+    c.max_attempts = 1;
+    let openai = planner(c);
+    let mut env = env_with(openai.clone()).await;
+    let run = env
+        .engine
+        .submit(copy_envelope(&["copyVariants"], planner_policy(1)))
+        .await
+        .unwrap();
+    let events = env.until_complete(run).await;
+    assert_eq!(
+        complete_status(&events).as_deref(),
+        Some("completed"),
+        "{:?}",
+        labels(&events)
+    );
+    assert_eq!(
+        of_kind(&events, EventKind::PlanRequested).len(),
+        1,
+        "the fallback happens inside one planner call and one http attempt budget"
+    );
+
+    let got = fake.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].format_type(), "json_schema");
+    assert_eq!(
+        got[1].body["response_format"],
+        json!({"type": "json_object"})
+    );
+    assert!(!system_message(&got[0]).contains("JSON Schema"));
+    let schema_line = format!(
+        "The reply must be one JSON object matching this JSON Schema (`plan_draft`): {}",
+        got[0].schema()
+    );
+    let system = system_message(&got[1]);
+    assert!(
+        system.starts_with(system_message(&got[0])) && system.ends_with(&schema_line),
+        "the schema travels in the system message: {system}"
+    );
+    assert_eq!(got[1].context(), got[0].context());
+
+    let second = env
+        .engine
+        .submit(copy_envelope(&["copyVariants"], planner_policy(1)))
+        .await
+        .unwrap();
+    let events = env.until_complete(second).await;
+    assert_eq!(complete_status(&events).as_deref(), Some("completed"));
+    let got = fake.received();
+    assert_eq!(got.len(), 3, "the next call does not try json_schema again");
+    assert_eq!(got[2].format_type(), "json_object");
+
+    let m = openai.metrics();
+    assert_eq!(
+        (m.calls, m.attempts, m.retries, m.failures),
+        (2, 3, 0, 0),
+        "{m:?}"
+    );
+    assert_eq!(
+        (m.format_fallbacks, m.response_format),
+        (1, ResponseFormat::JsonObject)
+    );
+    let text = metrics_text(&env, &openai).await;
+    for line in [
+        "# TYPE flexrun_planner_response_format_fallbacks_total counter",
+        "flexrun_planner_response_format_fallbacks_total 1",
+        "# TYPE flexrun_planner_response_format gauge",
+        "flexrun_planner_response_format{mode=\"json_object\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_every_response_format_is_asked_without_one() {
+    let fake = FakeOpenAi::start([]).await;
+    fake.fallback(refusing(&["json_schema", "json_object"], chat(DRAFT)));
+    let openai = planner(config(&fake));
+    let mut env = env_with(openai.clone()).await;
+    let run = env
+        .engine
+        .submit(copy_envelope(&["copyVariants"], planner_policy(1)))
+        .await
+        .unwrap();
+    let events = env.until_complete(run).await;
+    assert_eq!(complete_status(&events).as_deref(), Some("completed"));
+    let kinds: Vec<String> = fake
+        .received()
+        .iter()
+        .map(|r| r.format_type().to_owned())
+        .collect();
+    assert_eq!(kinds, ["json_schema", "json_object", "none"]);
+    let m = openai.metrics();
+    assert_eq!(
+        (m.format_fallbacks, m.response_format, m.retries),
+        (2, ResponseFormat::None, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_none_mode_sends_no_response_format() {
+    let fake = FakeOpenAi::start([chat(DRAFT)]).await;
+    let mut c = config(&fake);
+    c.response_format = ResponseFormat::None;
+    let openai = planner(c);
+    let mut env = env_with(openai.clone()).await;
+    let run = env
+        .engine
+        .submit(copy_envelope(&["copyVariants"], json!({})))
+        .await
+        .unwrap();
+    let events = env.until_complete(run).await;
+    assert_eq!(complete_status(&events).as_deref(), Some("completed"));
+    let got = fake.received();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].body.get("response_format").is_none(),
+        "{}",
+        got[0].body
+    );
+    assert!(
+        system_message(&got[0]).contains(
+            "The reply must be one JSON object matching this JSON Schema (`plan_draft`): {"
+        )
+    );
+    let m = openai.metrics();
+    assert_eq!(
+        (m.format_fallbacks, m.response_format),
+        (0, ResponseFormat::None)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_request_in_the_none_mode_fails_at_once() {
+    let fake = FakeOpenAi::start([error(400, vec![], "messages are malformed")]).await;
+    let mut c = config(&fake);
+    c.response_format = ResponseFormat::None;
+    let openai = planner(c);
+    let mut env = env_with(openai.clone()).await;
+    let run = env
+        .engine
+        .submit(copy_envelope(&["copyVariants"], planner_policy(3)))
+        .await
+        .unwrap();
+    let events = env.until_complete(run).await;
+    assert_eq!(complete_status(&events).as_deref(), Some("failed"));
+    assert_eq!(
+        fake.received().len(),
+        1,
+        "a 400 without a response_format is neither retried nor re-planned"
+    );
+    let error = complete_error(&events);
+    assert!(
+        error.contains("http 400")
+            && error.contains("messages are malformed")
+            && error.contains("fatal"),
+        "{error}"
+    );
+    let m = openai.metrics();
+    assert_eq!(
+        (m.calls, m.failures, m.format_fallbacks, m.response_format),
+        (1, 1, 0, ResponseFormat::None)
+    );
 }
 
 fn llm_writer() -> Capability {

@@ -1,9 +1,11 @@
 //! `ChatClient`: one structured-output Chat Completions call with timeout, bounded retries,
-//! exponential backoff with jitter and `Retry-After`, plus counters.
+//! exponential backoff with jitter and `Retry-After`, a sticky `response_format` fallback on
+//! 400, plus counters.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -11,7 +13,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::config::OpenAiConfig;
+use super::config::{OpenAiConfig, ResponseFormat};
 use super::error::{ChatError, ConfigError, is_retryable_status};
 use crate::fsm::TokenUsage;
 
@@ -61,7 +63,8 @@ pub struct ChatRequest {
     pub model: Option<String>,
     /// The conversation.
     pub messages: Vec<ChatMessage>,
-    /// Name of the schema (`response_format.json_schema.name`).
+    /// Name of the schema (`response_format.json_schema.name`, and named in the system
+    /// message when the schema travels there).
     pub schema_name: String,
     /// The JSON Schema of the reply.
     pub schema: Value,
@@ -71,7 +74,8 @@ pub struct ChatRequest {
 struct WireRequest<'a> {
     model: &'a str,
     messages: &'a [ChatMessage],
-    response_format: WireFormat<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<WireFormat<'a>>,
     max_tokens: u32,
     temperature: f32,
     stream: bool,
@@ -81,7 +85,8 @@ struct WireRequest<'a> {
 struct WireFormat<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    json_schema: WireSchema<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_schema: Option<WireSchema<'a>>,
 }
 
 #[derive(Serialize)]
@@ -147,6 +152,9 @@ pub struct OpenAiMetrics {
     completion_tokens: AtomicU64,
     server_micros: AtomicU64,
     overhead_micros: AtomicU64,
+    format_fallbacks: AtomicU64,
+    /// [`ResponseFormat::code`] of the mode calls start in.
+    response_format: AtomicU8,
 }
 
 /// A point-in-time copy of [`OpenAiMetrics`].
@@ -170,6 +178,11 @@ pub struct OpenAiMetricsSnapshot {
     /// Time spent on our side (building requests, parsing and checking replies), in
     /// microseconds.
     pub overhead_micros: u64,
+    /// Times a 400 made the client fall back to the next response format.
+    pub format_fallbacks: u64,
+    /// The response format calls start in now: the configured one, or the one a fallback
+    /// settled on.
+    pub response_format: ResponseFormat,
 }
 
 impl OpenAiMetrics {
@@ -185,7 +198,14 @@ impl OpenAiMetrics {
             completion_tokens: get(&self.completion_tokens),
             server_micros: get(&self.server_micros),
             overhead_micros: get(&self.overhead_micros),
+            format_fallbacks: get(&self.format_fallbacks),
+            response_format: self.response_format(),
         }
+    }
+
+    /// The response format calls start in now.
+    pub fn response_format(&self) -> ResponseFormat {
+        ResponseFormat::from_code(self.response_format.load(Ordering::Acquire))
     }
 
     /// Counts a failed call (also used by owners whose post-processing failed).
@@ -256,12 +276,16 @@ impl ChatClient {
             .connect_timeout(config.timeout)
             .build()
             .map_err(|e| ConfigError::Client(e.to_string()))?;
+        let metrics = OpenAiMetrics::default();
+        metrics
+            .response_format
+            .store(config.response_format.code(), Ordering::Release);
         Ok(Self {
             http,
             endpoint: config.endpoint().into(),
             config: Arc::new(config),
             api_key: api_key.filter(|k| !k.trim().is_empty()).map(ApiKey),
-            metrics: Arc::new(OpenAiMetrics::default()),
+            metrics: Arc::new(metrics),
         })
     }
 
@@ -279,6 +303,10 @@ impl ChatClient {
     /// 429 and 5xx up to `max_attempts` with exponential backoff and jitter (or the server's
     /// `Retry-After`), and returns the first choice's content.
     ///
+    /// The request starts in the client's current [`ResponseFormat`]. A 400 to a request
+    /// that carried a `response_format` switches the client to the next mode for good and
+    /// resends at once, without using up an attempt.
+    ///
     /// # Errors
     /// [`ChatError`]: the last failure once attempts are exhausted, a non-retryable status at
     /// once, a body that is not a chat completion, a truncated or empty reply.
@@ -292,36 +320,12 @@ impl ChatClient {
     }
 
     async fn complete_inner(&self, request: &ChatRequest) -> Result<ChatReply, ChatError> {
-        let built = Instant::now();
-        let body = serde_json::to_vec(&WireRequest {
-            model: request.model.as_deref().unwrap_or(&self.config.model),
-            messages: &request.messages,
-            response_format: WireFormat {
-                kind: "json_schema",
-                json_schema: WireSchema {
-                    name: &request.schema_name,
-                    strict: self.config.strict_schema,
-                    schema: &request.schema,
-                },
-            },
-            max_tokens: self.config.max_tokens,
-            temperature: self.config.temperature,
-            stream: false,
-        })
-        .map_err(|e| ChatError::Malformed {
-            endpoint: self.endpoint.to_string(),
-            message: format!("cannot encode the request: {e}"),
-        })?;
-        self.metrics.overhead(built.elapsed());
-
+        let mut mode = self.metrics.response_format();
+        let mut body = self.encode(request, mode)?;
         let max = self.config.max_attempts.max(1);
-        let mut attempt = 0;
+        let mut attempt = 1;
         loop {
-            attempt += 1;
             self.metrics.attempts.fetch_add(1, Ordering::Relaxed);
-            if attempt > 1 {
-                self.metrics.retries.fetch_add(1, Ordering::Relaxed);
-            }
             let started = Instant::now();
             let outcome = self.attempt(body.clone(), attempt).await;
             let server_time = started.elapsed();
@@ -335,7 +339,14 @@ impl ChatClient {
                     self.metrics.overhead(parsing.elapsed());
                     return reply;
                 }
-                Attempt::Fatal(e) => return Err(e),
+                Attempt::Fatal(e) => match self.fall_back(mode, &e) {
+                    Some(next) => {
+                        mode = next;
+                        body = self.encode(request, mode)?;
+                        continue;
+                    }
+                    None => return Err(e),
+                },
                 Attempt::Retry { error, retry_after } => {
                     if attempt >= max {
                         return Err(error);
@@ -365,6 +376,84 @@ impl ChatClient {
                 "retrying chat completion"
             );
             tokio::time::sleep(wait).await;
+            attempt += 1;
+            self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The request body in `mode`; outside `json_schema` the schema goes into the system
+    /// message.
+    fn encode(&self, request: &ChatRequest, mode: ResponseFormat) -> Result<Vec<u8>, ChatError> {
+        let built = Instant::now();
+        let (messages, response_format) = match mode {
+            ResponseFormat::JsonSchema => (
+                Cow::Borrowed(request.messages.as_slice()),
+                Some(WireFormat {
+                    kind: "json_schema",
+                    json_schema: Some(WireSchema {
+                        name: &request.schema_name,
+                        strict: self.config.strict_schema,
+                        schema: &request.schema,
+                    }),
+                }),
+            ),
+            ResponseFormat::JsonObject => (
+                Cow::Owned(with_schema_in_prompt(request)),
+                Some(WireFormat {
+                    kind: "json_object",
+                    json_schema: None,
+                }),
+            ),
+            ResponseFormat::None => (Cow::Owned(with_schema_in_prompt(request)), None),
+        };
+        let body = serde_json::to_vec(&WireRequest {
+            model: request.model.as_deref().unwrap_or(&self.config.model),
+            messages: &messages,
+            response_format,
+            max_tokens: self.config.max_tokens,
+            temperature: self.config.temperature,
+            stream: false,
+        })
+        .map_err(|e| ChatError::Malformed {
+            endpoint: self.endpoint.to_string(),
+            message: format!("cannot encode the request: {e}"),
+        })?;
+        self.metrics.overhead(built.elapsed());
+        Ok(body)
+    }
+
+    /// The mode to resend in after `error` in `mode`: the next one when the server answered
+    /// 400 to a request carrying a `response_format`. Only the call that sees the current
+    /// mode refused moves the client on (and counts and logs it); a call that raced it
+    /// resends in the mode already chosen.
+    fn fall_back(&self, mode: ResponseFormat, error: &ChatError) -> Option<ResponseFormat> {
+        let ChatError::Status {
+            status: 400, body, ..
+        } = error
+        else {
+            return None;
+        };
+        let next = mode.next()?;
+        match self.metrics.response_format.compare_exchange(
+            mode.code(),
+            next.code(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                self.metrics
+                    .format_fallbacks
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    endpoint = %self.endpoint,
+                    from = mode.as_str(),
+                    to = next.as_str(),
+                    error = %shorten(body, 200),
+                    "the server refused response_format {mode}; using {next} from now on"
+                );
+                Some(next)
+            }
+            Err(current) => Some(ResponseFormat::from_code(current)),
         }
     }
 
@@ -488,6 +577,24 @@ impl ChatClient {
             server_time,
         })
     }
+}
+
+/// The request's messages with a line giving the reply schema, appended to the leading
+/// system message (so a fixed system prefix stays a prefix) or put first as one.
+fn with_schema_in_prompt(request: &ChatRequest) -> Vec<ChatMessage> {
+    let line = format!(
+        "The reply must be one JSON object matching this JSON Schema (`{}`): {}",
+        request.schema_name, request.schema
+    );
+    let mut messages = request.messages.clone();
+    match messages.first_mut() {
+        Some(first) if first.role == Role::System => {
+            first.content.push('\n');
+            first.content.push_str(&line);
+        }
+        Some(_) | None => messages.insert(0, ChatMessage::system(line)),
+    }
+    messages
 }
 
 enum Attempt {
@@ -626,6 +733,109 @@ mod tests {
         );
         assert_eq!(shorten("abcdef", 3), "abc…");
         assert_eq!(shorten("abc", 3), "abc");
+    }
+
+    fn request() -> ChatRequest {
+        ChatRequest {
+            model: None,
+            messages: vec![ChatMessage::system("rules"), ChatMessage::user("{}")],
+            schema_name: "plan_draft".to_owned(),
+            schema: serde_json::json!({"type": "object", "required": ["nodes"]}),
+        }
+    }
+
+    fn encoded(mode: ResponseFormat, request: &ChatRequest) -> Value {
+        let client =
+            ChatClient::with_api_key(OpenAiConfig::new("http://127.0.0.1:9/v1", "m"), None)
+                .unwrap();
+        serde_json::from_slice(&client.encode(request, mode).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn each_response_format_shapes_the_body() {
+        let req = request();
+        let schema_line = r#"The reply must be one JSON object matching this JSON Schema (`plan_draft`): {"required":["nodes"],"type":"object"}"#;
+
+        let body = encoded(ResponseFormat::JsonSchema, &req);
+        assert_eq!(body["response_format"]["type"], "json_schema");
+        assert_eq!(body["response_format"]["json_schema"]["name"], "plan_draft");
+        assert_eq!(body["response_format"]["json_schema"]["strict"], true);
+        assert_eq!(body["response_format"]["json_schema"]["schema"], req.schema);
+        assert_eq!(body["messages"][0]["content"], "rules");
+
+        let body = encoded(ResponseFormat::JsonObject, &req);
+        assert_eq!(
+            body["response_format"],
+            serde_json::json!({"type": "json_object"})
+        );
+        assert_eq!(
+            body["messages"][0]["content"],
+            format!("rules\n{schema_line}")
+        );
+        assert_eq!(body["messages"][1]["content"], "{}");
+
+        let body = encoded(ResponseFormat::None, &req);
+        assert!(body.get("response_format").is_none(), "{body}");
+        assert_eq!(
+            body["messages"][0]["content"],
+            format!("rules\n{schema_line}")
+        );
+
+        let mut no_system = request();
+        no_system.messages.remove(0);
+        let body = encoded(ResponseFormat::None, &no_system);
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert_eq!(body["messages"][0]["content"], schema_line);
+        assert_eq!(body["messages"][1]["role"], "user");
+    }
+
+    #[test]
+    fn only_a_400_to_a_response_format_falls_back_and_only_once_per_mode() {
+        let client =
+            ChatClient::with_api_key(OpenAiConfig::new("http://127.0.0.1:9/v1", "m"), None)
+                .unwrap();
+        let status = |status| ChatError::Status {
+            endpoint: "e".into(),
+            status,
+            body: "bad response_format".into(),
+            attempts: 1,
+        };
+        assert_eq!(
+            client.fall_back(ResponseFormat::JsonSchema, &status(401)),
+            None
+        );
+        assert_eq!(
+            client.fall_back(ResponseFormat::JsonSchema, &status(400)),
+            Some(ResponseFormat::JsonObject)
+        );
+        assert_eq!(
+            client.fall_back(ResponseFormat::JsonSchema, &status(400)),
+            Some(ResponseFormat::JsonObject),
+            "a call that raced the first fallback resends in the chosen mode"
+        );
+        assert_eq!(client.metrics().snapshot().format_fallbacks, 1);
+        assert_eq!(
+            client.fall_back(ResponseFormat::JsonObject, &status(400)),
+            Some(ResponseFormat::None)
+        );
+        assert_eq!(client.fall_back(ResponseFormat::None, &status(400)), None);
+        let m = client.metrics().snapshot();
+        assert_eq!(
+            (m.format_fallbacks, m.response_format),
+            (2, ResponseFormat::None)
+        );
+        let configured = ChatClient::with_api_key(
+            OpenAiConfig {
+                response_format: ResponseFormat::JsonObject,
+                ..OpenAiConfig::new("http://127.0.0.1:9/v1", "m")
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            configured.metrics().response_format(),
+            ResponseFormat::JsonObject
+        );
     }
 
     #[test]

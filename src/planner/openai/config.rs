@@ -1,12 +1,95 @@
 //! `OpenAiConfig`: where the endpoint is and how hard to try.
 
 use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use super::error::ConfigError;
 
 /// The environment variable read for the API key when none is named.
 pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
+
+/// How a request asks for the reply's shape (`response_format`).
+///
+/// Servers differ in what they accept: OpenAI, vLLM and llama.cpp's server enforce a JSON
+/// Schema, some older or smaller servers only know JSON mode, and a few refuse the field
+/// altogether. In the last two modes the schema travels in the system message instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// `{"type":"json_schema","json_schema":{"name","strict","schema"}}`: the server
+    /// constrains the reply to the schema.
+    #[default]
+    JsonSchema,
+    /// `{"type":"json_object"}`: the server constrains the reply to some JSON object.
+    JsonObject,
+    /// No `response_format` at all.
+    None,
+}
+
+impl ResponseFormat {
+    /// Every mode, in fallback order.
+    pub const ALL: [Self; 3] = [Self::JsonSchema, Self::JsonObject, Self::None];
+
+    /// The stable name: `json_schema`, `json_object` or `none`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::JsonSchema => "json_schema",
+            Self::JsonObject => "json_object",
+            Self::None => "none",
+        }
+    }
+
+    /// The mode to fall back to when a server refuses this one: `json_schema` →
+    /// `json_object` → `none`; `None` after `none`.
+    pub const fn next(self) -> Option<Self> {
+        match self {
+            Self::JsonSchema => Some(Self::JsonObject),
+            Self::JsonObject => Some(Self::None),
+            Self::None => None,
+        }
+    }
+
+    pub(crate) const fn code(self) -> u8 {
+        match self {
+            Self::JsonSchema => 0,
+            Self::JsonObject => 1,
+            Self::None => 2,
+        }
+    }
+
+    pub(crate) const fn from_code(code: u8) -> Self {
+        match code {
+            0 => Self::JsonSchema,
+            1 => Self::JsonObject,
+            _ => Self::None,
+        }
+    }
+}
+
+impl fmt::Display for ResponseFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ResponseFormat {
+    type Err = ConfigError;
+
+    /// Parses a mode name (case and `-`/`_` do not matter).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase().replace('-', "_");
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == wanted)
+            .ok_or_else(|| ConfigError::Invalid {
+                field: "response_format".to_owned(),
+                message: format!("`{s}` is not one of json_schema, json_object, none"),
+            })
+    }
+}
 
 /// How to reach an OpenAI-compatible Chat Completions endpoint and how hard to try.
 ///
@@ -37,8 +120,12 @@ pub struct OpenAiConfig {
     pub max_tokens: u32,
     /// Sampling temperature.
     pub temperature: f32,
-    /// Send `strict: true` with the JSON schema (OpenAI's strict structured outputs).
+    /// Send `strict: true` with the JSON schema (OpenAI's strict structured outputs; only
+    /// in the `json_schema` mode).
     pub strict_schema: bool,
+    /// The `response_format` calls start in. A server answering 400 to it makes the client
+    /// fall back to [`ResponseFormat::next`] for the rest of its life.
+    pub response_format: ResponseFormat,
     /// Longest string the reply schema allows (`maxLength`); `None` leaves strings unbounded
     /// (for endpoints that refuse the keyword).
     pub max_string_len: Option<u32>,
@@ -54,6 +141,7 @@ impl fmt::Debug for OpenAiConfig {
             .field("api_key_env", &self.api_key_env)
             .field("timeout", &self.timeout)
             .field("max_attempts", &self.max_attempts)
+            .field("response_format", &self.response_format)
             .field("planner_name", &self.planner_name)
             .finish_non_exhaustive()
     }
@@ -62,7 +150,8 @@ impl fmt::Debug for OpenAiConfig {
 impl OpenAiConfig {
     /// Defaults for `base_url` and `model`: key from `OPENAI_API_KEY`, 60 s per attempt,
     /// 3 attempts, backoff 500 ms doubling up to 8 s, `Retry-After` up to 60 s,
-    /// 1024 reply tokens, temperature 0, strict schema, strings up to 400 characters.
+    /// 1024 reply tokens, temperature 0, strict `json_schema` response format, strings up to
+    /// 400 characters.
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
             base_url: base_url.into(),
@@ -76,6 +165,7 @@ impl OpenAiConfig {
             max_tokens: 1024,
             temperature: 0.0,
             strict_schema: true,
+            response_format: ResponseFormat::JsonSchema,
             max_string_len: Some(400),
             planner_name: "openai".to_owned(),
         }
@@ -83,7 +173,8 @@ impl OpenAiConfig {
 
     /// Reads the configuration from `FLEXRUN_PLANNER_*` environment variables:
     /// `BASE_URL` and `MODEL` (required), `API_KEY_ENV`, `TIMEOUT_MS`, `MAX_ATTEMPTS`,
-    /// `MAX_TOKENS`, `TEMPERATURE`, `STRICT` (`true`/`false`), `MAX_STRING_LEN` (`0` = none).
+    /// `MAX_TOKENS`, `TEMPERATURE`, `STRICT` (`true`/`false`), `RESPONSE_FORMAT`
+    /// (`json_schema`, `json_object` or `none`), `MAX_STRING_LEN` (`0` = none).
     ///
     /// # Errors
     /// [`ConfigError`] naming the missing or unparsable variable.
@@ -127,6 +218,12 @@ impl OpenAiConfig {
         }
         if let Some((name, v)) = get("STRICT") {
             config.strict_schema = parse(&name, &v)?;
+        }
+        if let Some((name, v)) = get("RESPONSE_FORMAT") {
+            config.response_format = v.parse().map_err(|_| ConfigError::Invalid {
+                field: name,
+                message: format!("`{v}` is not one of json_schema, json_object, none"),
+            })?;
         }
         if let Some((name, v)) = get("MAX_STRING_LEN") {
             let n: u32 = parse(&name, &v)?;
@@ -218,6 +315,59 @@ mod tests {
         assert_eq!(c.max_string_len, None);
         assert!(!c.strict_schema);
         assert_eq!(c.api_key_env, DEFAULT_API_KEY_ENV);
+        assert_eq!(c.response_format, ResponseFormat::JsonSchema);
+        let c = OpenAiConfig::from_lookup(lookup(&[
+            ("FLEXRUN_PLANNER_BASE_URL", "http://x/v1"),
+            ("FLEXRUN_PLANNER_MODEL", "m"),
+            ("FLEXRUN_PLANNER_RESPONSE_FORMAT", "json_object"),
+        ]))
+        .unwrap();
+        assert_eq!(c.response_format, ResponseFormat::JsonObject);
+        let e = OpenAiConfig::from_lookup(lookup(&[
+            ("FLEXRUN_PLANNER_BASE_URL", "http://x/v1"),
+            ("FLEXRUN_PLANNER_MODEL", "m"),
+            ("FLEXRUN_PLANNER_RESPONSE_FORMAT", "xml"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration `FLEXRUN_PLANNER_RESPONSE_FORMAT`: `xml` is not one of \
+             json_schema, json_object, none"
+        );
+    }
+
+    #[test]
+    fn response_formats_parse_print_and_fall_back_in_order() {
+        for mode in ResponseFormat::ALL {
+            assert_eq!(mode.as_str().parse::<ResponseFormat>(), Ok(mode));
+            assert_eq!(mode.to_string(), mode.as_str());
+            assert_eq!(ResponseFormat::from_code(mode.code()), mode);
+            assert_eq!(
+                serde_json::to_value(mode).unwrap(),
+                serde_json::Value::from(mode.as_str())
+            );
+            assert_eq!(
+                serde_json::from_value::<ResponseFormat>(mode.as_str().into()).unwrap(),
+                mode
+            );
+        }
+        assert_eq!(" JSON-Object ".parse(), Ok(ResponseFormat::JsonObject));
+        let e = "yaml".parse::<ResponseFormat>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration `response_format`: `yaml` is not one of json_schema, \
+             json_object, none"
+        );
+        assert_eq!(ResponseFormat::default(), ResponseFormat::JsonSchema);
+        assert_eq!(
+            ResponseFormat::JsonSchema.next(),
+            Some(ResponseFormat::JsonObject)
+        );
+        assert_eq!(
+            ResponseFormat::JsonObject.next(),
+            Some(ResponseFormat::None)
+        );
+        assert_eq!(ResponseFormat::None.next(), None);
     }
 
     #[test]

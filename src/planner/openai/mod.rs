@@ -42,7 +42,7 @@ use crate::fsm::PlannerOutput;
 pub use client::{
     ChatClient, ChatMessage, ChatReply, ChatRequest, OpenAiMetrics, OpenAiMetricsSnapshot, Role,
 };
-pub use config::{DEFAULT_API_KEY_ENV, OpenAiConfig};
+pub use config::{DEFAULT_API_KEY_ENV, OpenAiConfig, ResponseFormat};
 pub use error::{ChatError, ConfigError};
 pub use prompt::DIAGNOSTICS_LEAD;
 pub(crate) use reply::unfenced;
