@@ -264,7 +264,10 @@ impl Reader<'_> {
         };
         let mut d = Diagnostic::error(DiagnosticCode::ReplyShape, message)
             .at(pointer)
-            .expected_found(expected, found_text);
+            .expected_found(expected, found_text)
+            .hint(format!(
+                "give {at} as {expected}, following the draft or delta shape of the instructions"
+            ));
         if let Some(node) = node {
             d = d.node(node);
         }

@@ -1,9 +1,13 @@
 //! Engine scenarios over real redb files in temp dirs.
 
+#[allow(dead_code)]
+#[path = "../common/corpus.rs"]
+mod corpus;
 #[path = "../common/plans.rs"]
 mod plans;
 mod support;
 
+mod corpus_replies;
 mod crash;
 mod docs;
 mod execution;

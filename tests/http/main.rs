@@ -1,11 +1,18 @@
 //! The HTTP API over real sockets: a server on 127.0.0.1:0, a real client and SSE reader,
 //! webhook capabilities served by the tests themselves.
 
+#[allow(dead_code)]
+#[path = "../common/corpus.rs"]
+mod corpus;
+#[allow(dead_code)]
+#[path = "../llm/fake.rs"]
+mod fake;
 #[path = "../common/plans.rs"]
 mod plans;
 mod support;
 
 mod catalog;
+mod corpus_replies;
 mod errors;
 mod hitl;
 mod restart;
