@@ -53,7 +53,7 @@ pub enum DiagnosticCode {
     RunningNodeModified,
     /// A delta is based on a version other than the current one.
     StaleBaseVersion,
-    /// A draft or delta has no nodes or no operations.
+    /// A draft has no nodes, or a delta would leave the plan without nodes.
     EmptyPlan,
     /// A node id is empty or malformed.
     InvalidNodeId,

@@ -94,7 +94,7 @@ pub fn check_plan(
             continue;
         }
         check_capability(node, ctx, &mut diagnostics);
-        check_node_policy(node, ctx.limits, &mut diagnostics);
+        check_node_policy(node, ctx, &mut diagnostics);
         let capability = ctx.registry.get(&node.capability_id);
         check_node_facets(
             node,
@@ -214,8 +214,13 @@ fn check_capability(node: &PlanNode, ctx: &ValidationContext<'_>, out: &mut Vec<
     }
 }
 
-fn check_node_policy(node: &PlanNode, limits: &PlanLimits, out: &mut Vec<Diagnostic>) {
+fn check_node_policy(node: &PlanNode, ctx: &ValidationContext<'_>, out: &mut Vec<Diagnostic>) {
+    let limits = ctx.limits;
     if limits.forbidden_capabilities.contains(&node.capability_id) {
+        let allowed: Vec<&str> = suggest_capabilities(node, ctx.registry)
+            .into_iter()
+            .filter(|id| !limits.forbidden_capabilities.contains(*id))
+            .collect();
         out.push(
             Diagnostic::error(
                 DiagnosticCode::PolicyForbiddenCapability,
@@ -226,7 +231,8 @@ fn check_node_policy(node: &PlanNode, limits: &PlanLimits, out: &mut Vec<Diagnos
             )
             .node(&node.id)
             .capability(&node.capability_id)
-            .hint("use another capability producing the same facets"),
+            .hint("use another capability producing the same facets")
+            .suggest(allowed),
         );
     }
     if limits.forbidden_kinds.contains(&node.kind) {

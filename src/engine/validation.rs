@@ -93,10 +93,28 @@ pub(crate) fn validate_output(
         ]),
         (PlannerOutput::Unparsed(_), _, _) => Err(Vec::new()),
     };
+    let mut available: BTreeSet<String> = envelope.inputs.keys().cloned().collect();
+    if purpose == Purpose::Replan {
+        available.extend(facets.keys().cloned());
+    }
+    let limits = limits_of(policies);
     let graph = match built {
         Ok(graph) => graph,
         Err(found) => {
             diagnostics.extend(found);
+            if let (PlannerOutput::Draft(draft), Purpose::Initial) = (output, purpose) {
+                let no_frozen = BTreeSet::new();
+                let ctx = ValidationContext {
+                    catalog: &catalog.facets,
+                    registry: &catalog.registry,
+                    contracts: &catalog.contracts,
+                    available_facets: &available,
+                    required_outputs,
+                    limits: &limits,
+                    frozen_nodes: &no_frozen,
+                };
+                diagnostics.extend(check_plan(&draft.nodes, &draft.edges, &ctx));
+            }
             return Err(diagnostics);
         }
     };
@@ -105,11 +123,6 @@ pub(crate) fn validate_output(
         .filter(|n| state(&n.id) != NodeState::Pending)
         .map(|n| n.id.clone())
         .collect();
-    let mut available: BTreeSet<String> = envelope.inputs.keys().cloned().collect();
-    if purpose == Purpose::Replan {
-        available.extend(facets.keys().cloned());
-    }
-    let limits = limits_of(policies);
     let ctx = ValidationContext {
         catalog: &catalog.facets,
         registry: &catalog.registry,

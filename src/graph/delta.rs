@@ -36,7 +36,8 @@ impl PlanGraph {
 /// # Errors
 ///
 /// `STALE_BASE_VERSION` alone when `delta.base_version` is not `base.version()`, and
-/// `EMPTY_PLAN` when the delta has no operations or would leave no node. Otherwise every
+/// `EMPTY_PLAN` when the delta would leave no node. A delta without operations is a "no
+/// change" answer: it yields the next version with the same content. Otherwise every
 /// operation is checked and the diagnostics of all rejected ones are returned (a rejected
 /// operation is skipped, so later ones are checked against the plan without it):
 /// `INVALID_NODE_ID` and `DUPLICATE_NODE_ID` for `addNode`; `UNKNOWN_NODE`,
@@ -63,17 +64,12 @@ pub fn apply_delta(
                 .hint(format!(
                     "compute the delta against version {}",
                     base.version
-                )),
+                ))
+                .at("/baseVersion")
+                .expected_found(base.version.to_string(), delta.base_version.to_string()),
             ]);
         }
     };
-    if delta.operations.is_empty() {
-        return Err(vec![
-            Diagnostic::error(DiagnosticCode::EmptyPlan, "delta has no operations")
-                .hint("propose at least one operation"),
-        ]);
-    }
-
     let mut next = base.clone();
     next.version = next_version;
     next.rationale = delta.rationale.clone();
@@ -88,6 +84,9 @@ pub fn apply_delta(
         editor.apply(op);
         for diagnostic in &mut editor.diagnostics[found..] {
             diagnostic.message = format!("operation {}: {}", position + 1, diagnostic.message);
+            diagnostic
+                .pointer
+                .get_or_insert_with(|| format!("/operations/{position}"));
         }
     }
 
@@ -375,9 +374,15 @@ mod tests {
     }
 
     #[test]
-    fn no_operations_is_empty_plan() {
-        let err = rejected(&running_plan(), Vec::new());
-        assert_eq!(codes(&err), [(DiagnosticCode::EmptyPlan, None)]);
+    fn no_operations_is_a_no_change_version() {
+        let base = running_plan();
+        let next = base
+            .apply_delta(&delta(base.version(), Vec::new()), &in_flight)
+            .unwrap();
+        assert_eq!(next.version(), base.version() + 1);
+        assert_eq!(next.snapshot().nodes, base.snapshot().nodes);
+        assert_eq!(next.snapshot().edges, base.snapshot().edges);
+        assert!(base.diff(&next).is_empty(), "{:?}", base.diff(&next));
     }
 
     #[test]

@@ -418,8 +418,6 @@ proptest! {
         };
         if delta.base_version != 1 {
             model.errors.push((DiagnosticCode::StaleBaseVersion, None));
-        } else if delta.operations.is_empty() {
-            model.errors.push((DiagnosticCode::EmptyPlan, None));
         } else {
             for op in &delta.operations {
                 model.apply(op);

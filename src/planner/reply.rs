@@ -700,10 +700,32 @@ impl Reader<'_> {
             }
             _ => {
                 let found = Value::String(name.to_owned());
-                self.shape(&format!("{pointer}/op"), OPS, Some(&found), None);
+                let d = self.shape(&format!("{pointer}/op"), OPS, Some(&found), None);
+                if let Some(meant) = meant_op(name) {
+                    d.suggestions = vec![meant.to_owned()];
+                    d.hint = Some(format!("write `\"op\":\"{meant}\"`"));
+                }
                 None
             }
         }
+    }
+}
+
+/// The operation an unknown name most likely means, from common synonyms.
+fn meant_op(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    let edge = lower.contains("edge") || lower.contains("link") || lower.contains("depend");
+    let verb = |words: &[&str]| words.iter().any(|w| lower.starts_with(w));
+    if verb(&[
+        "add", "insert", "create", "new", "append", "connect", "link",
+    ]) {
+        Some(if edge { "addEdge" } else { "addNode" })
+    } else if verb(&["remove", "delete", "drop", "disconnect", "unlink"]) {
+        Some(if edge { "removeEdge" } else { "removeNode" })
+    } else if verb(&["replace", "update", "modify", "change", "edit", "set"]) && !edge {
+        Some("replaceNode")
+    } else {
+        None
     }
 }
 

@@ -173,7 +173,7 @@ pub const CASES: &[Case] = &[
     initial(
         "duplicate ids",
         r#"{"nodes":[{"id":"brief","capabilityId":"brief.structurer","kind":"structuring","inputFacets":["objectiveBrief"],"outputFacets":["writerBrief"]},{"id":"write","capabilityId":"writer.en","kind":"execution","inputFacets":["writerBrief"],"outputFacets":["copyVariants"]},{"id":"write","capabilityId":"copy.summarizer","kind":"transformation","inputFacets":["copyVariants"],"outputFacets":["summary"]}],"edges":[{"from":"brief","to":"write"}]}"#,
-        &["DUPLICATE_NODE_ID"],
+        &["DUPLICATE_NODE_ID", "INPUT_FACET_UNSATISFIED"],
         &[],
     ),
     initial(
@@ -197,7 +197,11 @@ pub const CASES: &[Case] = &[
     initial(
         "empty plan",
         r#"{"nodes":[],"edges":[],"rationale":"nothing to do"}"#,
-        &["EMPTY_PLAN"],
+        &[
+            "EMPTY_PLAN",
+            "OUTPUT_FACET_UNCOVERED",
+            "OUTPUT_FACET_UNCOVERED",
+        ],
         &[],
     ),
     initial(
@@ -312,6 +316,12 @@ pub const CASES: &[Case] = &[
         "a whole draft for a replan",
         DRAFT,
         &["PLANNER_OUTPUT_INVALID"],
+        &[],
+    ),
+    replan(
+        "no change",
+        r#"{"baseVersion":1,"rationale":"the plan already covers the trigger","operations":[]}"#,
+        &[],
         &[],
     ),
     replan(

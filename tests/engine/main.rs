@@ -7,6 +7,7 @@ mod corpus;
 mod plans;
 mod support;
 
+mod convergence;
 mod corpus_replies;
 mod crash;
 mod docs;
