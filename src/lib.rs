@@ -32,7 +32,7 @@ pub mod policy;
 pub mod store;
 pub mod validate;
 
-pub use engine::{Engine, EngineConfig, EngineError, HitlAnswer};
+pub use engine::{Engine, EngineConfig, EngineError, EventStream, HitlAnswer, RunResult};
 pub use envelope::{OutputContract, RunEnvelope};
 pub use ids::{RunId, Timestamp};
 pub use planner::{CatalogPlanner, Planner, ScriptedPlanner};

@@ -9,6 +9,7 @@
 mod actor;
 mod catalog_state;
 mod executor;
+pub(crate) mod follow;
 mod query;
 mod validation;
 
@@ -16,18 +17,35 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::catalog::{Capability, CapabilityStatus, Facet};
 use crate::envelope::RunEnvelope;
-use crate::fsm::{EventBody, EventKind, HitlDecision, RunEvent, RunOutcome};
+use crate::fsm::{EventBody, EventKind, HitlDecision, RunError, RunEvent, RunOutcome};
 use crate::ids::RunId;
 use crate::planner::Planner;
-use crate::store::{Committer, RunHead, RunStatus, Store, StoreError};
+use crate::store::{Committer, HitlRecord, HitlStatus, RunHead, Store, StoreError};
 
 pub use catalog_state::CatalogState;
+
+/// A run's events, replayed then live, ending after `complete`: see [`Engine::events`].
+pub type EventStream = futures::stream::BoxStream<'static, Arc<RunEvent>>;
+
+/// How a run ended: [`Engine::wait`]'s answer, taken from its `complete` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    /// The run.
+    pub run_id: RunId,
+    /// Completed, failed or cancelled.
+    pub status: RunOutcome,
+    /// The run's output, when completed.
+    pub output: Option<Value>,
+    /// Why it failed or was cancelled.
+    pub error: Option<RunError>,
+}
 pub use executor::{BuiltinHandler, ExecError, Executors, NodeCall, NodeExecutor};
 
 use actor::{Control, Msg, RunActor};
@@ -263,7 +281,8 @@ impl Inner {
 ///     "inputs":{"objectiveBrief":"a tagline for a bakery"},
 ///     "outputContract":{"mode":"facets","facets":["copyVariants"]}}"#)?;
 /// let run = engine.submit(envelope).await?;
-/// let outcome = engine.wait(run).await?;
+/// let result = engine.wait(run).await?;
+/// println!("{:?}: {:?}", result.status, result.output);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -560,33 +579,54 @@ impl Engine {
             .ok_or(EngineError::RunNotFound(run_id))
     }
 
-    /// Waits until the run ends and returns how.
+    /// The run's events after `after_seq`, gap-free and in order: replayed from the store,
+    /// then live, ending after `complete` (or when the engine shuts down). The same follower
+    /// serves the SSE endpoint; a slow consumer never blocks the run and never misses an
+    /// event (it falls back to the store when it lags behind the broadcast).
+    ///
+    /// # Errors
+    /// [`EngineError::RunNotFound`]; store errors.
+    pub fn events(&self, run_id: RunId, after_seq: u64) -> Result<EventStream, EngineError> {
+        let rx = self.subscribe();
+        self.head(run_id)?;
+        Ok(follow::follow(self.inner.store.clone(), rx, run_id, after_seq).boxed())
+    }
+
+    /// Waits until the run ends and returns how, with its output or error.
     ///
     /// # Errors
     /// [`EngineError::RunNotFound`]; store errors; [`EngineError::ShuttingDown`] when the
     /// engine stops first.
-    pub async fn wait(&self, run_id: RunId) -> Result<RunOutcome, EngineError> {
-        let mut rx = self.subscribe();
+    pub async fn wait(&self, run_id: RunId) -> Result<RunResult, EngineError> {
         let head = self.head(run_id)?;
-        if let Some(outcome) = outcome_of(head.status) {
-            return Ok(outcome);
-        }
-        loop {
-            match rx.recv().await {
-                Ok(ev) if ev.run_id == run_id => {
-                    if let crate::fsm::EventBody::Complete { status, .. } = ev.body {
-                        return Ok(status);
-                    }
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if let Some(outcome) = outcome_of(self.head(run_id)?.status) {
-                        return Ok(outcome);
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return Err(EngineError::ShuttingDown),
+        let mut events = self.events(run_id, head.last_seq.saturating_sub(1))?;
+        while let Some(event) = events.next().await {
+            if let EventBody::Complete {
+                status,
+                output,
+                error,
+            } = &event.body
+            {
+                return Ok(RunResult {
+                    run_id,
+                    status: *status,
+                    output: output.clone(),
+                    error: error.clone(),
+                });
             }
         }
+        Err(EngineError::ShuttingDown)
+    }
+
+    /// The run's HITL requests that wait for an answer, oldest first.
+    ///
+    /// # Errors
+    /// [`EngineError::RunNotFound`]; store errors.
+    pub fn pending_hitl(&self, run_id: RunId) -> Result<Vec<HitlRecord>, EngineError> {
+        self.head(run_id)?;
+        let mut open = self.inner.store.hitl_records(run_id)?;
+        open.retain(|r| r.status == HitlStatus::Pending);
+        Ok(open)
     }
 
     /// Stops every run actor after its current commit and waits for them. Runs stay
@@ -626,14 +666,5 @@ impl Engine {
         for slot in slots {
             let _ = slot.task.await;
         }
-    }
-}
-
-fn outcome_of(status: RunStatus) -> Option<RunOutcome> {
-    match status {
-        RunStatus::Active => None,
-        RunStatus::Completed => Some(RunOutcome::Completed),
-        RunStatus::Failed => Some(RunOutcome::Failed),
-        RunStatus::Cancelled => Some(RunOutcome::Cancelled),
     }
 }

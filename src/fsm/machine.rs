@@ -528,7 +528,13 @@ impl RunCore {
         }
     }
 
-    fn begin_replan(&mut self, ctx: &mut Ctx, trigger: Trigger, body: EventBody) -> Outcome<State> {
+    fn begin_replan(
+        &mut self,
+        ctx: &mut Ctx,
+        trigger: Trigger,
+        node: Option<&str>,
+        body: EventBody,
+    ) -> Outcome<State> {
         if self.replans >= self.limits.max_replans {
             let message = format!(
                 "replan asked by {} but the run already used {} of {} replans",
@@ -544,7 +550,7 @@ impl RunCore {
             );
         }
         self.trigger = Some(trigger);
-        self.emit(ctx, None, body);
+        self.emit(ctx, node, body);
         Transition(State::replanning())
     }
 }
@@ -915,7 +921,7 @@ impl RunCore {
                     action: "replan".to_owned(),
                     trigger: trigger.clone(),
                 };
-                self.begin_replan(context, trigger.clone(), body)
+                self.begin_replan(context, trigger.clone(), None, body)
             }
             RunInput::PolicyPause { policy_id, trigger } => {
                 self.emit(
@@ -1077,7 +1083,7 @@ impl RunCore {
                 };
                 match next {
                     FollowUp::Continue => {
-                        self.emit(context, None, resolved);
+                        self.emit(context, pending.node_id.as_deref(), resolved);
                         Transition(State::executing())
                     }
                     FollowUp::Replan => {
@@ -1089,7 +1095,7 @@ impl RunCore {
                                 .clone()
                                 .unwrap_or_else(|| format!("hitl request `{request_id}` answered")),
                         };
-                        self.begin_replan(context, trigger, resolved)
+                        self.begin_replan(context, trigger, pending.node_id.as_deref(), resolved)
                     }
                     FollowUp::Fail => {
                         let message = match text {

@@ -112,7 +112,7 @@ async fn a_crashed_engine_resumes_the_run_from_the_store() {
         .await
         .expect("the run finishes")
         .unwrap();
-    assert_eq!(format!("{outcome:?}"), "Completed");
+    assert_eq!(format!("{:?}", outcome.status), "Completed");
     let all = engine.store().events_after(run, 0, usize::MAX).unwrap();
     assert_gap_free(&all);
     assert_eq!(

@@ -67,7 +67,7 @@ async fn approval_continues_the_run() {
     assert_eq!(
         labels(&after),
         [
-            "hitl_resolved",
+            "hitl_resolved:writer-en",
             "node_start:copy-summarizer",
             "node_complete:copy-summarizer",
             "complete"
@@ -258,7 +258,7 @@ async fn a_human_node_becomes_a_request_and_its_answer_is_the_output() {
     assert_eq!(
         labels(&retry),
         [
-            "hitl_resolved",
+            "hitl_resolved:summary-human",
             "validation_error:summary-human",
             "node_start:summary-human",
             "hitl_request:summary-human"
@@ -280,7 +280,11 @@ async fn a_human_node_becomes_a_request_and_its_answer_is_the_output() {
     let after = env.until_complete(run).await;
     assert_eq!(
         labels(&after),
-        ["hitl_resolved", "node_complete:summary-human", "complete"]
+        [
+            "hitl_resolved:summary-human",
+            "node_complete:summary-human",
+            "complete"
+        ]
     );
     let EventBody::Complete { output, .. } = &after[2].body else {
         panic!()
@@ -335,7 +339,11 @@ async fn a_pending_human_node_survives_a_crash() {
     let after = env.until_complete(run).await;
     assert_eq!(
         labels(&after),
-        ["hitl_resolved", "node_complete:summary-human", "complete"]
+        [
+            "hitl_resolved:summary-human",
+            "node_complete:summary-human",
+            "complete"
+        ]
     );
     let all = env.stored_events(run);
     assert_gap_free(&all);

@@ -13,5 +13,6 @@ mod crash;
 mod docs;
 mod execution;
 mod hitl;
+mod observe;
 mod planning;
 mod replan;

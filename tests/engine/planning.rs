@@ -52,7 +52,10 @@ async fn initial_plan_is_accepted_executed_and_completed() {
         (head.state.as_str(), head.plan_version, head.last_seq),
         ("done", 1, 8)
     );
-    assert_eq!(env.engine.wait(run).await.unwrap(), RunOutcome::Completed);
+    assert_eq!(
+        env.engine.wait(run).await.unwrap().status,
+        RunOutcome::Completed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

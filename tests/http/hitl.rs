@@ -83,7 +83,7 @@ async fn a_hitl_request_is_answered_over_http() {
     assert_eq!(
         labels(&after),
         [
-            "hitl_resolved",
+            "hitl_resolved:writer-en",
             "node_start:copy-summarizer",
             "node_complete:copy-summarizer",
             "complete"
