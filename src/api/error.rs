@@ -93,7 +93,29 @@ impl From<EngineError> for ApiError {
                 Self::new(StatusCode::NOT_FOUND, "RUN_NOT_FOUND", message)
                     .with_details(json!({ "runId": run }))
             }
-            EngineError::Conflict(_) => Self::new(StatusCode::CONFLICT, "CONFLICT", message),
+            EngineError::InvalidPolicies { field, .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "INVALID_ENVELOPE",
+                message,
+            )
+            .with_details(json!({ "field": field })),
+            EngineError::IllegalTransition(_) => {
+                Self::new(StatusCode::CONFLICT, "CONFLICT", message)
+            }
+            EngineError::UnknownHitlRequest { run, request_id } => {
+                Self::new(StatusCode::CONFLICT, "CONFLICT", message)
+                    .with_details(json!({ "runId": run, "requestId": request_id }))
+            }
+            EngineError::CapabilityFacets {
+                capability_id,
+                diagnostics,
+            } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "INVALID_CATALOG_ENTRY",
+                message,
+            )
+            .with_details(json!({ "capabilityId": capability_id, "diagnostics": diagnostics })),
+            e @ EngineError::Corrupt { .. } => Self::internal(&e),
             EngineError::RunEnded(run) => Self::new(StatusCode::CONFLICT, "RUN_ENDED", message)
                 .with_details(json!({ "runId": run })),
             EngineError::Catalog(_) => Self::new(
@@ -159,7 +181,10 @@ mod tests {
                 "RUN_NOT_FOUND",
             ),
             (
-                EngineError::Conflict("not paused".into()),
+                EngineError::UnknownHitlRequest {
+                    run,
+                    request_id: "r1".into(),
+                },
                 StatusCode::CONFLICT,
                 "CONFLICT",
             ),

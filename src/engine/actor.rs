@@ -215,7 +215,7 @@ impl RunActor {
         actor.batch.envelope = Some(raw);
         actor
             .feed(RunInput::Start)
-            .map_err(|e| EngineError::Conflict(e.to_string()))?;
+            .map_err(EngineError::IllegalTransition)?;
         actor.commit().await?;
         Ok(actor)
     }
@@ -227,23 +227,27 @@ impl RunActor {
             .envelope(run_id)?
             .ok_or(EngineError::RunNotFound(run_id))?;
         let envelope: RunEnvelope =
-            serde_json::from_value(raw).map_err(|e| EngineError::InvalidEnvelope {
-                field: "$".to_owned(),
+            serde_json::from_value(raw).map_err(|e| EngineError::Corrupt {
+                run: run_id,
                 message: format!("stored envelope does not decode: {e}"),
             })?;
-        let policies = crate::policy::normalize(&envelope.policies).map_err(|e| {
-            EngineError::InvalidEnvelope {
-                field: format!("policies.{}", e.path()),
-                message: e.to_string(),
+        let policies =
+            crate::policy::normalize(&envelope.policies).map_err(|e| EngineError::Corrupt {
+                run: run_id,
+                message: format!("stored policies do not normalize: {e}"),
+            })?;
+        let events = store.events_after(run_id, 0, usize::MAX)?;
+        let machine = RunMachine::restore(run_id, limits_of(&policies), &events).map_err(|e| {
+            EngineError::Corrupt {
+                run: run_id,
+                message: format!("the event log does not replay: {e}"),
             }
         })?;
-        let events = store.events_after(run_id, 0, usize::MAX)?;
-        let machine = RunMachine::restore(run_id, limits_of(&policies), &events)
-            .map_err(|e| EngineError::Conflict(format!("run {run_id} cannot be replayed: {e}")))?;
         let planner = inner
             .planner_for(envelope.planner.as_deref())
-            .ok_or_else(|| {
-                EngineError::Conflict(format!("run {run_id} names a planner this engine lacks"))
+            .ok_or_else(|| EngineError::Corrupt {
+                run: run_id,
+                message: "the run names a planner this engine lacks".to_owned(),
             })?;
         let mut actor = Self::build(inner, run_id, envelope, policies, machine, planner);
         if let Some(head) = store.run_head(run_id)? {
@@ -437,14 +441,18 @@ impl RunActor {
                         .inner
                         .store
                         .plan_version(self.run_id, *version)?
-                        .ok_or_else(|| {
-                            EngineError::Conflict(format!("plan version {version} is missing"))
+                        .ok_or_else(|| EngineError::Corrupt {
+                            run: self.run_id,
+                            message: format!("plan version {version} is missing"),
                         })?;
-                    validation::revalidate(&snapshot, &self.inner.catalog())?
+                    validation::revalidate(self.run_id, &snapshot, &self.inner.catalog())?
                 } else {
-                    self.pending_plan.take().ok_or_else(|| {
-                        EngineError::Conflict("no validated plan to accept".to_owned())
-                    })?
+                    self.pending_plan
+                        .take()
+                        .ok_or_else(|| EngineError::Corrupt {
+                            run: self.run_id,
+                            message: "no validated plan to accept".to_owned(),
+                        })?
                 };
                 if !replaying {
                     self.batch.plan = Some(validated.graph.snapshot());
@@ -871,7 +879,7 @@ impl RunActor {
     }
 
     fn on_control(&mut self, control: Control) -> Result<(), EngineError> {
-        let conflict = |e: FsmError| EngineError::Conflict(e.to_string());
+        let conflict = EngineError::IllegalTransition;
         match control {
             Control::Cancel { reason } => self.feed(RunInput::Cancel { reason }).map_err(conflict),
             Control::Pause { reason } => self
@@ -879,6 +887,13 @@ impl RunActor {
                 .map_err(conflict),
             Control::Resume { reason } => self.feed(RunInput::Resume { reason }).map_err(conflict),
             Control::Answer { request_id, answer } => {
+                let pending = self.machine.pending_hitl().map(|p| p.request_id.as_str());
+                if pending != Some(request_id.as_str()) {
+                    return Err(EngineError::UnknownHitlRequest {
+                        run: self.run_id,
+                        request_id,
+                    });
+                }
                 let text = answer.text.clone().or(answer.option_id.clone());
                 self.feed(RunInput::HitlAnswered {
                     request_id: request_id.clone(),
@@ -1386,11 +1401,8 @@ impl RunActor {
 }
 
 fn node_of(event: &RunEvent) -> Result<String, EngineError> {
-    event.node_id.clone().ok_or_else(|| {
-        EngineError::Conflict(format!(
-            "`{}` event {} has no node id",
-            event.kind(),
-            event.seq
-        ))
+    event.node_id.clone().ok_or_else(|| EngineError::Corrupt {
+        run: event.run_id,
+        message: format!("`{}` event {} has no node id", event.kind(), event.seq),
     })
 }

@@ -22,11 +22,14 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::catalog::{Capability, CapabilityStatus, Facet};
+use crate::catalog::{Capability, CapabilityStatus, CatalogError, Facet};
+use crate::diagnostics::Diagnostic;
 use crate::envelope::RunEnvelope;
+use crate::fsm::FsmError;
 use crate::fsm::{EventBody, EventKind, HitlDecision, RunError, RunEvent, RunOutcome};
 use crate::ids::RunId;
 use crate::planner::Planner;
+use crate::policy::PolicyError;
 use crate::store::{Committer, HitlRecord, HitlStatus, RunHead, Store, StoreError};
 
 pub use catalog_state::CatalogState;
@@ -50,7 +53,17 @@ pub use executor::{BuiltinHandler, ExecError, Executors, NodeCall, NodeExecutor}
 
 use actor::{Control, Msg, RunActor};
 
-/// Errors of the engine's public API.
+/// Errors of the engine's public API, split by what a caller does about them.
+///
+/// - the request is wrong — fix it: [`InvalidEnvelope`](Self::InvalidEnvelope),
+///   [`InvalidPolicies`](Self::InvalidPolicies), [`Catalog`](Self::Catalog),
+///   [`CapabilityFacets`](Self::CapabilityFacets);
+/// - the run is not where the request needs it — look again, maybe retry later:
+///   [`RunNotFound`](Self::RunNotFound), [`RunEnded`](Self::RunEnded),
+///   [`IllegalTransition`](Self::IllegalTransition),
+///   [`UnknownHitlRequest`](Self::UnknownHitlRequest);
+/// - the engine or its data failed — alert an operator: [`Store`](Self::Store),
+///   [`Corrupt`](Self::Corrupt), [`ShuttingDown`](Self::ShuttingDown).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
@@ -62,25 +75,66 @@ pub enum EngineError {
         /// What is wrong.
         message: String,
     },
+    /// The envelope's policies do not normalize; `field` is `policies.<path>`.
+    #[error("invalid envelope field `{field}`: {source}")]
+    InvalidPolicies {
+        /// JSON path of the field, e.g. `policies.runtime[0].trigger.kind`.
+        field: String,
+        /// The normalizer's error.
+        #[source]
+        source: PolicyError,
+    },
     /// No run has this id.
     #[error("run {0} not found")]
     RunNotFound(RunId),
-    /// The run exists but the request does not fit its state (e.g. resuming a running run,
-    /// answering an unknown or resolved HITL request).
+    /// The run's state does not accept the request (e.g. resuming a running run, pausing
+    /// a paused one); the machine's refusal is the source.
     #[error("conflict: {0}")]
-    Conflict(String),
+    IllegalTransition(#[source] FsmError),
+    /// The HITL request is unknown or already resolved.
+    #[error("conflict: hitl request `{request_id}` of run {run} is not pending")]
+    UnknownHitlRequest {
+        /// The run.
+        run: RunId,
+        /// The request id given.
+        request_id: String,
+    },
     /// The run has ended.
     #[error("run {0} has ended")]
     RunEnded(RunId),
-    /// A catalog registration was refused.
+    /// A facet or capability registration was refused.
     #[error("invalid catalog entry: {0}")]
-    Catalog(String),
+    Catalog(#[from] CatalogError),
+    /// A capability names facets the catalog refuses (unknown, wrong direction, …).
+    #[error("invalid catalog entry: {}", first_message(.diagnostics))]
+    CapabilityFacets {
+        /// The refused capability.
+        capability_id: String,
+        /// Every finding, errors and warnings.
+        diagnostics: Vec<Diagnostic>,
+    },
+    /// Stored data of a run cannot be used (a missing plan version, a log that does not
+    /// replay, contracts that no longer compile).
+    #[error("run {run} cannot continue from its stored data: {message}")]
+    Corrupt {
+        /// The run.
+        run: RunId,
+        /// What is wrong.
+        message: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
+}
+
+fn first_message(diagnostics: &[Diagnostic]) -> &str {
+    diagnostics
+        .iter()
+        .find(|d| d.is_error())
+        .map_or("", |d| d.message.as_str())
 }
 
 /// A human's answer to a HITL request.
@@ -307,16 +361,10 @@ impl Engine {
         let store = config.store.clone();
         let mut catalog = CatalogState::default();
         for facet in store.facets()?.into_iter().chain(config.facets) {
-            catalog
-                .facets
-                .register(facet)
-                .map_err(|e| EngineError::Catalog(e.to_string()))?;
+            catalog.facets.register(facet)?;
         }
         for cap in store.capabilities()?.into_iter().chain(config.capabilities) {
-            catalog
-                .registry
-                .register(cap)
-                .map_err(|e| EngineError::Catalog(e.to_string()))?;
+            catalog.registry.register(cap)?;
         }
         let (events, _) = broadcast::channel(config.event_buffer.max(16));
         let inner = Arc::new(Inner {
@@ -408,9 +456,7 @@ impl Engine {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let mut next = (**guard).clone();
-        next.facets
-            .register(facet.clone())
-            .map_err(|e| EngineError::Catalog(e.to_string()))?;
+        next.facets.register(facet.clone())?;
         self.inner.store.put_facet(&facet)?;
         *guard = Arc::new(next);
         Ok(())
@@ -428,12 +474,13 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner);
         let mut next = (**guard).clone();
         let problems = crate::catalog::check_capability_facets(&capability, &next.facets);
-        if let Some(d) = problems.iter().find(|d| d.is_error()) {
-            return Err(EngineError::Catalog(d.message.clone()));
+        if crate::diagnostics::has_errors(&problems) {
+            return Err(EngineError::CapabilityFacets {
+                capability_id: capability.capability_id.clone(),
+                diagnostics: problems,
+            });
         }
-        next.registry
-            .register(capability.clone())
-            .map_err(|e| EngineError::Catalog(e.to_string()))?;
+        next.registry.register(capability.clone())?;
         self.inner.store.put_capability(&capability)?;
         *guard = Arc::new(next);
         Ok(())
@@ -454,9 +501,7 @@ impl Engine {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let mut next = (**guard).clone();
-        next.registry
-            .set_status(capability_id, status)
-            .map_err(|e| EngineError::Catalog(e.to_string()))?;
+        next.registry.set_status(capability_id, status)?;
         if let Some(cap) = next.registry.get(capability_id) {
             self.inner.store.put_capability(cap)?;
         }

@@ -12,6 +12,7 @@ use crate::diagnostics::{Diagnostic, DiagnosticCode, has_errors};
 use crate::envelope::{OutputContract, RunEnvelope};
 use crate::fsm::{PlannerOutput, Purpose};
 use crate::graph::{DeltaOp, NodeState, PlanGraph, PlanNode, PlanSnapshot};
+use crate::ids::RunId;
 use crate::policy::{Condition, NormalizedPolicies};
 use crate::validate::{PlanLimits, ValidationContext, check_plan};
 
@@ -252,21 +253,23 @@ fn compile_contracts(
 
 /// Rebuilds a stored plan version (on recovery) with its contracts.
 pub(crate) fn revalidate(
+    run: RunId,
     snapshot: &PlanSnapshot,
     catalog: &CatalogState,
 ) -> Result<Validated, EngineError> {
-    let graph = PlanGraph::from_snapshot(snapshot).map_err(|e| {
-        EngineError::Conflict(format!(
-            "stored plan version {} is corrupt: {e}",
-            snapshot.version
-        ))
+    let graph = PlanGraph::from_snapshot(snapshot).map_err(|e| EngineError::Corrupt {
+        run,
+        message: format!("stored plan version {} is corrupt: {e}", snapshot.version),
     })?;
     let contracts = compile_contracts(&graph, catalog).map_err(|ds| {
         let messages: Vec<String> = ds.iter().map(|d| d.message.clone()).collect();
-        EngineError::Conflict(format!(
-            "stored plan contracts no longer compile: {}",
-            messages.join("; ")
-        ))
+        EngineError::Corrupt {
+            run,
+            message: format!(
+                "stored plan contracts no longer compile: {}",
+                messages.join("; ")
+            ),
+        }
     })?;
     Ok(Validated {
         graph: Arc::new(graph),
@@ -338,14 +341,14 @@ pub(crate) fn check_envelope(
     if let Some(rule) = &envelope.goal_conditions {
         Condition::compile(rule.clone()).map_err(|e| invalid("goalConditions", e.to_string()))?;
     }
-    crate::policy::normalize(&envelope.policies).map_err(|e| {
-        let path = e.path();
+    crate::policy::normalize(&envelope.policies).map_err(|source| {
+        let path = source.path();
         let field = if path.is_empty() {
             "policies".to_owned()
         } else {
             format!("policies.{path}")
         };
-        invalid(field, e.to_string())
+        EngineError::InvalidPolicies { field, source }
     })
 }
 

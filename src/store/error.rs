@@ -35,9 +35,10 @@ pub enum StoreError {
         /// Which invariant, naming the offending value.
         message: String,
     },
-    /// The storage engine failed.
+    /// The storage engine failed (I/O, a locked or damaged file, …). The cause is the
+    /// backend's own error, kept as the [`std::error::Error::source`].
     #[error("storage engine error: {0}")]
-    Redb(#[source] Arc<redb::Error>),
+    Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// A value could not be encoded or decoded as JSON.
     #[error("json codec error: {0}")]
     Codec(#[source] Arc<serde_json::Error>),
@@ -70,7 +71,7 @@ impl From<serde_json::Error> for StoreError {
 
 impl From<redb::Error> for StoreError {
     fn from(err: redb::Error) -> Self {
-        Self::Redb(Arc::new(err))
+        Self::Backend(Arc::new(err))
     }
 }
 
@@ -78,7 +79,7 @@ macro_rules! from_redb {
     ($($ty:ty),* $(,)?) => {
         $(impl From<$ty> for StoreError {
             fn from(err: $ty) -> Self {
-                Self::Redb(Arc::new(redb::Error::from(err)))
+                Self::Backend(Arc::new(redb::Error::from(err)))
             }
         })*
     };

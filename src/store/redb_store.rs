@@ -760,7 +760,7 @@ mod tests {
     fn a_second_writer_on_the_same_file_is_refused() {
         let (_dir, path, _store) = temp_store(Durability::Fsync);
         let err = RedbStore::open(&path, Durability::Os).unwrap_err();
-        assert!(matches!(err, StoreError::Redb(_)), "{err:?}");
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
     }
 
     const FIXTURE_V1: &str = "tests/fixtures/store-v1.redb";

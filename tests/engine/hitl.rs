@@ -48,7 +48,7 @@ async fn approval_continues_the_run() {
 
     let resume = env.engine.resume(run, "skip the human").await.unwrap_err();
     assert!(
-        matches!(resume, EngineError::Conflict(_)),
+        matches!(resume, EngineError::IllegalTransition(_)),
         "resume needs the answer first: {resume}"
     );
     env.engine

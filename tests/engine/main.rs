@@ -11,6 +11,7 @@ mod convergence;
 mod corpus_replies;
 mod crash;
 mod docs;
+mod errors;
 mod execution;
 mod hitl;
 mod observe;

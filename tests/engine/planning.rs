@@ -183,6 +183,14 @@ async fn bad_envelopes_are_refused_naming_the_field_and_store_nothing() {
         let err = env.engine.submit(envelope(value)).await.unwrap_err();
         match err {
             flexrun::EngineError::InvalidEnvelope { field: f, .. } => assert_eq!(f, field),
+            flexrun::EngineError::InvalidPolicies { field: f, source } => {
+                assert_eq!(f, field);
+                assert_eq!(
+                    format!("policies.{}", source.path()),
+                    field,
+                    "the cause is typed"
+                );
+            }
             other => panic!("expected InvalidEnvelope for {field}, got {other}"),
         }
     }

@@ -135,7 +135,10 @@ async fn external_signal_fires_a_manual_policy() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, flexrun::EngineError::Conflict(_)), "{err}");
+    assert!(
+        matches!(&err, flexrun::EngineError::UnknownHitlRequest { request_id, .. } if request_id == "nope"),
+        "{err}"
+    );
     env.engine.resume(run, "operator done").await.unwrap();
     let err = env.engine.resume(run, "again").await;
     let events = env.until_complete(run).await;
