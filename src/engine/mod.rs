@@ -533,7 +533,7 @@ impl Engine {
     /// Answers a pending HITL request.
     ///
     /// # Errors
-    /// [`EngineError::Conflict`] when the request is unknown or already resolved;
+    /// [`EngineError::UnknownHitlRequest`] when the request is unknown or already resolved;
     /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
     pub async fn answer_hitl(
         &self,
@@ -588,7 +588,7 @@ impl Engine {
     /// Pauses an executing run (in-flight nodes finish; nothing new dispatches).
     ///
     /// # Errors
-    /// [`EngineError::Conflict`] when the run is not executing.
+    /// [`EngineError::IllegalTransition`] when the run is not executing.
     pub async fn pause(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
         self.control(
             run_id,
@@ -602,7 +602,7 @@ impl Engine {
     /// Resumes a paused run.
     ///
     /// # Errors
-    /// [`EngineError::Conflict`] when the run is not paused or waits on a HITL answer.
+    /// [`EngineError::IllegalTransition`] when the run is not paused or waits on a HITL answer.
     pub async fn resume(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
         self.control(
             run_id,
