@@ -15,16 +15,21 @@
 //! assert_eq!(run.state(), RunState::Requesting);
 //! ```
 
+#[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod catalog;
+#[cfg(any(test, feature = "demo"))]
 pub mod demo;
 pub mod diagnostics;
 pub mod engine;
 mod envelope;
+#[cfg(feature = "client")]
 pub mod executors;
 pub mod fsm;
 pub mod graph;
+#[cfg(feature = "client")]
 pub mod http_client;
 mod ids;
 pub mod planner;

@@ -10,6 +10,7 @@ mod actor;
 mod catalog_state;
 mod executor;
 pub(crate) mod follow;
+#[cfg(feature = "client")]
 mod query;
 mod validation;
 

@@ -5,6 +5,7 @@
 //! orchestrator validates whatever comes back; a planner never changes a plan itself.
 
 mod catalog_planner;
+#[cfg(feature = "client")]
 pub mod openai;
 mod reply;
 mod scripted;
@@ -22,6 +23,7 @@ use crate::policy::NormalizedPolicies;
 
 pub use crate::fsm::Purpose;
 pub use catalog_planner::CatalogPlanner;
+#[cfg(feature = "client")]
 pub use openai::{OpenAiConfig, OpenAiPlanner, ResponseFormat};
 pub use scripted::{ScriptStep, ScriptedPlanner};
 
