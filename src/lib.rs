@@ -63,6 +63,18 @@ pub use store::{Durability, MemoryStore, RedbStore, Store};
 ///     .input("objectiveBrief", "Fresh bread")
 ///     .outputs(&["copyVariants"])
 ///     .build();
+///
+/// #[derive(Debug)]
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl NodeExecutor for Echo {
+///     async fn execute(&self, call: NodeCall) -> Result<serde_json::Map<String, serde_json::Value>, ExecError> {
+///         NodeCall::output(&json!({"copyVariants": [call.objective]}))
+///     }
+/// }
+///
+/// let executors = executors.with_type("echo", std::sync::Arc::new(Echo));
 /// # let _ = (executors, draft, envelope);
 /// ```
 pub mod prelude {

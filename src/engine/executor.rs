@@ -147,9 +147,12 @@ impl NodeCall {
     /// The value of input facet `facet`, deserialized as `T`.
     ///
     /// ```
-    /// use flexrun::engine::{ExecError, Executors, NodeCall};
+    /// use std::sync::Arc;
+    ///
+    /// use flexrun::RunId;
+    /// use flexrun::engine::{ExecError, NodeCall};
     /// use serde::Deserialize;
-    /// use serde_json::json;
+    /// use serde_json::{Map, Value, json};
     ///
     /// #[derive(Deserialize)]
     /// #[serde(rename_all = "camelCase")]
@@ -158,16 +161,31 @@ impl NodeCall {
     ///     key_points: Vec<String>,
     /// }
     ///
-    /// let executors = Executors::new().builtin("write_copy", |call: &NodeCall| {
+    /// fn write_copy(call: &NodeCall) -> Result<Map<String, Value>, ExecError> {
     ///     let brief: WriterBrief = call.input("writerBrief")?;
-    ///     let variants: Vec<String> = brief
-    ///         .key_points
-    ///         .iter()
-    ///         .map(|p| format!("{p}, for {}.", brief.audience))
-    ///         .collect();
+    ///     let variants: Vec<String> =
+    ///         brief.key_points.iter().map(|p| format!("{p}, for {}.", brief.audience)).collect();
     ///     NodeCall::output(&json!({"copyVariants": variants}))
-    /// });
-    /// # let _ = executors;
+    /// }
+    ///
+    /// let mut call = NodeCall {
+    ///     run_id: RunId::new(),
+    ///     node_id: "write".into(),
+    ///     attempt: 1,
+    ///     idempotency_key: "run/write".into(),
+    ///     capability_id: "writer.en".into(),
+    ///     objective: "Tagline".into(),
+    ///     instructions: Vec::new(),
+    ///     inputs: Map::new(),
+    ///     output_schema: Arc::new(Value::Null),
+    ///     executor: None,
+    /// };
+    /// assert_eq!(write_copy(&call).unwrap_err().code, "INPUT_INVALID");
+    /// call.inputs.insert(
+    ///     "writerBrief".into(),
+    ///     json!({"audience": "parents", "keyPoints": ["Fresh bread"]}),
+    /// );
+    /// assert_eq!(write_copy(&call)?["copyVariants"], json!(["Fresh bread, for parents."]));
     /// # Ok::<(), ExecError>(())
     /// ```
     ///
