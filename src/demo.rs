@@ -10,112 +10,88 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::catalog::{
-    AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec, Facet, FacetDirection,
-};
+use crate::catalog::{Capability, CapabilityKind, ExecutorSpec, Facet, FacetDirection};
 use crate::engine::{EngineConfig, ExecError, Executors, NodeCall};
 use crate::planner::CatalogPlanner;
 use crate::store::Store;
 
-fn facet(
-    name: &str,
-    title: &str,
-    direction: FacetDirection,
-    schema: Value,
-    instructions: &str,
-) -> Facet {
-    Facet {
-        name: name.to_owned(),
-        title: title.to_owned(),
-        description: title.to_owned(),
-        direction,
-        schema,
-        instructions: instructions.to_owned(),
-        required_by_default: true,
-    }
+fn facet(name: &str, title: &str, direction: FacetDirection, schema: Value) -> Facet {
+    Facet::new(name, schema)
+        .with_direction(direction)
+        .with_title(title)
+        .with_description(title)
 }
 
 /// The demo facets.
 pub fn facets() -> Vec<Facet> {
+    use FacetDirection as D;
     vec![
         facet(
             "objectiveBrief",
             "Free-text brief from the client",
-            FacetDirection::Input,
+            D::Input,
             json!({"type": "string", "minLength": 1}),
-            "",
         ),
         facet(
             "writerBrief",
             "Structured brief for writers",
-            FacetDirection::Bidirectional,
+            D::Bidirectional,
             json!({"type": "object",
                    "properties": {"audience": {"type": "string"},
                                   "tone": {"type": "string", "enum": ["playful", "formal", "neutral"]},
                                   "keyPoints": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
                    "required": ["audience", "tone", "keyPoints"]}),
-            "Name the audience, pick a tone and list the key points.",
-        ),
+        )
+        .with_instructions("Name the audience, pick a tone and list the key points."),
         facet(
             "copyVariants",
             "Copy variants",
-            FacetDirection::Bidirectional,
+            D::Bidirectional,
             json!({"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}),
-            "Write short, distinct variants.",
-        ),
+        )
+        .with_instructions("Write short, distinct variants."),
         facet(
             "qaReport",
             "Quality report on the copy",
-            FacetDirection::Output,
+            D::Output,
             json!({"type": "object",
                    "properties": {"passed": {"type": "boolean"}, "score": {"type": "number", "minimum": 0, "maximum": 1},
                                   "issues": {"type": "array", "items": {"type": "string"}}},
                    "required": ["passed", "score", "issues"]}),
-            "Check length, emptiness and coverage of the key points.",
-        ),
+        )
+        .with_instructions("Check length, emptiness and coverage of the key points."),
         facet(
             "keywords",
             "Keywords of the brief",
-            FacetDirection::Bidirectional,
+            D::Bidirectional,
             json!({"type": "array", "items": {"type": "string"}}),
-            "",
         ),
         facet(
             "summary",
             "One-line summary of the copy",
-            FacetDirection::Output,
+            D::Output,
             json!({"type": "string"}),
-            "",
         ),
     ]
 }
 
+/// A builtin capability of the demo: display name = id, 5 s timeout, two attempts.
 fn capability(
     id: &str,
     kind: CapabilityKind,
-    inputs: &[&str],
-    outputs: &[&str],
     handler: &str,
     cost: f64,
     summary: &str,
 ) -> Capability {
-    Capability {
-        capability_id: id.to_owned(),
-        version: "1.0.0".to_owned(),
-        display_name: id.to_owned(),
-        summary: summary.to_owned(),
-        kind,
-        agent_type: AgentType::Ai,
-        input_facets: inputs.iter().map(|s| (*s).to_owned()).collect(),
-        output_facets: outputs.iter().map(|s| (*s).to_owned()).collect(),
-        cost,
-        timeout_ms: 5_000,
-        max_attempts: 2,
-        executor: ExecutorSpec::Builtin {
-            handler: handler.to_owned(),
-        },
-        status: CapabilityStatus::Active,
-    }
+    let executor = ExecutorSpec::Builtin {
+        handler: handler.to_owned(),
+    };
+    Capability::new(id, kind, executor)
+        .with_display_name(id)
+        .with_summary(summary)
+        .with_cost(cost)
+        .with_timeout_ms(5_000)
+        .with_max_attempts(2)
 }
 
 /// The demo capabilities.
@@ -125,57 +101,57 @@ pub fn capabilities() -> Vec<Capability> {
         capability(
             "brief.structurer",
             K::Structuring,
-            &["objectiveBrief"],
-            &["writerBrief"],
             "structure_brief",
             1.0,
             "Turns a free-text brief into a structured writer brief",
-        ),
+        )
+        .with_input_facets(["objectiveBrief"])
+        .with_output_facets(["writerBrief"]),
         capability(
             "writer.en",
             K::Execution,
-            &["writerBrief"],
-            &["copyVariants"],
             "write_copy",
             2.0,
             "Writes three English copy variants",
-        ),
+        )
+        .with_input_facets(["writerBrief"])
+        .with_output_facets(["copyVariants"]),
         capability(
             "writer.formal",
             K::Execution,
-            &["writerBrief"],
-            &["copyVariants"],
             "write_formal",
             3.0,
             "Writes formal English copy variants",
-        ),
+        )
+        .with_input_facets(["writerBrief"])
+        .with_output_facets(["copyVariants"]),
         capability(
             "qa.copy",
             K::Validation,
-            &["copyVariants", "writerBrief"],
-            &["qaReport"],
             "qa_copy",
             1.0,
             "Checks copy variants against the brief",
-        ),
+        )
+        .with_input_facets(["copyVariants", "writerBrief"])
+        .with_output_facets(["qaReport"]),
         capability(
             "keywords.extract",
             K::Transformation,
-            &["objectiveBrief"],
-            &["keywords"],
             "extract_keywords",
             0.5,
             "Extracts keywords from the brief",
-        ),
+        )
+        .with_input_facets(["objectiveBrief"])
+        .with_output_facets(["keywords"]),
         capability(
             "copy.summarizer",
             K::Transformation,
-            &["copyVariants"],
-            &["summary"],
             "summarize",
             0.5,
             "Summarises the copy in one line",
-        ),
+        )
+        .with_input_facets(["copyVariants"])
+        .with_output_facets(["summary"]),
     ]
 }
 
@@ -426,6 +402,7 @@ fn noop(call: &NodeCall) -> Result<Map<String, Value>, ExecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::{AgentType, CapabilityStatus};
     use crate::ids::RunId;
 
     fn call(inputs: Value) -> NodeCall {
@@ -441,6 +418,50 @@ mod tests {
             output_schema: std::sync::Arc::new(Value::Null),
             executor: None,
         }
+    }
+
+    #[test]
+    fn the_catalog_is_what_the_builders_say() {
+        let writer = capabilities()
+            .into_iter()
+            .find(|c| c.capability_id == "writer.en")
+            .unwrap();
+        assert_eq!(
+            writer,
+            Capability {
+                capability_id: "writer.en".into(),
+                version: "1.0.0".into(),
+                display_name: "writer.en".into(),
+                summary: "Writes three English copy variants".into(),
+                kind: CapabilityKind::Execution,
+                agent_type: AgentType::Ai,
+                input_facets: vec!["writerBrief".into()],
+                output_facets: vec!["copyVariants".into()],
+                cost: 2.0,
+                timeout_ms: 5_000,
+                max_attempts: 2,
+                executor: ExecutorSpec::Builtin {
+                    handler: "write_copy".into()
+                },
+                status: CapabilityStatus::Active,
+            }
+        );
+        let facets = facets();
+        let copy = facets.iter().find(|f| f.name == "copyVariants").unwrap();
+        assert_eq!(
+            (copy.title.as_str(), copy.description.as_str()),
+            ("Copy variants", "Copy variants")
+        );
+        assert_eq!(copy.instructions, "Write short, distinct variants.");
+        assert!(facets.iter().all(|f| f.required_by_default));
+        assert_eq!(
+            facets.iter().filter(|f| f.instructions.is_empty()).count(),
+            3
+        );
+        assert!(capabilities().iter().all(|c| c.timeout_ms == 5_000
+            && c.max_attempts == 2
+            && c.display_name == c.capability_id
+            && c.is_active()));
     }
 
     #[test]

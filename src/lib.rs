@@ -37,8 +37,62 @@ pub mod policy;
 pub mod store;
 pub mod validate;
 
+/// The attribute for implementing [`Planner`] and [`engine::NodeExecutor`], re-exported so
+/// implementors need no dependency of their own.
+pub use async_trait::async_trait;
 pub use engine::{Engine, EngineConfig, EngineError, EventStream, HitlAnswer, RunResult};
-pub use envelope::{OutputContract, RunEnvelope};
+pub use envelope::{OutputContract, RunEnvelope, RunEnvelopeBuilder};
 pub use ids::{RunId, Timestamp};
 pub use planner::{CatalogPlanner, Planner, ScriptedPlanner};
 pub use store::{Durability, MemoryStore, RedbStore, Store};
+
+/// What a service embedding the engine needs, in one import: `use flexrun::prelude::*;`.
+///
+/// ```
+/// use flexrun::prelude::*;
+/// use serde_json::json;
+///
+/// let writer = Capability::new(
+///     "writer.en",
+///     CapabilityKind::Execution,
+///     ExecutorSpec::Builtin { handler: "write_copy".into() },
+/// )
+/// .with_input_facets(["objectiveBrief"])
+/// .with_output_facets(["copyVariants"]);
+/// let executors = Executors::new().builtin("write_copy", |call: &NodeCall| {
+///     let brief: String = call.input("objectiveBrief")?;
+///     NodeCall::output(&json!({"copyVariants": [format!("{brief}!")]}))
+/// });
+/// let draft = PlanDraft::new([PlanNode::for_capability("write", &writer)]);
+/// let envelope = RunEnvelope::builder("Tagline")
+///     .input("objectiveBrief", "Fresh bread")
+///     .outputs(&["copyVariants"])
+///     .build();
+///
+/// #[derive(Debug)]
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl NodeExecutor for Echo {
+///     async fn execute(&self, call: NodeCall) -> Result<serde_json::Map<String, serde_json::Value>, ExecError> {
+///         NodeCall::output(&json!({"copyVariants": [call.objective]}))
+///     }
+/// }
+///
+/// let executors = executors.with_type("echo", std::sync::Arc::new(Echo));
+/// # let _ = (executors, draft, envelope);
+/// ```
+pub mod prelude {
+    pub use crate::RunResult;
+    pub use crate::catalog::{Capability, CapabilityKind, ExecutorSpec, Facet, FacetDirection};
+    pub use crate::diagnostics::Diagnostic;
+    pub use crate::engine::{Engine, EngineConfig, ExecError, Executors, NodeCall, NodeExecutor};
+    pub use crate::envelope::{OutputContract, RunEnvelope, RunEnvelopeBuilder};
+    pub use crate::fsm::{EventBody, RunEvent, RunOutcome};
+    pub use crate::graph::{PlanDelta, PlanDraft, PlanNode};
+    pub use crate::planner::{
+        CatalogPlanner, PlanRequest, PlanResponse, Planner, PlannerError, ScriptedPlanner,
+    };
+    pub use crate::store::{Durability, MemoryStore, RedbStore};
+    pub use async_trait::async_trait;
+}

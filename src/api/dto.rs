@@ -951,7 +951,7 @@ impl RunSummary {
         Self {
             run_id,
             status: head.status.into(),
-            state: head.state.clone(),
+            state: head.state.as_str().to_owned(),
             objective: head.objective.clone(),
             plan_version: head.plan_version,
             last_seq: head.last_seq,
@@ -967,7 +967,7 @@ impl RunAck {
         Self {
             run_id,
             status: head.status.into(),
-            state: head.state.clone(),
+            state: head.state.as_str().to_owned(),
         }
     }
 }

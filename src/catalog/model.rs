@@ -230,3 +230,272 @@ fn default_timeout_ms() -> u64 {
 fn default_max_attempts() -> u32 {
     1
 }
+
+/// Building facets by hand.
+///
+/// Catalog and plan types are built in one style: a constructor taking what has no default,
+/// then chainable `with_*` methods, each consuming and returning the value. The defaults are
+/// the ones a JSON registration with the field left out gets.
+impl Facet {
+    /// A bidirectional facet called `name` whose values match `schema`, required by default,
+    /// with empty title, description and instructions.
+    ///
+    /// ```
+    /// use flexrun::catalog::{Facet, FacetDirection};
+    /// use serde_json::json;
+    ///
+    /// let facet = Facet::new("copyVariants", json!({"type": "array", "items": {"type": "string"}}))
+    ///     .with_direction(FacetDirection::Output)
+    ///     .with_title("Copy variants")
+    ///     .with_instructions("Write short, distinct variants.");
+    /// assert_eq!(facet.direction, FacetDirection::Output);
+    /// assert!(facet.required_by_default);
+    /// ```
+    pub fn new(name: impl Into<String>, schema: serde_json::Value) -> Self {
+        Self {
+            name: name.into(),
+            title: String::new(),
+            description: String::new(),
+            direction: FacetDirection::Bidirectional,
+            schema,
+            instructions: String::new(),
+            required_by_default: default_true(),
+        }
+    }
+
+    /// The same facet with `direction`.
+    pub fn with_direction(mut self, direction: FacetDirection) -> Self {
+        self.direction = direction;
+        self
+    }
+
+    /// The same facet with a short title.
+    pub fn with_title(mut self, title: impl Into<String>) -> Self {
+        self.title = title.into();
+        self
+    }
+
+    /// The same facet with a description of what it holds.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// The same facet with instructions for its producers.
+    pub fn with_instructions(mut self, instructions: impl Into<String>) -> Self {
+        self.instructions = instructions.into();
+        self
+    }
+
+    /// The same facet, required by default in compiled contracts or not.
+    pub fn with_required_by_default(mut self, required: bool) -> Self {
+        self.required_by_default = required;
+        self
+    }
+}
+
+/// Building capabilities by hand, in the style described on [`Facet::new`].
+impl Capability {
+    /// An active capability `capability_id` of `kind` run by `executor`: version `1.0.0`,
+    /// performed by [`AgentType::Ai`], no facets, cost 0, a 30 s per-attempt timeout and one
+    /// attempt per node.
+    ///
+    /// ```
+    /// use flexrun::catalog::{Capability, CapabilityKind, ExecutorSpec};
+    ///
+    /// let writer = Capability::new(
+    ///     "writer.en",
+    ///     CapabilityKind::Execution,
+    ///     ExecutorSpec::Builtin { handler: "write_copy".into() },
+    /// )
+    /// .with_summary("Writes three English copy variants")
+    /// .with_input_facets(["writerBrief"])
+    /// .with_output_facets(["copyVariants"])
+    /// .with_max_attempts(2);
+    /// assert!(writer.consumes("writerBrief") && writer.produces("copyVariants"));
+    /// assert_eq!((writer.version.as_str(), writer.timeout_ms), ("1.0.0", 30_000));
+    /// ```
+    pub fn new(
+        capability_id: impl Into<String>,
+        kind: CapabilityKind,
+        executor: ExecutorSpec,
+    ) -> Self {
+        Self {
+            capability_id: capability_id.into(),
+            version: default_version(),
+            display_name: String::new(),
+            summary: String::new(),
+            kind,
+            agent_type: default_agent(),
+            input_facets: Vec::new(),
+            output_facets: Vec::new(),
+            cost: 0.0,
+            timeout_ms: default_timeout_ms(),
+            max_attempts: default_max_attempts(),
+            executor,
+            status: CapabilityStatus::default(),
+        }
+    }
+
+    /// The same capability with semantic version `version`.
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// The same capability with a display name.
+    pub fn with_display_name(mut self, display_name: impl Into<String>) -> Self {
+        self.display_name = display_name.into();
+        self
+    }
+
+    /// The same capability with a one-line summary for planners.
+    pub fn with_summary(mut self, summary: impl Into<String>) -> Self {
+        self.summary = summary.into();
+        self
+    }
+
+    /// The same capability performed by `agent_type`.
+    pub fn with_agent_type(mut self, agent_type: AgentType) -> Self {
+        self.agent_type = agent_type;
+        self
+    }
+
+    /// The same capability consuming exactly `facets`.
+    pub fn with_input_facets<S: Into<String>>(
+        mut self,
+        facets: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.input_facets = facets.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The same capability producing exactly `facets`.
+    pub fn with_output_facets<S: Into<String>>(
+        mut self,
+        facets: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.output_facets = facets.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The same capability with relative cost `cost`.
+    pub fn with_cost(mut self, cost: f64) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// The same capability with a per-attempt timeout of `timeout_ms` milliseconds.
+    pub fn with_timeout_ms(mut self, timeout_ms: u64) -> Self {
+        self.timeout_ms = timeout_ms;
+        self
+    }
+
+    /// The same capability allowing `max_attempts` attempts per node.
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// The same capability with `status`.
+    pub fn with_status(mut self, status: CapabilityStatus) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_new_facet_has_the_defaults_of_a_minimal_registration() {
+        let schema = json!({"type": "string"});
+        let registered: Facet = serde_json::from_value(
+            json!({"name": "summary", "direction": "bidirectional", "schema": schema}),
+        )
+        .unwrap();
+        assert_eq!(Facet::new("summary", schema), registered);
+    }
+
+    #[test]
+    fn facet_with_methods_set_every_field() {
+        let facet = Facet::new("qaReport", json!({"type": "object"}))
+            .with_direction(FacetDirection::Output)
+            .with_title("QA")
+            .with_description("Quality report")
+            .with_instructions("Check the copy.")
+            .with_required_by_default(false);
+        assert_eq!(
+            facet,
+            Facet {
+                name: "qaReport".into(),
+                title: "QA".into(),
+                description: "Quality report".into(),
+                direction: FacetDirection::Output,
+                schema: json!({"type": "object"}),
+                instructions: "Check the copy.".into(),
+                required_by_default: false,
+            }
+        );
+    }
+
+    #[test]
+    fn a_new_capability_has_the_defaults_of_a_minimal_registration() {
+        let registered: Capability = serde_json::from_value(json!({
+            "capabilityId": "qa.copy",
+            "kind": "validation",
+            "executor": {"type": "human"}
+        }))
+        .unwrap();
+        let built = Capability::new("qa.copy", CapabilityKind::Validation, ExecutorSpec::Human);
+        assert_eq!(built, registered);
+        assert!(built.is_active());
+        assert_eq!(built.agent_type, AgentType::Ai);
+        assert_eq!((built.timeout_ms, built.max_attempts), (30_000, 1));
+    }
+
+    #[test]
+    fn capability_with_methods_set_every_field() {
+        let built = Capability::new(
+            "review",
+            CapabilityKind::Validation,
+            ExecutorSpec::Http {
+                url: "http://127.0.0.1:9/review".into(),
+            },
+        )
+        .with_version("2.1.0")
+        .with_display_name("Review")
+        .with_summary("A person reviews the copy")
+        .with_agent_type(AgentType::Human)
+        .with_input_facets(["copyVariants", "writerBrief"])
+        .with_output_facets(vec![String::from("qaReport")])
+        .with_cost(4.5)
+        .with_timeout_ms(60_000)
+        .with_max_attempts(3)
+        .with_status(CapabilityStatus::Inactive);
+        assert_eq!(
+            built,
+            Capability {
+                capability_id: "review".into(),
+                version: "2.1.0".into(),
+                display_name: "Review".into(),
+                summary: "A person reviews the copy".into(),
+                kind: CapabilityKind::Validation,
+                agent_type: AgentType::Human,
+                input_facets: vec!["copyVariants".into(), "writerBrief".into()],
+                output_facets: vec!["qaReport".into()],
+                cost: 4.5,
+                timeout_ms: 60_000,
+                max_attempts: 3,
+                executor: ExecutorSpec::Http {
+                    url: "http://127.0.0.1:9/review".into(),
+                },
+                status: CapabilityStatus::Inactive,
+            }
+        );
+        assert!(!built.is_active());
+    }
+}

@@ -1190,7 +1190,7 @@ impl RunActor {
         };
         let head = RunHead {
             status,
-            state: self.machine.state().as_str().to_owned(),
+            state: self.machine.state(),
             plan_version: self.machine.plan_version(),
             last_seq: self.machine.seq(),
             created_at: self.created_at,

@@ -141,3 +141,245 @@ impl Executors {
         self.by_type.get(executor_type)
     }
 }
+
+/// Typed access to a call's inputs and typed outputs, for handlers and executors.
+impl NodeCall {
+    /// The value of input facet `facet`, deserialized as `T`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use flexrun::RunId;
+    /// use flexrun::engine::{ExecError, NodeCall};
+    /// use serde::Deserialize;
+    /// use serde_json::{Map, Value, json};
+    ///
+    /// #[derive(Deserialize)]
+    /// #[serde(rename_all = "camelCase")]
+    /// struct WriterBrief {
+    ///     audience: String,
+    ///     key_points: Vec<String>,
+    /// }
+    ///
+    /// fn write_copy(call: &NodeCall) -> Result<Map<String, Value>, ExecError> {
+    ///     let brief: WriterBrief = call.input("writerBrief")?;
+    ///     let variants: Vec<String> =
+    ///         brief.key_points.iter().map(|p| format!("{p}, for {}.", brief.audience)).collect();
+    ///     NodeCall::output(&json!({"copyVariants": variants}))
+    /// }
+    ///
+    /// let mut call = NodeCall {
+    ///     run_id: RunId::new(),
+    ///     node_id: "write".into(),
+    ///     attempt: 1,
+    ///     idempotency_key: "run/write".into(),
+    ///     capability_id: "writer.en".into(),
+    ///     objective: "Tagline".into(),
+    ///     instructions: Vec::new(),
+    ///     inputs: Map::new(),
+    ///     output_schema: Arc::new(Value::Null),
+    ///     executor: None,
+    /// };
+    /// assert_eq!(write_copy(&call).unwrap_err().code, "INPUT_INVALID");
+    /// call.inputs.insert(
+    ///     "writerBrief".into(),
+    ///     json!({"audience": "parents", "keyPoints": ["Fresh bread"]}),
+    /// );
+    /// assert_eq!(write_copy(&call)?["copyVariants"], json!(["Fresh bread, for parents."]));
+    /// # Ok::<(), ExecError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A fatal [`ExecError`] with code `INPUT_INVALID` naming `facet` when the call has no
+    /// such input or its value does not deserialize as `T`.
+    pub fn input<T: serde::de::DeserializeOwned>(&self, facet: &str) -> Result<T, ExecError> {
+        let value = self.inputs.get(facet).ok_or_else(|| {
+            ExecError::fatal(INPUT_INVALID, format!("input facet `{facet}` is missing"))
+        })?;
+        T::deserialize(value).map_err(|e| {
+            ExecError::fatal(
+                INPUT_INVALID,
+                format!("input facet `{facet}` has an unexpected shape: {e}"),
+            )
+        })
+    }
+
+    /// The value of input facet `facet` deserialized as `T`, or `None` when the call has no
+    /// such input.
+    ///
+    /// # Errors
+    ///
+    /// A fatal [`ExecError`] with code `INPUT_INVALID` naming `facet` when the value does not
+    /// deserialize as `T`.
+    pub fn optional_input<T: serde::de::DeserializeOwned>(
+        &self,
+        facet: &str,
+    ) -> Result<Option<T>, ExecError> {
+        if self.inputs.contains_key(facet) {
+            self.input(facet).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The facet values of a handler's result from a value that serializes to a JSON object
+    /// whose keys are facet names (a struct with one field per output facet, say).
+    ///
+    /// ```
+    /// use flexrun::engine::NodeCall;
+    /// use serde::Serialize;
+    ///
+    /// #[derive(Serialize)]
+    /// #[serde(rename_all = "camelCase")]
+    /// struct Produced {
+    ///     copy_variants: Vec<String>,
+    /// }
+    ///
+    /// let output = NodeCall::output(&Produced { copy_variants: vec!["Fresh bread.".into()] })?;
+    /// assert_eq!(output["copyVariants"][0], "Fresh bread.");
+    /// # Ok::<(), flexrun::engine::ExecError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A fatal [`ExecError`] with code `OUTPUT_INVALID` when `value` does not serialize or
+    /// serializes to something other than an object.
+    pub fn output<T: Serialize + ?Sized>(value: &T) -> Result<Map<String, Value>, ExecError> {
+        match serde_json::to_value(value) {
+            Ok(Value::Object(facets)) => Ok(facets),
+            Ok(other) => Err(ExecError::fatal(
+                OUTPUT_INVALID,
+                format!(
+                    "a node's output must be an object of facet values, not {}",
+                    json_type(&other)
+                ),
+            )),
+            Err(e) => Err(ExecError::fatal(
+                OUTPUT_INVALID,
+                format!("a node's output does not serialize: {e}"),
+            )),
+        }
+    }
+}
+
+/// The code of a call input that is missing or of the wrong shape.
+const INPUT_INVALID: &str = "INPUT_INVALID";
+
+/// The code of a handler result that is not an object of facet values.
+const OUTPUT_INVALID: &str = "OUTPUT_INVALID";
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod typed_io_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn call(inputs: Value) -> NodeCall {
+        NodeCall {
+            run_id: RunId::new(),
+            node_id: "write".into(),
+            attempt: 1,
+            idempotency_key: "r/write".into(),
+            capability_id: "writer.en".into(),
+            objective: "o".into(),
+            instructions: Vec::new(),
+            inputs: inputs.as_object().cloned().unwrap_or_default(),
+            output_schema: Arc::new(Value::Null),
+            executor: None,
+        }
+    }
+
+    #[derive(Debug, PartialEq, Deserialize, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Brief {
+        audience: String,
+        key_points: Vec<String>,
+    }
+
+    #[test]
+    fn inputs_deserialize_into_typed_values() {
+        let call = call(json!({
+            "writerBrief": {"audience": "parents", "keyPoints": ["fresh bread"]},
+            "count": 3
+        }));
+        assert_eq!(
+            call.input::<Brief>("writerBrief").unwrap(),
+            Brief {
+                audience: "parents".into(),
+                key_points: vec!["fresh bread".into()],
+            }
+        );
+        assert_eq!(call.input::<u32>("count").unwrap(), 3);
+        assert_eq!(call.optional_input::<u32>("count").unwrap(), Some(3));
+        assert_eq!(call.optional_input::<u32>("absent").unwrap(), None);
+    }
+
+    #[test]
+    fn missing_or_mistyped_inputs_are_fatal_input_invalid_errors_naming_the_facet() {
+        let call = call(json!({"count": "three", "writerBrief": {"audience": "parents"}}));
+        let missing = call.input::<String>("objectiveBrief").unwrap_err();
+        assert_eq!(
+            missing,
+            ExecError::fatal("INPUT_INVALID", "input facet `objectiveBrief` is missing")
+        );
+        let mistyped = call.input::<u32>("count").unwrap_err();
+        assert_eq!(mistyped.code, "INPUT_INVALID");
+        assert!(!mistyped.retryable);
+        assert!(
+            mistyped
+                .message
+                .starts_with("input facet `count` has an unexpected shape: invalid type"),
+            "{}",
+            mistyped.message
+        );
+        let incomplete = call.optional_input::<Brief>("writerBrief").unwrap_err();
+        assert!(
+            incomplete.message.contains("`writerBrief`")
+                && incomplete.message.contains("keyPoints"),
+            "{}",
+            incomplete.message
+        );
+    }
+
+    #[test]
+    fn outputs_are_objects_of_facet_values() {
+        let brief = Brief {
+            audience: "parents".into(),
+            key_points: vec!["bread".into()],
+        };
+        let output = NodeCall::output(&brief).unwrap();
+        assert_eq!(
+            Value::Object(output),
+            json!({"audience": "parents", "keyPoints": ["bread"]})
+        );
+        assert_eq!(
+            NodeCall::output(&["a", "b"]).unwrap_err(),
+            ExecError::fatal(
+                "OUTPUT_INVALID",
+                "a node's output must be an object of facet values, not an array"
+            )
+        );
+        let mut keyed = std::collections::BTreeMap::new();
+        keyed.insert(vec![1u8], "x");
+        let err = NodeCall::output(&keyed).unwrap_err();
+        assert_eq!(err.code, "OUTPUT_INVALID");
+        assert!(
+            err.message
+                .starts_with("a node's output does not serialize: "),
+            "{}",
+            err.message
+        );
+    }
+}

@@ -130,7 +130,7 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::fsm::{EventBody, RunOutcome};
+    use crate::fsm::{EventBody, RunOutcome, RunState};
     use crate::ids::Timestamp;
     use crate::store::{CommitBatch, RedbStore, RunHead, RunStatus};
 
@@ -160,7 +160,7 @@ mod tests {
     fn head(last_seq: u64, status: RunStatus) -> RunHead {
         RunHead {
             status,
-            state: "executing".into(),
+            state: RunState::Executing,
             plan_version: 0,
             last_seq,
             created_at: Timestamp(0),

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::CapabilityKind;
+use crate::catalog::{Capability, CapabilityKind};
 
 /// One node of a plan: a unit of work executed by one capability.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,5 +165,303 @@ impl PlanDiff {
             && self.changed_nodes.is_empty()
             && self.added_edges.is_empty()
             && self.removed_edges.is_empty()
+    }
+}
+
+/// Building plans by hand, in the catalog's style (see [`Facet::new`](crate::catalog::Facet::new)):
+/// a constructor, then chainable `with_*` methods.
+impl PlanNode {
+    /// A node `id` executed by `capability`, consuming and producing the capability's facets,
+    /// with no stage, instructions or rationale.
+    ///
+    /// ```
+    /// use flexrun::catalog::{Capability, CapabilityKind, ExecutorSpec};
+    /// use flexrun::graph::PlanNode;
+    ///
+    /// let writer = Capability::new(
+    ///     "writer.en",
+    ///     CapabilityKind::Execution,
+    ///     ExecutorSpec::Builtin { handler: "write_copy".into() },
+    /// )
+    /// .with_input_facets(["writerBrief"])
+    /// .with_output_facets(["copyVariants"]);
+    /// let node = PlanNode::for_capability("write", &writer)
+    ///     .with_stage("generation")
+    ///     .with_instructions(["Keep each variant under 80 characters."]);
+    /// assert_eq!(node.capability_id, "writer.en");
+    /// assert_eq!(node.output_facets, ["copyVariants"]);
+    /// ```
+    pub fn for_capability(id: impl Into<String>, capability: &Capability) -> Self {
+        Self {
+            id: id.into(),
+            stage: String::new(),
+            capability_id: capability.capability_id.clone(),
+            kind: capability.kind,
+            input_facets: capability.input_facets.clone(),
+            output_facets: capability.output_facets.clone(),
+            instructions: Vec::new(),
+            rationale: String::new(),
+        }
+    }
+
+    /// The same node with stage label `stage`.
+    pub fn with_stage(mut self, stage: impl Into<String>) -> Self {
+        self.stage = stage.into();
+        self
+    }
+
+    /// The same node with exactly `instructions` as its node-level instructions.
+    pub fn with_instructions<S: Into<String>>(
+        mut self,
+        instructions: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.instructions = instructions.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The same node with the planner's reason for it.
+    pub fn with_rationale(mut self, rationale: impl Into<String>) -> Self {
+        self.rationale = rationale.into();
+        self
+    }
+
+    /// The same node consuming exactly `facets` (a subset of its capability's, say).
+    pub fn with_input_facets<S: Into<String>>(
+        mut self,
+        facets: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.input_facets = facets.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The same node producing exactly `facets`.
+    pub fn with_output_facets<S: Into<String>>(
+        mut self,
+        facets: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.output_facets = facets.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+impl PlanDraft {
+    /// A draft of `nodes` without edges, system instructions or rationale.
+    ///
+    /// ```
+    /// use flexrun::catalog::{Capability, CapabilityKind, ExecutorSpec};
+    /// use flexrun::graph::{PlanDraft, PlanEdge, PlanNode};
+    ///
+    /// let cap = Capability::new("step", CapabilityKind::Execution, ExecutorSpec::Human);
+    /// let draft = PlanDraft::new([
+    ///     PlanNode::for_capability("a", &cap),
+    ///     PlanNode::for_capability("b", &cap),
+    /// ])
+    /// .with_edge("a", "b")
+    /// .with_rationale("a before b");
+    /// assert_eq!(draft.edges, [PlanEdge::new("a", "b")]);
+    /// ```
+    pub fn new(nodes: impl IntoIterator<Item = PlanNode>) -> Self {
+        Self {
+            nodes: nodes.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The same draft with one more node.
+    pub fn with_node(mut self, node: PlanNode) -> Self {
+        self.nodes.push(node);
+        self
+    }
+
+    /// The same draft with one more dependency: `to` starts after `from` completed.
+    pub fn with_edge(mut self, from: impl Into<String>, to: impl Into<String>) -> Self {
+        self.edges.push(PlanEdge::new(from, to));
+        self
+    }
+
+    /// The same draft with plan-level system instructions.
+    pub fn with_system_instructions(mut self, instructions: impl Into<String>) -> Self {
+        self.system_instructions = instructions.into();
+        self
+    }
+
+    /// The same draft with the planner's reason for it.
+    pub fn with_rationale(mut self, rationale: impl Into<String>) -> Self {
+        self.rationale = rationale.into();
+        self
+    }
+}
+
+impl PlanDelta {
+    /// A delta against plan version `base_version` without operations or rationale; add
+    /// operations, applied in the order added, with the `with_*` methods.
+    ///
+    /// ```
+    /// use flexrun::catalog::{Capability, CapabilityKind, ExecutorSpec};
+    /// use flexrun::graph::{DeltaOp, PlanDelta, PlanNode};
+    ///
+    /// let qa = Capability::new("qa.copy", CapabilityKind::Validation, ExecutorSpec::Human);
+    /// let delta = PlanDelta::new(1)
+    ///     .with_added_node(PlanNode::for_capability("qa", &qa))
+    ///     .with_added_edge("write", "qa")
+    ///     .with_rationale("add a QA pass");
+    /// assert_eq!(delta.operations.len(), 2);
+    /// assert!(matches!(&delta.operations[1], DeltaOp::AddEdge { from, .. } if from == "write"));
+    /// ```
+    pub fn new(base_version: u32) -> Self {
+        Self {
+            base_version,
+            rationale: String::new(),
+            operations: Vec::new(),
+        }
+    }
+
+    /// The same delta with one more operation.
+    pub fn with_op(mut self, op: DeltaOp) -> Self {
+        self.operations.push(op);
+        self
+    }
+
+    /// The same delta, then adding `node`.
+    pub fn with_added_node(self, node: PlanNode) -> Self {
+        self.with_op(DeltaOp::AddNode { node })
+    }
+
+    /// The same delta, then replacing the pending node with `node`'s id by `node`.
+    pub fn with_replaced_node(self, node: PlanNode) -> Self {
+        self.with_op(DeltaOp::ReplaceNode { node })
+    }
+
+    /// The same delta, then removing the pending node `node_id` and its edges.
+    pub fn with_removed_node(self, node_id: impl Into<String>) -> Self {
+        self.with_op(DeltaOp::RemoveNode {
+            node_id: node_id.into(),
+        })
+    }
+
+    /// The same delta, then adding the dependency `from` → `to`.
+    pub fn with_added_edge(self, from: impl Into<String>, to: impl Into<String>) -> Self {
+        self.with_op(DeltaOp::AddEdge {
+            from: from.into(),
+            to: to.into(),
+        })
+    }
+
+    /// The same delta, then removing the dependency `from` → `to`.
+    pub fn with_removed_edge(self, from: impl Into<String>, to: impl Into<String>) -> Self {
+        self.with_op(DeltaOp::RemoveEdge {
+            from: from.into(),
+            to: to.into(),
+        })
+    }
+
+    /// The same delta with the planner's reason for it.
+    pub fn with_rationale(mut self, rationale: impl Into<String>) -> Self {
+        self.rationale = rationale.into();
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::catalog::ExecutorSpec;
+
+    fn writer() -> Capability {
+        Capability::new(
+            "writer.en",
+            CapabilityKind::Execution,
+            ExecutorSpec::Builtin {
+                handler: "write_copy".into(),
+            },
+        )
+        .with_input_facets(["writerBrief"])
+        .with_output_facets(["copyVariants"])
+    }
+
+    #[test]
+    fn a_node_for_a_capability_takes_its_id_kind_and_facets() {
+        let node = PlanNode::for_capability("write", &writer())
+            .with_stage("generation")
+            .with_instructions(["short", "punchy"])
+            .with_rationale("the brief asks for copy");
+        assert_eq!(
+            node,
+            PlanNode {
+                id: "write".into(),
+                stage: "generation".into(),
+                capability_id: "writer.en".into(),
+                kind: CapabilityKind::Execution,
+                input_facets: vec!["writerBrief".into()],
+                output_facets: vec!["copyVariants".into()],
+                instructions: vec!["short".into(), "punchy".into()],
+                rationale: "the brief asks for copy".into(),
+            }
+        );
+        let narrowed = PlanNode::for_capability("w", &writer())
+            .with_input_facets(Vec::<String>::new())
+            .with_output_facets(["copyVariants.0"]);
+        assert!(narrowed.input_facets.is_empty());
+        assert_eq!(narrowed.output_facets, ["copyVariants.0"]);
+    }
+
+    #[test]
+    fn a_built_draft_reads_like_the_wire_form() {
+        let draft = PlanDraft::new([PlanNode::for_capability("a", &writer())])
+            .with_node(PlanNode::for_capability("b", &writer()))
+            .with_edge("a", "b")
+            .with_system_instructions("be brief")
+            .with_rationale("two passes");
+        let wire: PlanDraft = serde_json::from_value(json!({
+            "nodes": [
+                {"id": "a", "capabilityId": "writer.en", "kind": "execution",
+                 "inputFacets": ["writerBrief"], "outputFacets": ["copyVariants"]},
+                {"id": "b", "capabilityId": "writer.en", "kind": "execution",
+                 "inputFacets": ["writerBrief"], "outputFacets": ["copyVariants"]}
+            ],
+            "edges": [{"from": "a", "to": "b"}],
+            "systemInstructions": "be brief",
+            "rationale": "two passes"
+        }))
+        .unwrap();
+        assert_eq!(draft, wire);
+    }
+
+    #[test]
+    fn a_built_delta_keeps_its_operations_in_order() {
+        let node = PlanNode::for_capability("qa", &writer());
+        let delta = PlanDelta::new(2)
+            .with_added_node(node.clone())
+            .with_replaced_node(node.clone().with_stage("qa"))
+            .with_removed_node("old")
+            .with_added_edge("write", "qa")
+            .with_removed_edge("write", "old")
+            .with_rationale("swap old for qa");
+        assert_eq!(
+            delta,
+            PlanDelta {
+                base_version: 2,
+                rationale: "swap old for qa".into(),
+                operations: vec![
+                    DeltaOp::AddNode { node: node.clone() },
+                    DeltaOp::ReplaceNode {
+                        node: node.with_stage("qa")
+                    },
+                    DeltaOp::RemoveNode {
+                        node_id: "old".into()
+                    },
+                    DeltaOp::AddEdge {
+                        from: "write".into(),
+                        to: "qa".into()
+                    },
+                    DeltaOp::RemoveEdge {
+                        from: "write".into(),
+                        to: "old".into()
+                    },
+                ],
+            }
+        );
     }
 }

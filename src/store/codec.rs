@@ -33,7 +33,7 @@ use super::pack::{
 };
 use super::tables::VALUE_FORMAT;
 use super::types::{HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus};
-use crate::fsm::{EventBody, EventKind, RunEvent};
+use crate::fsm::{EventBody, EventKind, RunEvent, RunState};
 use crate::graph::PlanSnapshot;
 use crate::ids::{RunId, Timestamp};
 
@@ -69,6 +69,8 @@ impl fmt::Display for At<'_> {
 enum Bad {
     Malformed(Malformed),
     Tag(&'static str, u8),
+    /// A stored name that names nothing this build knows.
+    Name(&'static str, String),
     Payload(serde_json::Error),
 }
 
@@ -83,6 +85,7 @@ impl Bad {
         match self {
             Self::Malformed(message) => StoreError::corrupt(format!("{at}: {message}")),
             Self::Tag(what, tag) => StoreError::corrupt(format!("{at}: {what} tag {tag} unknown")),
+            Self::Name(what, name) => StoreError::corrupt(format!("{at}: {what} `{name}` unknown")),
             Self::Payload(err) => StoreError::corrupt(format!("{at}: undecodable value: {err}")),
         }
     }
@@ -190,14 +193,15 @@ pub(crate) struct HeadFacts {
 const HEAD_FIXED: usize = 1 + 1 + 4 + 8 + 8 + 8;
 
 pub(crate) fn encode_head(head: &RunHead, out: &mut Vec<u8>) {
-    out.reserve(HEAD_FIXED + 1 + head.state.len());
+    let state = head.state.as_str();
+    out.reserve(HEAD_FIXED + 1 + state.len());
     out.push(VALUE_FORMAT);
     out.push(head.status.tag());
     out.extend_from_slice(&head.plan_version.to_le_bytes());
     out.extend_from_slice(&head.last_seq.to_le_bytes());
     out.extend_from_slice(&head.created_at.millis().to_le_bytes());
     out.extend_from_slice(&head.updated_at.millis().to_le_bytes());
-    put_str(out, &head.state);
+    put_str(out, state);
 }
 
 fn read_head_facts(reader: &mut Reader<'_>) -> Result<HeadFacts, Bad> {
@@ -227,7 +231,8 @@ pub(crate) fn decode_head(
         let facts = read_head_facts(reader)?;
         let created_at = Timestamp(u64::from_le_bytes(reader.array()?));
         let updated_at = Timestamp(u64::from_le_bytes(reader.array()?));
-        let state = reader.str()?.to_owned();
+        let name = reader.str()?;
+        let state = RunState::parse(name).ok_or_else(|| Bad::Name("run state", name.to_owned()))?;
         Ok(RunHead {
             status: facts.status,
             state,
@@ -775,7 +780,7 @@ mod tests {
         let run = RunId::new();
         let head = RunHead {
             status: RunStatus::Cancelled,
-            state: "executing".to_owned(),
+            state: RunState::Executing,
             plan_version: 3,
             last_seq: 9,
             created_at: Timestamp(1),
@@ -877,6 +882,36 @@ mod tests {
     }
 
     #[test]
+    fn heads_store_the_state_name_and_refuse_unknown_names() {
+        let run = RunId::new();
+        for state in RunState::ALL {
+            let head = RunHead {
+                status: RunStatus::Active,
+                state: *state,
+                plan_version: 1,
+                last_seq: 2,
+                created_at: Timestamp(3),
+                updated_at: Timestamp(4),
+                objective: String::new(),
+            };
+            let mut bytes = Vec::new();
+            encode_head(&head, &mut bytes);
+            assert!(bytes.ends_with(state.as_str().as_bytes()), "{state}");
+            assert_eq!(decode_head(&bytes, run, String::new()).unwrap(), head);
+            if *state == RunState::Paused {
+                let at = bytes.len() - "paused".len();
+                bytes[at..].copy_from_slice(b"frozen");
+                match decode_head(&bytes, run, String::new()).unwrap_err() {
+                    StoreError::Corrupt { what } => {
+                        assert_eq!(what, format!("runs[{run}]: run state `frozen` unknown"));
+                    }
+                    other => panic!("expected corrupt, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn corrupt_values_name_their_table_and_key() {
         let run = RunId::new();
         let corrupt = |err: StoreError| match err {
@@ -893,7 +928,7 @@ mod tests {
         encode_head(
             &RunHead {
                 status: RunStatus::Active,
-                state: "x".to_owned(),
+                state: RunState::Paused,
                 plan_version: 0,
                 last_seq: 0,
                 created_at: Timestamp(0),

@@ -7,7 +7,9 @@ use super::types::{
 };
 use crate::catalog::{AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec};
 use crate::catalog::{Facet, FacetDirection};
-use crate::fsm::{EventBody, FollowUp, HitlDecision, HitlKind, PlanPhase, RunEvent, RunOutcome};
+use crate::fsm::{
+    EventBody, FollowUp, HitlDecision, HitlKind, PlanPhase, RunEvent, RunOutcome, RunState,
+};
 use crate::graph::{PlanEdge, PlanNode, PlanSnapshot};
 use crate::ids::{RunId, Timestamp};
 
@@ -20,7 +22,7 @@ pub(crate) struct RunScript {
     pub(crate) seq: u64,
     pub(crate) plan_version: u32,
     pub(crate) status: RunStatus,
-    pub(crate) state: &'static str,
+    pub(crate) state: RunState,
 }
 
 impl RunScript {
@@ -30,14 +32,14 @@ impl RunScript {
             seq: 0,
             plan_version: 0,
             status: RunStatus::Active,
-            state: "requesting",
+            state: RunState::Requesting,
         }
     }
 
     pub(crate) fn head(&self) -> RunHead {
         RunHead {
             status: self.status,
-            state: self.state.to_owned(),
+            state: self.state,
             plan_version: self.plan_version,
             last_seq: self.seq,
             created_at: Timestamp(T0),
@@ -87,7 +89,7 @@ impl RunScript {
     /// `plan_accepted` with the next plan version.
     pub(crate) fn accept_plan(&mut self) -> CommitBatch {
         self.plan_version += 1;
-        self.state = "executing";
+        self.state = RunState::Executing;
         let plan = plan(self.plan_version);
         let event = self.event(
             None,
@@ -137,7 +139,7 @@ impl RunScript {
     }
 
     pub(crate) fn hitl_request(&mut self, request_id: &str) -> CommitBatch {
-        self.state = "paused";
+        self.state = RunState::Paused;
         let event = self.event(
             None,
             EventBody::HitlRequest {
@@ -159,7 +161,7 @@ impl RunScript {
     }
 
     pub(crate) fn hitl_resolved(&mut self, request_id: &str) -> CommitBatch {
-        self.state = "executing";
+        self.state = RunState::Executing;
         let event = self.event(
             None,
             EventBody::HitlResolved {
@@ -179,7 +181,7 @@ impl RunScript {
 
     pub(crate) fn complete(&mut self, outcome: RunOutcome) -> CommitBatch {
         self.status = RunStatus::from(outcome);
-        self.state = "done";
+        self.state = RunState::Done;
         let event = self.event(
             None,
             EventBody::Complete {

@@ -5,11 +5,18 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::fsm::{RunEvent, RunOutcome};
+use crate::fsm::{RunEvent, RunOutcome, RunState};
 use crate::graph::PlanSnapshot;
 use crate::ids::{RunId, Timestamp};
 
 /// Where a run stands, as far as the store is concerned.
+///
+/// One status vocabulary: a run is [`RunStatus::Active`] until the machine records `complete`
+/// with a [`RunOutcome`], and then has the status of that outcome (`From<RunOutcome>`, the
+/// only way to a terminal status; the names match). [`RunOutcome`] is what the run machine and
+/// [`RunResult`](crate::RunResult) say about a finished run; `RunStatus` adds `Active` for the
+/// runs the store recovers and lists. Where the machine is within an active run is
+/// [`RunHead::state`].
 ///
 /// The discriminants are the persisted tags and never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -76,8 +83,9 @@ impl From<RunOutcome> for RunStatus {
 pub struct RunHead {
     /// Active or how it ended.
     pub status: RunStatus,
-    /// The run machine's state name, e.g. `executing`.
-    pub state: String,
+    /// Where the run machine is, e.g. [`RunState::Executing`]; stored as its
+    /// [`as_str`](RunState::as_str) name. [`RunState::Done`] exactly when `status` is terminal.
+    pub state: RunState,
     /// The current plan version (0 before the first plan).
     pub plan_version: u32,
     /// The seq of the run's last event (0 before the first).

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use async_trait::async_trait;
 use flexrun::catalog::{AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec};
 use flexrun::engine::{ExecError, NodeCall, NodeExecutor};
-use flexrun::fsm::{EventBody, EventKind, RunEvent};
+use flexrun::fsm::{EventBody, EventKind, RunEvent, RunState};
 use serde_json::{Map, Value, json};
 
 use crate::support::*;
@@ -293,5 +293,5 @@ async fn operator_pause_holds_dispatch_until_resume_and_cancel_ends_the_run() {
     };
     assert_eq!(format!("{status:?}"), "Cancelled");
     assert_eq!(error.as_ref().unwrap().message, "not needed");
-    assert_eq!(env.engine.head(run).unwrap().state, "done");
+    assert_eq!(env.engine.head(run).unwrap().state, RunState::Done);
 }

@@ -1,6 +1,6 @@
 //! (d) HITL: approve continues; reject with a replan follow-up produces a new version.
 
-use flexrun::fsm::{EventBody, EventKind, FollowUp, HitlDecision};
+use flexrun::fsm::{EventBody, EventKind, FollowUp, HitlDecision, RunState};
 use flexrun::{EngineError, HitlAnswer};
 use serde_json::json;
 
@@ -42,7 +42,7 @@ async fn approval_continues_the_run() {
         contract_summary.as_ref().unwrap()["capabilityId"],
         "writer.en"
     );
-    assert_eq!(env.engine.head(run).unwrap().state, "paused");
+    assert_eq!(env.engine.head(run).unwrap().state, RunState::Paused);
     let hitl = env.engine.store().hitl_records(run).unwrap();
     assert_eq!(hitl.len(), 1);
 
@@ -322,7 +322,7 @@ async fn a_pending_human_node_survives_a_crash() {
     drop(engine);
 
     let engine = human_env(path).await;
-    assert_eq!(engine.head(run).unwrap().state, "paused");
+    assert_eq!(engine.head(run).unwrap().state, RunState::Paused);
     let mut env = TestEnv {
         rx: engine.subscribe(),
         engine,
