@@ -5,6 +5,53 @@
 //! corrections. Every step is an explicit transition of the run state machine
 //! ([`fsm::RunMachine`]), committed to the store before it is published.
 //!
+//! # Embedding the engine
+//!
+//! A service brings its facets, capabilities, executors and planner; the engine plans,
+//! validates, runs and records. Depend on `flexrun` with `default-features = false` for the
+//! engine alone (features `client`, `server`, `demo`, `bench`, `cli` add the rest).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use flexrun::prelude::*;
+//! use serde_json::{Map, Value, json};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let shout = Capability::new(
+//!     "text.shout",
+//!     CapabilityKind::Transformation,
+//!     ExecutorSpec::Builtin { handler: "shout".into() },
+//! )
+//! .with_input_facets(["text"])
+//! .with_output_facets(["loud"]);
+//! let draft = PlanDraft::new([PlanNode::for_capability("shout", &shout)]);
+//!
+//! let mut config = EngineConfig::new(
+//!     Arc::new(MemoryStore::new()),
+//!     Arc::new(ScriptedPlanner::new([flexrun::planner::ScriptStep::Draft(draft)])),
+//! );
+//! config.facets = vec![
+//!     Facet::new("text", json!({"type": "string"})).with_direction(FacetDirection::Input),
+//!     Facet::new("loud", json!({"type": "string"})).with_direction(FacetDirection::Output),
+//! ];
+//! config.capabilities = vec![shout];
+//! config.executors = Executors::new().builtin("shout", |call: &NodeCall| {
+//!     let text: String = call.input("text")?;
+//!     Ok(Map::from_iter([("loud".to_owned(), Value::String(text.to_uppercase()))]))
+//! });
+//! let engine = Engine::open(config).await?;
+//!
+//! let envelope = RunEnvelope::builder("shout it").input("text", "hello").outputs(&["loud"]).build();
+//! let run = engine.submit(envelope).await?;
+//! let result = engine.wait(run).await?;
+//! assert_eq!(result.status, RunOutcome::Completed);
+//! assert_eq!(result.output.unwrap()["loud"], "HELLO");
+//! # Ok(()) }
+//! ```
+//!
+//! The run machine itself is sans-IO and can be driven by hand:
+//!
 //! ```
 //! use flexrun::fsm::{Limits, RunInput, RunMachine, RunState};
 //! use flexrun::{RunId, Timestamp};
