@@ -13,11 +13,13 @@ mod query;
 mod validation;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use futures::FutureExt;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::catalog::{Capability, CapabilityStatus, Facet};
@@ -28,9 +30,12 @@ use crate::planner::Planner;
 use crate::store::{Committer, RunHead, RunStatus, Store, StoreError};
 
 pub use catalog_state::CatalogState;
-pub use executor::{BuiltinHandler, ExecError, Executors, NodeCall, NodeExecutor};
+pub use executor::{
+    AsyncBuiltinHandler, BuiltinHandler, ExecError, Executors, NodeCall, NodeExecutor,
+};
 
-use actor::{Control, Msg, RunActor};
+use actor::{Control, Exit, Msg, RunActor};
+use executor::panic_message;
 
 /// Errors of the engine's public API.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,16 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The run has not ended but no task drives it any more: its driver panicked and the
+    /// failure could not be recorded, a commit failed, or it could not be recovered when the
+    /// engine opened. It resumes when the engine is opened again.
+    #[error("run {run_id} is stranded: {reason}")]
+    Stranded {
+        /// The run.
+        run_id: RunId,
+        /// Why its driver stopped.
+        reason: String,
+    },
 }
 
 /// A human's answer to a HITL request.
@@ -185,6 +200,8 @@ impl EngineConfig {
 struct RunSlot {
     tx: mpsc::UnboundedSender<Msg>,
     task: JoinHandle<()>,
+    /// Turns true when the actor's task has stopped (for whatever reason).
+    ended: watch::Receiver<bool>,
 }
 
 pub(crate) struct Inner {
@@ -196,6 +213,10 @@ pub(crate) struct Inner {
     catalog: RwLock<Arc<CatalogState>>,
     events: broadcast::Sender<Arc<RunEvent>>,
     runs: Mutex<HashMap<RunId, RunSlot>>,
+    /// Runs whose driver stopped without ending them, with the reason.
+    stranded: Mutex<HashMap<RunId, String>>,
+    /// Set by [`Engine::shutdown`] and [`Engine::abort`].
+    closed: AtomicBool,
     metrics: EngineMetrics,
 }
 
@@ -314,6 +335,8 @@ impl Engine {
             catalog: RwLock::new(Arc::new(catalog)),
             events,
             runs: Mutex::new(HashMap::new()),
+            stranded: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
             metrics: EngineMetrics::default(),
         });
         let engine = Self { inner };
@@ -339,23 +362,88 @@ impl Engine {
         Ok(run_id)
     }
 
+    /// Starts the run's actor. The task that owns it outlives a panic in it: a dead driver
+    /// is reported, and the run is failed with `DRIVER_FAILED` if that can be committed.
     fn spawn(&self, actor: RunActor) {
         let run_id = actor.run_id();
         let tx = actor.sender();
         let inner = self.inner.clone();
+        let (ended_tx, ended) = watch::channel(false);
+        let mut runs = self
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let task = tokio::spawn(async move {
-            actor.run().await;
+            let exit = match AssertUnwindSafe(actor.run()).catch_unwind().await {
+                Ok(exit) => exit,
+                Err(payload) => {
+                    let why = format!("it panicked: {}", panic_message(payload.as_ref()));
+                    tracing::error!(run_id = %run_id, reason = %why, "run driver died; failing the run");
+                    let failing = RunActor::fail_dead_driver(inner.clone(), run_id, &why);
+                    match AssertUnwindSafe(failing).catch_unwind().await {
+                        Ok(Ok(())) => Exit::Ended,
+                        Ok(Err(e)) => Exit::Stranded(format!(
+                            "its driver {why}, and failing the run did not commit: {e}"
+                        )),
+                        Err(again) => Exit::Stranded(format!(
+                            "its driver {why}, and failing the run panicked too: {}",
+                            panic_message(again.as_ref())
+                        )),
+                    }
+                }
+            };
+            match exit {
+                Exit::Ended | Exit::Shutdown => {}
+                Exit::Stranded(reason) => {
+                    tracing::error!(run_id = %run_id, reason = %reason, "run stranded until the engine reopens");
+                    inner
+                        .stranded
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(run_id, reason);
+                }
+            }
             inner
                 .runs
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&run_id);
+            ended_tx.send_replace(true);
         });
-        self.inner
-            .runs
+        runs.insert(run_id, RunSlot { tx, task, ended });
+    }
+
+    /// What to answer about a run no actor drives (any more): how it ended, or why not.
+    fn undriven(&self, run_id: RunId) -> Result<RunOutcome, EngineError> {
+        if let Some(outcome) = outcome_of(self.head(run_id)?.status) {
+            return Ok(outcome);
+        }
+        let stranded = self
+            .inner
+            .stranded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(run_id, RunSlot { tx, task });
+            .get(&run_id)
+            .cloned();
+        match stranded {
+            Some(reason) => Err(EngineError::Stranded { run_id, reason }),
+            None if self.inner.closed.load(Ordering::Acquire) => Err(EngineError::ShuttingDown),
+            None => Err(EngineError::Stranded {
+                run_id,
+                reason: "no driver owns it in this engine".to_owned(),
+            }),
+        }
+    }
+
+    fn slot(&self, run_id: RunId) -> Option<(mpsc::UnboundedSender<Msg>, watch::Receiver<bool>)> {
+        let runs = self
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        runs.get(&run_id)
+            .map(|slot| (slot.tx.clone(), slot.ended.clone()))
     }
 
     /// Live events of every run, published after commit.
@@ -446,24 +534,22 @@ impl Engine {
     }
 
     async fn control(&self, run_id: RunId, control: Control) -> Result<(), EngineError> {
-        let tx = {
-            let runs = self
-                .inner
-                .runs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            runs.get(&run_id).map(|slot| slot.tx.clone())
-        };
-        let Some(tx) = tx else {
-            return match self.inner.store.run_head(run_id)? {
-                Some(_) => Err(EngineError::RunEnded(run_id)),
-                None => Err(EngineError::RunNotFound(run_id)),
-            };
+        let Some((tx, mut ended)) = self.slot(run_id) else {
+            return self
+                .undriven(run_id)
+                .and(Err(EngineError::RunEnded(run_id)));
         };
         let (reply, rx) = oneshot::channel();
-        tx.send(Msg::Control { control, reply })
-            .map_err(|_| EngineError::RunEnded(run_id))?;
-        rx.await.map_err(|_| EngineError::RunEnded(run_id))?
+        let answered = match tx.send(Msg::Control { control, reply }) {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        if let Some(result) = answered {
+            return result;
+        }
+        let _ = ended.wait_for(|stopped| *stopped).await;
+        self.undriven(run_id)
+            .and(Err(EngineError::RunEnded(run_id)))
     }
 
     /// Answers a pending HITL request.
@@ -510,7 +596,8 @@ impl Engine {
     /// Cancels a run.
     ///
     /// # Errors
-    /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
+    /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`]; [`EngineError::Stranded`]
+    /// when no driver owns the unfinished run (as every control request does).
     pub async fn cancel(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
         self.control(
             run_id,
@@ -564,15 +651,24 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::RunNotFound`]; store errors; [`EngineError::ShuttingDown`] when the
-    /// engine stops first.
+    /// engine stops first; [`EngineError::Stranded`] when the run's driver stops without
+    /// ending the run (a driver that panics fails the run instead, when that commits, and the
+    /// outcome is [`RunOutcome::Failed`]).
     pub async fn wait(&self, run_id: RunId) -> Result<RunOutcome, EngineError> {
         let mut rx = self.subscribe();
         let head = self.head(run_id)?;
         if let Some(outcome) = outcome_of(head.status) {
             return Ok(outcome);
         }
+        let Some((_, mut ended)) = self.slot(run_id) else {
+            return self.undriven(run_id);
+        };
         loop {
-            match rx.recv().await {
+            let received = tokio::select! {
+                received = rx.recv() => received,
+                _ = ended.wait_for(|stopped| *stopped) => return self.undriven(run_id),
+            };
+            match received {
                 Ok(ev) if ev.run_id == run_id => {
                     if let crate::fsm::EventBody::Complete { status, .. } = ev.body {
                         return Ok(status);
@@ -592,6 +688,7 @@ impl Engine {
     /// Stops every run actor after its current commit and waits for them. Runs stay
     /// non-terminal in the store and resume when the engine is opened again.
     pub async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::Release);
         let slots: Vec<RunSlot> = {
             let mut runs = self
                 .inner
@@ -612,6 +709,7 @@ impl Engine {
     /// does to the engine. Committed events stay committed; nothing uncommitted is
     /// published. Returns once every actor is gone.
     pub async fn abort(&self) {
+        self.inner.closed.store(true, Ordering::Release);
         let slots: Vec<RunSlot> = {
             let mut runs = self
                 .inner

@@ -12,6 +12,7 @@ mod corpus_replies;
 mod crash;
 mod docs;
 mod execution;
+mod executors;
 mod hitl;
 mod planning;
 mod replan;
