@@ -164,7 +164,7 @@ pub fn executors() -> Executors {
         .builtin("qa_copy", qa_copy)
         .builtin("extract_keywords", extract_keywords)
         .builtin("summarize", summarize)
-        .builtin("noop", noop)
+        .builtin_async("noop", |call: NodeCall| async move { noop(&call) })
 }
 
 /// An engine config over `store` with the demo catalog and the catalog planner.

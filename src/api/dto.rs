@@ -6,9 +6,13 @@
 //! domain [`RunEvent`](crate::fsm::RunEvent) serialized as is, because the event type is the
 //! single definition shared by the store, tracing and the stream ([`EventDoc`] documents it).
 
+use serde::de::Error as _;
+use serde::ser::SerializeMap as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use super::error::ApiError;
 use crate::catalog::{
@@ -222,10 +226,43 @@ pub enum CapabilityStatusDto {
     Inactive,
 }
 
-/// How nodes of a capability run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// How nodes of a capability run: an object tagged by `type`. `builtin`, `http`, `llm` and
+/// `human` have fixed fields; any other type (`grpc`, …) is a custom executor the server's
+/// embedding registers, and its other fields are kept as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecutorDto {
+    /// A handler compiled into the server, by name.
+    Builtin {
+        /// The handler's name.
+        handler: String,
+    },
+    /// A webhook receiving the context bundle (`http` or `https` URL).
+    Http {
+        /// Where to POST.
+        url: String,
+    },
+    /// An OpenAI-compatible model call.
+    Llm {
+        /// Model name; the server default when absent.
+        model: Option<String>,
+        /// Capability-level instructions.
+        instructions: String,
+    },
+    /// Becomes a HITL request.
+    Human,
+    /// A custom executor type.
+    Custom {
+        /// The `type` field.
+        executor_type: String,
+        /// The other fields.
+        config: Map<String, Value>,
+    },
+}
+
+/// The wire form (and schema) of the known executor types.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum KnownExecutorDto {
     /// A handler compiled into the server, by name.
     Builtin {
         /// The handler's name.
@@ -247,6 +284,104 @@ pub enum ExecutorDto {
     },
     /// Becomes a HITL request.
     Human,
+}
+
+impl Serialize for ExecutorDto {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let known = match self {
+            Self::Builtin { handler } => KnownExecutorDto::Builtin {
+                handler: handler.clone(),
+            },
+            Self::Http { url } => KnownExecutorDto::Http { url: url.clone() },
+            Self::Llm {
+                model,
+                instructions,
+            } => KnownExecutorDto::Llm {
+                model: model.clone(),
+                instructions: instructions.clone(),
+            },
+            Self::Human => KnownExecutorDto::Human,
+            Self::Custom {
+                executor_type,
+                config,
+            } => {
+                let mut map = serializer.serialize_map(None)?;
+                map.serialize_entry("type", executor_type)?;
+                for (k, v) in config.iter().filter(|(k, _)| k.as_str() != "type") {
+                    map.serialize_entry(k, v)?;
+                }
+                return map.end();
+            }
+        };
+        known.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExecutorDto {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut fields = Map::<String, Value>::deserialize(deserializer)?;
+        let executor_type = match fields.get("type") {
+            Some(Value::String(t)) => t.clone(),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "executor `type` must be a string, got {other}"
+                )));
+            }
+            None => return Err(D::Error::missing_field("type")),
+        };
+        if !ExecutorSpec::KNOWN_TYPES.contains(&executor_type.as_str()) {
+            fields.remove("type");
+            return Ok(Self::Custom {
+                executor_type,
+                config: fields,
+            });
+        }
+        let known =
+            KnownExecutorDto::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(match known {
+            KnownExecutorDto::Builtin { handler } => Self::Builtin { handler },
+            KnownExecutorDto::Http { url } => Self::Http { url },
+            KnownExecutorDto::Llm {
+                model,
+                instructions,
+            } => Self::Llm {
+                model,
+                instructions,
+            },
+            KnownExecutorDto::Human => Self::Human,
+        })
+    }
+}
+
+impl utoipa::PartialSchema for ExecutorDto {
+    fn schema() -> RefOr<Schema> {
+        let custom = ObjectBuilder::new()
+            .description(Some(
+                "A custom executor type (e.g. `grpc`) served by an executor the server's \
+                 embedding registers; its other fields are kept as given.",
+            ))
+            .property(
+                "type",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("anything but builtin, http, llm or human")),
+            )
+            .required("type")
+            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(true)));
+        match KnownExecutorDto::schema() {
+            RefOr::T(Schema::OneOf(mut one_of)) => {
+                one_of.items.push(custom.into());
+                RefOr::T(Schema::OneOf(one_of))
+            }
+            known => OneOfBuilder::new().item(known).item(custom).into(),
+        }
+    }
+}
+
+impl ToSchema for ExecutorDto {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ExecutorDto".into()
+    }
 }
 
 /// An answer to a HITL request (`POST /v1/runs/{id}/hitl/{requestId}`).
@@ -812,6 +947,13 @@ impl TryFrom<ExecutorDto> for ExecutorSpec {
                 instructions,
             },
             ExecutorDto::Human => Self::Human,
+            ExecutorDto::Custom {
+                executor_type,
+                config,
+            } => Self::Custom {
+                executor_type,
+                config,
+            },
         })
     }
 }
@@ -831,6 +973,13 @@ impl From<&ExecutorSpec> for ExecutorDto {
                 instructions: instructions.clone(),
             },
             ExecutorSpec::Human => Self::Human,
+            ExecutorSpec::Custom {
+                executor_type,
+                config,
+            } => Self::Custom {
+                executor_type: executor_type.clone(),
+                config: config.clone(),
+            },
         }
     }
 }
@@ -1092,6 +1241,19 @@ mod tests {
         );
         assert_eq!((cap.max_attempts, cap.timeout_ms), (2, 30_000));
         assert_eq!(CapabilityDto::from(&cap), dto, "round trip");
+    }
+
+    #[test]
+    fn a_custom_executor_type_round_trips_through_the_api() {
+        let wire = json!({"type": "grpc", "target": "x"});
+        let dto: ExecutorDto = serde_json::from_value(wire.clone()).unwrap();
+        let spec = ExecutorSpec::try_from(dto.clone()).unwrap();
+        assert_eq!(spec.executor_type(), "grpc");
+        assert_eq!(ExecutorDto::from(&spec), dto);
+        assert_eq!(serde_json::to_value(&dto).unwrap(), wire);
+        let known = json!({"type": "builtin", "handler": "noop", "extra": 1});
+        let err = serde_json::from_value::<ExecutorDto>(known).unwrap_err();
+        assert!(err.to_string().contains("unknown field `extra`"), "{err}");
     }
 
     #[test]

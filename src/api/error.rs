@@ -127,6 +127,17 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN", message)
             }
+            EngineError::Stranded { run_id, reason } => {
+                tracing::error!(run_id = %run_id, reason = %reason, "request on a stranded run");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "RUN_STRANDED",
+                    format!(
+                        "run {run_id} is not being driven; it resumes when the server restarts"
+                    ),
+                )
+                .with_details(json!({ "runId": run_id }))
+            }
         }
     }
 }

@@ -87,4 +87,17 @@ mod tests {
             "bearer"
         );
     }
+
+    #[test]
+    fn the_executor_schema_lists_the_known_types_and_a_custom_one() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let variants = doc["components"]["schemas"]["ExecutorDto"]["oneOf"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(variants.len(), 5, "{variants:?}");
+        let custom = &variants[4];
+        assert_eq!(custom["required"], serde_json::json!(["type"]));
+        assert_eq!(custom["additionalProperties"], true);
+    }
 }

@@ -38,6 +38,17 @@ pub enum CatalogError {
         /// The refused capability.
         capability_id: String,
     },
+    /// A custom executor type is empty or spells one of the known types, so it would not read
+    /// back as itself.
+    #[error(
+        "capability `{capability_id}` has custom executor type `{executor_type}`; a custom type must be non-empty and not builtin, http, llm or human"
+    )]
+    BadExecutorType {
+        /// The refused capability.
+        capability_id: String,
+        /// The refused type.
+        executor_type: String,
+    },
     /// A capability id is not in the registry.
     #[error("unknown capability `{capability_id}`")]
     UnknownCapability {

@@ -1,6 +1,9 @@
 //! Catalog DTOs: facets and capabilities as registered and as sent to planners.
 
+use serde::de::Error as _;
+use serde::ser::SerializeMap as _;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// Which way a facet may flow through a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -130,8 +133,12 @@ impl CapabilityStatus {
 }
 
 /// How nodes of a capability are executed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+///
+/// On the wire an object tagged by `type`. The four types the engine knows have fixed fields;
+/// any other type is [`ExecutorSpec::Custom`], whose other fields are kept as they are, so
+/// `{"type":"grpc","target":"x"}` reads and writes back unchanged. The engine runs a custom
+/// type with the executor registered for it (`Executors::with_type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecutorSpec {
     /// A handler compiled into the binary, by name.
     Builtin {
@@ -146,14 +153,121 @@ pub enum ExecutorSpec {
     /// An OpenAI-compatible model call.
     Llm {
         /// Model name; the engine default when absent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<String>,
         /// Capability-level instructions.
-        #[serde(default)]
         instructions: String,
     },
     /// Becomes a HITL request.
     Human,
+    /// An executor type the embedding service provides (`grpc`, `queue`, …).
+    Custom {
+        /// The `type` field; never one of `builtin`, `http`, `llm`, `human`.
+        executor_type: String,
+        /// The object's other fields, for the executor to read.
+        config: Map<String, Value>,
+    },
+}
+
+impl ExecutorSpec {
+    /// The executor types with fixed fields; every other type is custom.
+    pub const KNOWN_TYPES: [&'static str; 4] = ["builtin", "http", "llm", "human"];
+
+    /// The wire `type`.
+    pub fn executor_type(&self) -> &str {
+        match self {
+            Self::Builtin { .. } => "builtin",
+            Self::Http { .. } => "http",
+            Self::Llm { .. } => "llm",
+            Self::Human => "human",
+            Self::Custom { executor_type, .. } => executor_type,
+        }
+    }
+}
+
+/// The wire form of the known executor types.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum KnownSpec {
+    Builtin {
+        handler: String,
+    },
+    Http {
+        url: String,
+    },
+    Llm {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        #[serde(default)]
+        instructions: String,
+    },
+    Human,
+}
+
+impl Serialize for ExecutorSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let known = match self {
+            Self::Builtin { handler } => KnownSpec::Builtin {
+                handler: handler.clone(),
+            },
+            Self::Http { url } => KnownSpec::Http { url: url.clone() },
+            Self::Llm {
+                model,
+                instructions,
+            } => KnownSpec::Llm {
+                model: model.clone(),
+                instructions: instructions.clone(),
+            },
+            Self::Human => KnownSpec::Human,
+            Self::Custom {
+                executor_type,
+                config,
+            } => {
+                let fields = config.iter().filter(|(k, _)| k.as_str() != "type");
+                let mut map = serializer.serialize_map(None)?;
+                map.serialize_entry("type", executor_type)?;
+                for (k, v) in fields {
+                    map.serialize_entry(k, v)?;
+                }
+                return map.end();
+            }
+        };
+        known.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExecutorSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut fields = Map::<String, Value>::deserialize(deserializer)?;
+        let executor_type = match fields.get("type") {
+            Some(Value::String(t)) => t.clone(),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "executor `type` must be a string, got {other}"
+                )));
+            }
+            None => return Err(D::Error::missing_field("type")),
+        };
+        if !Self::KNOWN_TYPES.contains(&executor_type.as_str()) {
+            fields.remove("type");
+            return Ok(Self::Custom {
+                executor_type,
+                config: fields,
+            });
+        }
+        let known = KnownSpec::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(match known {
+            KnownSpec::Builtin { handler } => Self::Builtin { handler },
+            KnownSpec::Http { url } => Self::Http { url },
+            KnownSpec::Llm {
+                model,
+                instructions,
+            } => Self::Llm {
+                model,
+                instructions,
+            },
+            KnownSpec::Human => Self::Human,
+        })
+    }
 }
 
 /// Something that can execute a plan node.
@@ -497,5 +611,71 @@ mod tests {
             }
         );
         assert!(!built.is_active());
+    }
+}
+
+#[cfg(test)]
+mod executor_spec_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_known_executor_types_keep_their_wire_shape() {
+        for wire in [
+            json!({"type": "builtin", "handler": "noop"}),
+            json!({"type": "http", "url": "http://127.0.0.1:9/x"}),
+            json!({"type": "llm", "instructions": ""}),
+            json!({"type": "llm", "model": "m", "instructions": "be brief"}),
+            json!({"type": "human"}),
+        ] {
+            let spec: ExecutorSpec = serde_json::from_value(wire.clone()).unwrap();
+            assert!(!matches!(spec, ExecutorSpec::Custom { .. }), "{wire}");
+            assert_eq!(serde_json::to_value(&spec).unwrap(), wire);
+        }
+        let spec: ExecutorSpec = serde_json::from_value(json!({"type": "llm"})).unwrap();
+        assert_eq!(
+            spec,
+            ExecutorSpec::Llm {
+                model: None,
+                instructions: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn a_custom_executor_type_round_trips_with_its_fields() {
+        let wire = json!({"type": "grpc", "target": "x", "retry": {"max": 2}});
+        let spec: ExecutorSpec = serde_json::from_value(wire.clone()).unwrap();
+        let ExecutorSpec::Custom {
+            executor_type,
+            config,
+        } = &spec
+        else {
+            panic!("not custom: {spec:?}")
+        };
+        assert_eq!(executor_type, "grpc");
+        assert_eq!(
+            Value::Object(config.clone()),
+            json!({"target": "x", "retry": {"max": 2}})
+        );
+        assert_eq!(spec.executor_type(), "grpc");
+        assert_eq!(serde_json::to_value(&spec).unwrap(), wire);
+    }
+
+    #[test]
+    fn a_malformed_executor_names_what_is_wrong() {
+        let cases = [
+            (json!({"handler": "noop"}), "missing field `type`"),
+            (
+                json!({"type": 3}),
+                "executor `type` must be a string, got 3",
+            ),
+            (json!({"type": "builtin"}), "missing field `handler`"),
+        ];
+        for (wire, message) in cases {
+            let err = serde_json::from_value::<ExecutorSpec>(wire.clone()).unwrap_err();
+            assert!(err.to_string().contains(message), "{wire}: {err}");
+        }
     }
 }

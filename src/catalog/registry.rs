@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::error::CatalogError;
 use super::facets::FacetCatalog;
-use super::model::{Capability, CapabilityStatus};
+use super::model::{Capability, CapabilityStatus, ExecutorSpec};
 use crate::diagnostics::{Diagnostic, DiagnosticCode};
 
 /// Capabilities by id.
@@ -40,6 +40,15 @@ impl CapabilityRegistry {
             return Err(CatalogError::ZeroTimeout {
                 capability_id: capability.capability_id,
             });
+        }
+        if let ExecutorSpec::Custom { executor_type, .. } = &capability.executor {
+            let t = executor_type.trim();
+            if t.is_empty() || ExecutorSpec::KNOWN_TYPES.contains(&t) {
+                return Err(CatalogError::BadExecutorType {
+                    executor_type: executor_type.clone(),
+                    capability_id: capability.capability_id,
+                });
+            }
         }
         self.capabilities
             .insert(capability.capability_id.clone(), capability);

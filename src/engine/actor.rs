@@ -1,6 +1,7 @@
 //! The run actor: one task per live run.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use crate::store::{
     CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus,
 };
 
-use super::executor::{ExecError, NodeCall};
+use super::executor::{self, ExecError, NodeCall, Work};
 
 /// Operator and client requests routed to a run's actor.
 #[derive(Debug)]
@@ -69,6 +70,17 @@ pub(crate) enum Msg {
     /// Nothing arrived, but follow-ups are due (a `human` node waits for its request).
     Wake,
     Shutdown,
+}
+
+/// Why a run actor stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// The run ended (its `complete` event is committed).
+    Ended,
+    /// The engine asked it to stop; the run resumes when the engine is opened again.
+    Shutdown,
+    /// It stopped without ending the run, for the reason given.
+    Stranded(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,8 +232,8 @@ impl RunActor {
         Ok(actor)
     }
 
-    /// Rebuilds a run from its committed events and decides how to continue it.
-    pub(crate) async fn recover(inner: Arc<Inner>, run_id: RunId) -> Result<Self, EngineError> {
+    /// Rebuilds a run's machine and bookkeeping from its committed events.
+    async fn restore(inner: Arc<Inner>, run_id: RunId) -> Result<Self, EngineError> {
         let store = inner.store.clone();
         let raw = store
             .envelope(run_id)?
@@ -257,11 +269,35 @@ impl RunActor {
             actor.observe(event, true)?;
         }
         actor.started_execution = actor.machine.plan_version() > 0;
+        Ok(actor)
+    }
+
+    /// Rebuilds a run from its committed events and decides how to continue it.
+    pub(crate) async fn recover(inner: Arc<Inner>, run_id: RunId) -> Result<Self, EngineError> {
+        let mut actor = Self::restore(inner, run_id).await?;
         tracing::info!(run_id = %run_id, state = %actor.machine.state(), seq = actor.machine.seq(), "recovering run");
         actor.resume_after_restart();
         actor.settle();
         actor.commit().await?;
         Ok(actor)
+    }
+
+    /// Ends a run whose driver died: rebuilds it from its committed events (whatever the dead
+    /// driver had not committed is lost) and commits `complete{failed}` with `DRIVER_FAILED`.
+    pub(crate) async fn fail_dead_driver(
+        inner: Arc<Inner>,
+        run_id: RunId,
+        why: &str,
+    ) -> Result<(), EngineError> {
+        let mut actor = Self::restore(inner, run_id).await?;
+        if actor.machine.state() == RunState::Done {
+            return Ok(());
+        }
+        let error = RunError::new("DRIVER_FAILED", format!("the run's driver died: {why}"));
+        actor
+            .feed(RunInput::Fail { error })
+            .map_err(EngineError::IllegalTransition)?;
+        actor.commit().await
     }
 
     fn resume_after_restart(&mut self) {
@@ -309,19 +345,19 @@ impl RunActor {
         self.tx.clone()
     }
 
-    /// The actor loop: one message, one round, one commit.
-    pub(crate) async fn run(mut self) {
+    /// The actor loop: one message, one round, one commit. Returns why it stopped.
+    pub(crate) async fn run(mut self) -> Exit {
         self.perform_after().await;
         while !self.finished {
             let msg = match self.local.pop_front() {
                 Some(msg) => msg,
                 None => match self.next_message().await {
                     Some(msg) => msg,
-                    None => break,
+                    None => return Exit::Shutdown,
                 },
             };
             let reply = match msg {
-                Msg::Shutdown => break,
+                Msg::Shutdown => return Exit::Shutdown,
                 Msg::NodeDone {
                     node_id,
                     attempt,
@@ -356,10 +392,11 @@ impl RunActor {
                 let _ = reply.send(result);
             } else if let Err(e) = committed {
                 tracing::error!(run_id = %self.run_id, error = %e, "commit failed; the run stops here and resumes on restart");
-                break;
+                return Exit::Stranded(format!("a commit failed: {e}"));
             }
             self.perform_after().await;
         }
+        Exit::Ended
     }
 
     async fn next_message(&mut self) -> Option<Msg> {
@@ -1257,7 +1294,18 @@ impl RunActor {
         let planner = self.planner.clone();
         let tx = self.tx.clone();
         let started = Instant::now();
-        let mut fut = Box::pin(async move { planner.plan(request).await });
+        let mut fut = Box::pin(
+            AssertUnwindSafe(async move { planner.plan(request).await })
+                .catch_unwind()
+                .map(|outcome| {
+                    outcome.unwrap_or_else(|payload| {
+                        Err(PlannerError::Fatal(format!(
+                            "the planner panicked: {}",
+                            executor::panic_message(payload.as_ref())
+                        )))
+                    })
+                }),
+        );
         if let Some(result) = fut.as_mut().now_or_never() {
             self.local.push_back(Msg::Planned {
                 call: id,
@@ -1327,18 +1375,9 @@ impl RunActor {
         };
         let started = Instant::now();
         let timeout = Duration::from_millis(cap.timeout_ms.max(1));
-        let executor = match &cap.executor {
+        let work = match &cap.executor {
             ExecutorSpec::Builtin { handler } => match self.inner.executors.handler(handler) {
-                Some(h) => {
-                    let result = h(&call);
-                    self.local.push_back(Msg::NodeDone {
-                        node_id,
-                        attempt,
-                        result,
-                        duration_ms: started.elapsed().as_millis() as u64,
-                    });
-                    return;
-                }
+                Some(h) => Ok(Work::Handler(h.clone())),
                 None => Err(ExecError::fatal(
                     "EXECUTOR_MISSING",
                     format!("no builtin handler named `{handler}`"),
@@ -1346,14 +1385,15 @@ impl RunActor {
             },
             ExecutorSpec::Http { .. } => self.typed_executor("http"),
             ExecutorSpec::Llm { .. } => self.typed_executor("llm"),
+            ExecutorSpec::Custom { executor_type, .. } => self.typed_executor(executor_type),
             ExecutorSpec::Human => {
                 self.human_waiting.push_back((node_id, attempt));
                 self.local.push_back(Msg::Wake);
                 return;
             }
         };
-        let executor = match executor {
-            Ok(e) => e,
+        let work = match work {
+            Ok(work) => work,
             Err(e) => {
                 self.local.push_back(Msg::NodeDone {
                     node_id,
@@ -1367,13 +1407,7 @@ impl RunActor {
         call.executor = Some(cap.executor.clone());
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let result = match tokio::time::timeout(timeout, executor.execute(call)).await {
-                Ok(result) => result,
-                Err(_) => Err(ExecError::retryable(
-                    "TIMEOUT",
-                    format!("node attempt exceeded {} ms", timeout.as_millis()),
-                )),
-            };
+            let result = executor::attempt(work, call, timeout).await;
             let _ = tx.send(Msg::NodeDone {
                 node_id,
                 attempt,
@@ -1383,14 +1417,12 @@ impl RunActor {
         });
     }
 
-    fn typed_executor(
-        &self,
-        executor_type: &str,
-    ) -> Result<Arc<dyn super::NodeExecutor>, ExecError> {
+    fn typed_executor(&self, executor_type: &str) -> Result<Work, ExecError> {
         self.inner
             .executors
             .for_type(executor_type)
             .cloned()
+            .map(Work::Executor)
             .ok_or_else(|| {
                 ExecError::fatal(
                     "EXECUTOR_MISSING",

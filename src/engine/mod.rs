@@ -15,12 +15,13 @@ mod query;
 mod validation;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::catalog::{Capability, CapabilityStatus, CatalogError, Facet};
@@ -31,7 +32,7 @@ use crate::fsm::{EventBody, EventKind, HitlDecision, RunError, RunEvent, RunOutc
 use crate::ids::RunId;
 use crate::planner::Planner;
 use crate::policy::PolicyError;
-use crate::store::{Committer, HitlRecord, HitlStatus, RunHead, Store, StoreError};
+use crate::store::{Committer, HitlRecord, HitlStatus, RunHead, RunStatus, Store, StoreError};
 
 pub use catalog_state::CatalogState;
 
@@ -50,9 +51,12 @@ pub struct RunResult {
     /// Why it failed or was cancelled.
     pub error: Option<RunError>,
 }
-pub use executor::{BuiltinHandler, ExecError, Executors, NodeCall, NodeExecutor};
+pub use executor::{
+    AsyncBuiltinHandler, BuiltinHandler, ExecError, Executors, NodeCall, NodeExecutor,
+};
 
-use actor::{Control, Msg, RunActor};
+use actor::{Control, Exit, Msg, RunActor};
+use executor::panic_message;
 
 /// Errors of the engine's public API, split by what a caller does about them.
 ///
@@ -129,6 +133,16 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The run has not ended but no task drives it any more: its driver panicked and the
+    /// failure could not be recorded, a commit failed, or it could not be recovered when the
+    /// engine opened. It resumes when the engine is opened again.
+    #[error("run {run_id} is stranded: {reason}")]
+    Stranded {
+        /// The run.
+        run_id: RunId,
+        /// Why its driver stopped.
+        reason: String,
+    },
 }
 
 fn first_message(diagnostics: &[Diagnostic]) -> &str {
@@ -258,6 +272,8 @@ impl EngineConfig {
 struct RunSlot {
     tx: mpsc::UnboundedSender<Msg>,
     task: JoinHandle<()>,
+    /// Turns true when the actor's task has stopped (for whatever reason).
+    ended: watch::Receiver<bool>,
 }
 
 pub(crate) struct Inner {
@@ -269,6 +285,10 @@ pub(crate) struct Inner {
     catalog: RwLock<Arc<CatalogState>>,
     events: broadcast::Sender<Arc<RunEvent>>,
     runs: Mutex<HashMap<RunId, RunSlot>>,
+    /// Runs whose driver stopped without ending them, with the reason.
+    stranded: Mutex<HashMap<RunId, String>>,
+    /// Set by [`Engine::shutdown`] and [`Engine::abort`].
+    closed: AtomicBool,
     metrics: EngineMetrics,
 }
 
@@ -382,6 +402,8 @@ impl Engine {
             catalog: RwLock::new(Arc::new(catalog)),
             events,
             runs: Mutex::new(HashMap::new()),
+            stranded: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
             metrics: EngineMetrics::default(),
         });
         let engine = Self { inner };
@@ -407,23 +429,88 @@ impl Engine {
         Ok(run_id)
     }
 
+    /// Starts the run's actor. The task that owns it outlives a panic in it: a dead driver
+    /// is reported, and the run is failed with `DRIVER_FAILED` if that can be committed.
     fn spawn(&self, actor: RunActor) {
         let run_id = actor.run_id();
         let tx = actor.sender();
         let inner = self.inner.clone();
+        let (ended_tx, ended) = watch::channel(false);
+        let mut runs = self
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let task = tokio::spawn(async move {
-            actor.run().await;
+            let exit = match AssertUnwindSafe(actor.run()).catch_unwind().await {
+                Ok(exit) => exit,
+                Err(payload) => {
+                    let why = format!("it panicked: {}", panic_message(payload.as_ref()));
+                    tracing::error!(run_id = %run_id, reason = %why, "run driver died; failing the run");
+                    let failing = RunActor::fail_dead_driver(inner.clone(), run_id, &why);
+                    match AssertUnwindSafe(failing).catch_unwind().await {
+                        Ok(Ok(())) => Exit::Ended,
+                        Ok(Err(e)) => Exit::Stranded(format!(
+                            "its driver {why}, and failing the run did not commit: {e}"
+                        )),
+                        Err(again) => Exit::Stranded(format!(
+                            "its driver {why}, and failing the run panicked too: {}",
+                            panic_message(again.as_ref())
+                        )),
+                    }
+                }
+            };
+            match exit {
+                Exit::Ended | Exit::Shutdown => {}
+                Exit::Stranded(reason) => {
+                    tracing::error!(run_id = %run_id, reason = %reason, "run stranded until the engine reopens");
+                    inner
+                        .stranded
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(run_id, reason);
+                }
+            }
             inner
                 .runs
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&run_id);
+            ended_tx.send_replace(true);
         });
-        self.inner
-            .runs
+        runs.insert(run_id, RunSlot { tx, task, ended });
+    }
+
+    /// What to answer about a run no actor drives (any more): how it ended, or why not.
+    fn undriven(&self, run_id: RunId) -> Result<RunOutcome, EngineError> {
+        if let Some(outcome) = outcome_of(self.head(run_id)?.status) {
+            return Ok(outcome);
+        }
+        let stranded = self
+            .inner
+            .stranded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(run_id, RunSlot { tx, task });
+            .get(&run_id)
+            .cloned();
+        match stranded {
+            Some(reason) => Err(EngineError::Stranded { run_id, reason }),
+            None if self.inner.closed.load(Ordering::Acquire) => Err(EngineError::ShuttingDown),
+            None => Err(EngineError::Stranded {
+                run_id,
+                reason: "no driver owns it in this engine".to_owned(),
+            }),
+        }
+    }
+
+    fn slot(&self, run_id: RunId) -> Option<(mpsc::UnboundedSender<Msg>, watch::Receiver<bool>)> {
+        let runs = self
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        runs.get(&run_id)
+            .map(|slot| (slot.tx.clone(), slot.ended.clone()))
     }
 
     /// Live events of every run, published after commit.
@@ -511,24 +598,22 @@ impl Engine {
     }
 
     async fn control(&self, run_id: RunId, control: Control) -> Result<(), EngineError> {
-        let tx = {
-            let runs = self
-                .inner
-                .runs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            runs.get(&run_id).map(|slot| slot.tx.clone())
-        };
-        let Some(tx) = tx else {
-            return match self.inner.store.run_head(run_id)? {
-                Some(_) => Err(EngineError::RunEnded(run_id)),
-                None => Err(EngineError::RunNotFound(run_id)),
-            };
+        let Some((tx, mut ended)) = self.slot(run_id) else {
+            return self
+                .undriven(run_id)
+                .and(Err(EngineError::RunEnded(run_id)));
         };
         let (reply, rx) = oneshot::channel();
-        tx.send(Msg::Control { control, reply })
-            .map_err(|_| EngineError::RunEnded(run_id))?;
-        rx.await.map_err(|_| EngineError::RunEnded(run_id))?
+        let answered = match tx.send(Msg::Control { control, reply }) {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        if let Some(result) = answered {
+            return result;
+        }
+        let _ = ended.wait_for(|stopped| *stopped).await;
+        self.undriven(run_id)
+            .and(Err(EngineError::RunEnded(run_id)))
     }
 
     /// Answers a pending HITL request.
@@ -575,7 +660,8 @@ impl Engine {
     /// Cancels a run.
     ///
     /// # Errors
-    /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
+    /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`]; [`EngineError::Stranded`]
+    /// when no driver owns the unfinished run (as every control request does).
     pub async fn cancel(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
         self.control(
             run_id,
@@ -642,26 +728,52 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::RunNotFound`]; store errors; [`EngineError::ShuttingDown`] when the
-    /// engine stops first.
+    /// engine stops first; [`EngineError::Stranded`] when the run's driver stops without
+    /// ending the run (a driver that panics fails the run instead, when that commits, and the
+    /// result's status is [`RunOutcome::Failed`]).
     pub async fn wait(&self, run_id: RunId) -> Result<RunResult, EngineError> {
         let head = self.head(run_id)?;
         let mut events = self.events(run_id, head.last_seq.saturating_sub(1))?;
-        while let Some(event) = events.next().await {
-            if let EventBody::Complete {
-                status,
-                output,
-                error,
-            } = &event.body
-            {
-                return Ok(RunResult {
-                    run_id,
-                    status: *status,
-                    output: output.clone(),
-                    error: error.clone(),
-                });
+        let Some((_, mut ended)) = self.slot(run_id) else {
+            return self.settled(run_id);
+        };
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                _ = ended.wait_for(|stopped| *stopped) => return self.settled(run_id),
+            };
+            let Some(event) = event else {
+                return Err(EngineError::ShuttingDown);
+            };
+            if let Some(result) = result_of(run_id, &event) {
+                return Ok(result);
             }
         }
-        Err(EngineError::ShuttingDown)
+    }
+
+    /// The result of a run no driver owns any more: its stored `complete`, else why not.
+    fn settled(&self, run_id: RunId) -> Result<RunResult, EngineError> {
+        let last = self.head(run_id)?.last_seq;
+        let tail = self
+            .inner
+            .store
+            .events_after(run_id, last.saturating_sub(1), 1)?;
+        if let Some(result) = tail.iter().find_map(|e| result_of(run_id, e)) {
+            return Ok(result);
+        }
+        self.undriven(run_id)?;
+        self.settled_after_race(run_id)
+    }
+
+    fn settled_after_race(&self, run_id: RunId) -> Result<RunResult, EngineError> {
+        let last = self.head(run_id)?.last_seq;
+        let tail = self
+            .inner
+            .store
+            .events_after(run_id, last.saturating_sub(1), 1)?;
+        tail.iter()
+            .find_map(|e| result_of(run_id, e))
+            .ok_or(EngineError::ShuttingDown)
     }
 
     /// The run's HITL requests that wait for an answer, oldest first.
@@ -678,6 +790,7 @@ impl Engine {
     /// Stops every run actor after its current commit and waits for them. Runs stay
     /// non-terminal in the store and resume when the engine is opened again.
     pub async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::Release);
         let slots: Vec<RunSlot> = {
             let mut runs = self
                 .inner
@@ -698,6 +811,7 @@ impl Engine {
     /// does to the engine. Committed events stay committed; nothing uncommitted is
     /// published. Returns once every actor is gone.
     pub async fn abort(&self) {
+        self.inner.closed.store(true, Ordering::Release);
         let slots: Vec<RunSlot> = {
             let mut runs = self
                 .inner
@@ -712,5 +826,30 @@ impl Engine {
         for slot in slots {
             let _ = slot.task.await;
         }
+    }
+}
+
+fn result_of(run_id: RunId, event: &RunEvent) -> Option<RunResult> {
+    match &event.body {
+        EventBody::Complete {
+            status,
+            output,
+            error,
+        } => Some(RunResult {
+            run_id,
+            status: *status,
+            output: output.clone(),
+            error: error.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn outcome_of(status: RunStatus) -> Option<RunOutcome> {
+    match status {
+        RunStatus::Active => None,
+        RunStatus::Completed => Some(RunOutcome::Completed),
+        RunStatus::Failed => Some(RunOutcome::Failed),
+        RunStatus::Cancelled => Some(RunOutcome::Cancelled),
     }
 }

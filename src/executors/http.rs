@@ -90,9 +90,10 @@ impl HttpBinding {
                     url: url.clone(),
                     timeout: Duration::from_millis(cap.timeout_ms.max(1)),
                 }),
-                ExecutorSpec::Builtin { .. } | ExecutorSpec::Llm { .. } | ExecutorSpec::Human => {
-                    None
-                }
+                ExecutorSpec::Builtin { .. }
+                | ExecutorSpec::Llm { .. }
+                | ExecutorSpec::Human
+                | ExecutorSpec::Custom { .. } => None,
             }
         });
         self.tx.send_replace(Some(resolve));

@@ -42,7 +42,10 @@ impl LlmSpec {
                 model: model.clone(),
                 instructions: instructions.clone(),
             }),
-            ExecutorSpec::Builtin { .. } | ExecutorSpec::Http { .. } | ExecutorSpec::Human => None,
+            ExecutorSpec::Builtin { .. }
+            | ExecutorSpec::Http { .. }
+            | ExecutorSpec::Human
+            | ExecutorSpec::Custom { .. } => None,
         }
     }
 }

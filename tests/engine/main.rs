@@ -13,6 +13,7 @@ mod crash;
 mod docs;
 mod errors;
 mod execution;
+mod executors;
 mod hitl;
 mod observe;
 mod planning;
