@@ -1405,9 +1405,19 @@ impl RunActor {
             }
         };
         call.executor = Some(cap.executor.clone());
+        let mut attempt_fut = Box::pin(executor::attempt(work, call, timeout));
+        if let Some(result) = attempt_fut.as_mut().now_or_never() {
+            self.local.push_back(Msg::NodeDone {
+                node_id,
+                attempt,
+                result,
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+            return;
+        }
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let result = executor::attempt(work, call, timeout).await;
+            let result = attempt_fut.await;
             let _ = tx.send(Msg::NodeDone {
                 node_id,
                 attempt,

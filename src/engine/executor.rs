@@ -343,7 +343,6 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-
 /// Runs one attempt under `timeout`, off the caller's task, turning a panic into
 /// `HANDLER_PANICKED` and an overrun into `TIMEOUT`.
 pub(crate) async fn attempt(

@@ -143,7 +143,10 @@ async fn a_panicking_builtin_handler_is_a_node_error_and_the_retry_completes_the
     );
     assert_eq!(complete_status(&events).as_deref(), Some("completed"));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert_eq!(env.engine.wait(run).await.unwrap().status, RunOutcome::Completed);
+    assert_eq!(
+        env.engine.wait(run).await.unwrap().status,
+        RunOutcome::Completed
+    );
 }
 
 struct Panics;
@@ -174,7 +177,10 @@ async fn a_panicking_node_executor_fails_the_node_and_the_run_ends_normally() {
         "{message}"
     );
     assert_eq!(complete_status(&events).as_deref(), Some("failed"));
-    assert_eq!(env.engine.wait(run).await.unwrap().status, RunOutcome::Failed);
+    assert_eq!(
+        env.engine.wait(run).await.unwrap().status,
+        RunOutcome::Failed
+    );
     assert!(matches!(
         env.engine.cancel(run, "too late").await,
         Err(EngineError::RunEnded(r)) if r == run
@@ -200,7 +206,10 @@ async fn a_blocking_builtin_handler_slower_than_its_timeout_fails_with_timeout()
     assert_eq!((errors[0].1.as_str(), errors[0].3), ("TIMEOUT", false));
     assert!(errors[0].2.contains("50 ms"), "{}", errors[0].2);
     assert_eq!(complete_status(&events).as_deref(), Some("failed"));
-    assert_eq!(env.engine.wait(run).await.unwrap().status, RunOutcome::Failed);
+    assert_eq!(
+        env.engine.wait(run).await.unwrap().status,
+        RunOutcome::Failed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +359,10 @@ async fn a_panicking_planner_fails_the_run_instead_of_killing_its_driver() {
     assert_eq!(complete_status(&events).as_deref(), Some("failed"));
     let (_, message) = complete_error(&events).expect("an error");
     assert!(message.contains("planner lost its mind"), "{message}");
-    assert_eq!(env.engine.wait(run).await.unwrap().status, RunOutcome::Failed);
+    assert_eq!(
+        env.engine.wait(run).await.unwrap().status,
+        RunOutcome::Failed
+    );
 }
 
 /// A store that panics inside a commit that starts a node: once, or on every later commit.
