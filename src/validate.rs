@@ -14,7 +14,7 @@ use crate::catalog::{
     Capability, CapabilityKind, CapabilityRegistry, CompiledContract, ContractCache,
     ContractDirection, FacetCatalog,
 };
-use crate::diagnostics::{Diagnostic, DiagnosticCode};
+use crate::diagnostics::{Diagnostic, DiagnosticCode, Severity};
 use crate::graph::{PlanEdge, PlanNode};
 
 /// Planner-policy limits a plan must respect. The default imposes none.
@@ -193,25 +193,36 @@ fn check_capability(node: &PlanNode, ctx: &ValidationContext<'_>, out: &mut Vec<
         );
     }
     if capability.kind != node.kind {
-        out.push(
-            Diagnostic::error(
-                DiagnosticCode::CapabilityKindMismatch,
-                format!(
-                    "node `{}` has kind {} but capability `{}` is {}",
-                    node.id,
-                    node.kind.as_str(),
-                    node.capability_id,
-                    capability.kind.as_str()
-                ),
-            )
-            .node(&node.id)
-            .capability(&node.capability_id)
-            .hint(format!(
-                "set the node's kind to `{}`",
-                capability.kind.as_str()
-            )),
-        );
+        out.push(kind_mismatch(node, capability, Severity::Error));
     }
+}
+
+/// `CAPABILITY_KIND_MISMATCH` for `node` against its `capability`: an error from
+/// [`check_plan`], a warning where the engine uses the capability's kind instead.
+pub(crate) fn kind_mismatch(
+    node: &PlanNode,
+    capability: &Capability,
+    severity: Severity,
+) -> Diagnostic {
+    let mut message = format!(
+        "node `{}` has kind {} but capability `{}` is {}",
+        node.id,
+        node.kind.as_str(),
+        node.capability_id,
+        capability.kind.as_str()
+    );
+    if severity == Severity::Warning {
+        message.push_str("; the capability's kind was used");
+    }
+    let mut d = Diagnostic::error(DiagnosticCode::CapabilityKindMismatch, message)
+        .node(&node.id)
+        .capability(&node.capability_id)
+        .hint(format!(
+            "set the node's kind to `{}`",
+            capability.kind.as_str()
+        ));
+    d.severity = severity;
+    d
 }
 
 fn check_node_policy(node: &PlanNode, ctx: &ValidationContext<'_>, out: &mut Vec<Diagnostic>) {

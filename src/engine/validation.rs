@@ -8,13 +8,13 @@ use serde_json::{Map, Value};
 
 use super::{CatalogState, EngineError};
 use crate::catalog::{CompiledContract, ContractDirection, compile_schema};
-use crate::diagnostics::{Diagnostic, DiagnosticCode, has_errors};
+use crate::diagnostics::{Diagnostic, DiagnosticCode, Severity, has_errors};
 use crate::envelope::{OutputContract, RunEnvelope};
 use crate::fsm::{PlannerOutput, Purpose};
 use crate::graph::{DeltaOp, NodeState, PlanGraph, PlanNode, PlanSnapshot};
 use crate::ids::RunId;
 use crate::policy::{Condition, NormalizedPolicies};
-use crate::validate::{PlanLimits, ValidationContext, check_plan};
+use crate::validate::{PlanLimits, ValidationContext, check_plan, kind_mismatch};
 
 /// A plan that passed validation, with its compiled node output contracts.
 #[derive(Debug)]
@@ -174,24 +174,7 @@ fn normalize_kinds(
         if capability.kind == node.kind {
             return false;
         }
-        diagnostics.push(
-            Diagnostic::warning(
-                DiagnosticCode::CapabilityKindMismatch,
-                format!(
-                    "node `{}` has kind {} but capability `{}` is {}; the capability's kind was used",
-                    node.id,
-                    node.kind.as_str(),
-                    node.capability_id,
-                    capability.kind.as_str()
-                ),
-            )
-            .node(&node.id)
-            .capability(&node.capability_id)
-            .hint(format!(
-                "set the node's kind to `{}`",
-                capability.kind.as_str()
-            )),
-        );
+        diagnostics.push(kind_mismatch(node, capability, Severity::Warning));
         node.kind = capability.kind;
         true
     };
