@@ -22,8 +22,10 @@ use crate::ids::{RunId, Timestamp};
 use crate::planner::{CompletedNode, PlanRequest, PlanResponse, Planner, PlannerError};
 use crate::policy::{EvalData, Firing, NodeFacts, NormalizedPolicies, PolicyAction, PolicyEngine};
 use crate::store::{
-    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus,
+    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, QueuedFiring, RunHead, RunStatus,
 };
+
+use super::clock::ExecutionClock;
 
 use super::executor::{self, ExecError, NodeCall, Work};
 
@@ -127,7 +129,15 @@ pub(crate) struct RunActor {
     ready: VecDeque<String>,
     facets: Map<String, Value>,
     completed: Vec<CompletedNode>,
-    deferred: VecDeque<(Firing, TriggerSource, Option<String>)>,
+    /// Acknowledged firings waiting for the run to execute, oldest first; stored with every
+    /// commit that changes it.
+    deferred: VecDeque<QueuedFiring>,
+    /// Whether `deferred` changed since the last commit.
+    deferred_changed: bool,
+    /// Whether the store holds a non-empty queue for this run.
+    deferred_stored: bool,
+    /// What `onTimeout` policies measure.
+    clock: ExecutionClock,
     /// Dispatched `human` nodes waiting for their HITL request, in dispatch order.
     human_waiting: VecDeque<(String, u32)>,
     /// Open HITL requests that stand for a `human` node: request id → (node, attempt).
@@ -184,6 +194,9 @@ impl RunActor {
             facets: envelope.inputs.clone(),
             completed: Vec::new(),
             deferred: VecDeque::new(),
+            deferred_changed: false,
+            deferred_stored: false,
+            clock: ExecutionClock::default(),
             human_waiting: VecDeque::new(),
             human_requests: HashMap::new(),
             started_execution: false,
@@ -269,6 +282,14 @@ impl RunActor {
             actor.observe(event, true)?;
         }
         actor.started_execution = actor.machine.plan_version() > 0;
+        // Queued firings were counted when they fired; their policy_triggered events (which
+        // replay counts) are committed together with their removal from the queue.
+        let queued = store.queued_firings(run_id)?;
+        for firing in &queued {
+            actor.policy_engine.record_fire(&firing.policy_id);
+        }
+        actor.deferred_stored = !queued.is_empty();
+        actor.deferred = queued.into();
         Ok(actor)
     }
 
@@ -384,13 +405,13 @@ impl RunActor {
             };
             self.settle();
             let committed = self.commit().await;
+            let failed = committed.as_ref().err().map(ToString::to_string);
             if let Some((result, reply)) = reply {
-                let result = match committed {
-                    Ok(()) => result,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(result);
-            } else if let Err(e) = committed {
+                let _ = reply.send(committed.and(result));
+            }
+            if let Some(e) = failed {
+                // What the machine applied is not stored: this driver cannot go on, and a
+                // restart continues from the last commit.
                 tracing::error!(run_id = %self.run_id, error = %e, "commit failed; the run stops here and resumes on restart");
                 return Exit::Stranded(format!("a commit failed: {e}"));
             }
@@ -415,21 +436,31 @@ impl RunActor {
             return None;
         }
         let ms = self.policy_engine.next_timeout_ms()?;
-        let elapsed = Timestamp::now()
-            .millis()
-            .saturating_sub(self.created_at.millis());
+        let elapsed = self.clock.elapsed_ms(Timestamp::now())?;
         let wait = ms.saturating_sub(elapsed);
         Some(tokio::time::Instant::now() + Duration::from_millis(wait))
     }
 
     fn on_timer(&mut self) {
-        let elapsed = Timestamp::now()
-            .millis()
-            .saturating_sub(self.created_at.millis());
+        let Some(elapsed) = self.clock.elapsed_ms(Timestamp::now()) else {
+            return;
+        };
         for firing in self.policy_engine.on_timeout(elapsed) {
-            self.deferred
-                .push_back((firing, TriggerSource::Policy, None));
+            self.defer(firing, TriggerSource::Policy, None);
         }
+    }
+
+    /// Queues a firing; it is applied when the run executes, and stored until then.
+    fn defer(&mut self, firing: Firing, source: TriggerSource, node_id: Option<String>) {
+        self.deferred.push_back(QueuedFiring {
+            policy_id: firing.policy_id,
+            action: firing.action,
+            reason: firing.reason,
+            source,
+            node_id,
+            queued_at: Timestamp::now(),
+        });
+        self.deferred_changed = true;
     }
 
     /// Applies one input and handles the commands it produced that are synchronous.
@@ -471,6 +502,7 @@ impl RunActor {
     /// Keeps the actor's bookkeeping in step with an event (live or replayed).
     fn observe(&mut self, event: &RunEvent, replaying: bool) -> Result<(), EngineError> {
         let now = event.timestamp;
+        self.clock.observe(event);
         match &event.body {
             EventBody::PlanAccepted { version, .. } | EventBody::PlanUpdated { version, .. } => {
                 let validated = if replaying {
@@ -856,11 +888,7 @@ impl RunActor {
                             for firing in
                                 self.policy_engine.on_validation_fail(&NodeFacts::of(&node))
                             {
-                                self.deferred.push_back((
-                                    firing,
-                                    TriggerSource::Policy,
-                                    Some(node_id.clone()),
-                                ));
+                                self.defer(firing, TriggerSource::Policy, Some(node_id.clone()));
                             }
                         }
                     }
@@ -899,8 +927,7 @@ impl RunActor {
             }
         }
         for firing in firings {
-            self.deferred
-                .push_back((firing, TriggerSource::Policy, Some(node_id.to_owned())));
+            self.defer(firing, TriggerSource::Policy, Some(node_id.to_owned()));
         }
     }
 
@@ -955,8 +982,7 @@ impl RunActor {
             }
             Control::Signal { name, payload } => {
                 for firing in self.policy_engine.on_signal(&name, &payload) {
-                    self.deferred
-                        .push_back((firing, TriggerSource::Signal, None));
+                    self.defer(firing, TriggerSource::Signal, None);
                 }
                 Ok(())
             }
@@ -978,12 +1004,12 @@ impl RunActor {
                         };
                         let evaluation = self.policy_engine.on_start(&data);
                         for firing in evaluation.firings {
-                            self.deferred
-                                .push_back((firing, TriggerSource::Policy, None));
+                            self.defer(firing, TriggerSource::Policy, None);
                         }
                     }
-                    if let Some((firing, source, node)) = self.deferred.pop_front() {
-                        self.fire(firing, source, node);
+                    if let Some(firing) = self.deferred.pop_front() {
+                        self.deferred_changed = true;
+                        self.fire(firing);
                         continue;
                     }
                     if let Some((node_id, attempt)) = self.human_waiting.pop_front() {
@@ -1073,9 +1099,10 @@ impl RunActor {
         self.feed_or_log(RunInput::AllDone { output });
     }
 
-    fn fire(&mut self, firing: Firing, source: TriggerSource, node_id: Option<String>) {
+    fn fire(&mut self, firing: QueuedFiring) {
+        let node_id = firing.node_id;
         let trigger = Trigger {
-            source,
+            source: firing.source,
             policy_id: Some(firing.policy_id.clone()),
             node_id: node_id.clone(),
             reason: firing.reason.clone(),
@@ -1213,7 +1240,8 @@ impl RunActor {
     /// Commits the batch (if any) and publishes its events.
     async fn commit(&mut self) -> Result<(), EngineError> {
         let batch = std::mem::take(&mut self.batch);
-        if batch.events.is_empty() && batch.envelope.is_none() {
+        let queued = self.queue_change();
+        if batch.events.is_empty() && batch.envelope.is_none() && queued.is_none() {
             return Ok(());
         }
         let now = batch
@@ -1243,12 +1271,30 @@ impl RunActor {
             plan: batch.plan,
             nodes: batch.nodes,
             hitl: batch.hitl,
+            queued,
+            requests: Vec::new(),
         };
         self.inner.committer.commit(commit).await?;
         for event in events {
             self.inner.publish(event);
         }
         Ok(())
+    }
+
+    /// The queue to store with the next commit, if it changed: the whole queue, or an empty
+    /// list to remove it. A finished run keeps none.
+    fn queue_change(&mut self) -> Option<Vec<QueuedFiring>> {
+        if self.machine.state() == RunState::Done {
+            self.deferred.clear();
+        } else if !self.deferred_changed {
+            return None;
+        }
+        self.deferred_changed = false;
+        if self.deferred.is_empty() {
+            return std::mem::take(&mut self.deferred_stored).then(Vec::new);
+        }
+        self.deferred_stored = true;
+        Some(self.deferred.iter().cloned().collect())
     }
 
     /// Performs what waits on the commit: planner calls and node executions.

@@ -8,6 +8,7 @@
 
 mod actor;
 mod catalog_state;
+mod clock;
 mod executor;
 pub(crate) mod follow;
 #[cfg(feature = "client")]

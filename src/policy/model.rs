@@ -123,7 +123,9 @@ pub enum PolicyTrigger {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         selector: Option<NodeSelector>,
     },
-    /// When the run has been executing for at least `ms` milliseconds.
+    /// When the run has been executing for at least `ms` milliseconds: the clock starts when
+    /// the first plan is accepted and stops while the run is paused (an operator pause, a
+    /// `pause` policy, a wait on a HITL answer).
     OnTimeout {
         /// Elapsed time threshold, at least 1.
         ms: u64,

@@ -48,6 +48,10 @@ pub(crate) enum At<'a> {
     Hitl(RunId, &'a str),
     /// A catalog table (`facets` or `capabilities`) and key.
     Catalog(&'static str, &'a str),
+    /// A run's queue of firings.
+    Queued(RunId),
+    /// An idempotency record.
+    Request(&'a str),
 }
 
 impl fmt::Display for At<'_> {
@@ -60,6 +64,8 @@ impl fmt::Display for At<'_> {
             Self::Node(run, node, attempt) => write!(f, "nodes[{run}/{node}/{attempt}]"),
             Self::Hitl(run, request) => write!(f, "hitl[{run}/{request}]"),
             Self::Catalog(table, key) => write!(f, "{table}[{key}]"),
+            Self::Queued(run) => write!(f, "queued[{run}]"),
+            Self::Request(key) => write!(f, "requests[{key}]"),
         }
     }
 }

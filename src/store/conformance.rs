@@ -4,9 +4,12 @@
 use serde_json::json;
 
 use super::testkit::{RunScript, capability, facet, plan};
-use super::{CommitBatch, HitlStatus, NodeStatus, RunStatus, Store, StoreError};
-use crate::fsm::{RunEvent, RunOutcome};
-use crate::ids::RunId;
+use super::{
+    CommitBatch, HitlStatus, NodeStatus, QueuedFiring, RequestRecord, RunStatus, Store, StoreError,
+};
+use crate::fsm::{RunEvent, RunOutcome, TriggerSource};
+use crate::ids::{RunId, Timestamp};
+use crate::policy::PolicyAction;
 
 /// Commits each batch alone and returns every event committed.
 pub(crate) fn commit_all(store: &dyn Store, batches: Vec<CommitBatch>) -> Vec<RunEvent> {
@@ -437,6 +440,110 @@ pub(crate) fn events_after_pages_through_one_run_only(store: &dyn Store) {
     assert!(store.events_after(RunId::new(), 0, 10).unwrap().is_empty());
 }
 
+fn queued(policy_id: &str) -> QueuedFiring {
+    QueuedFiring {
+        policy_id: policy_id.to_owned(),
+        action: PolicyAction::Replan { rationale: None },
+        reason: format!("{policy_id} fired"),
+        source: TriggerSource::Signal,
+        node_id: Some("write".to_owned()),
+        queued_at: Timestamp(1_700_000_000_000),
+    }
+}
+
+fn request(key: &str, run: RunId, at: u64) -> RequestRecord {
+    RequestRecord {
+        key: key.to_owned(),
+        fingerprint: "ab".repeat(32),
+        run_id: run,
+        created_at: Timestamp(at),
+        status: RunStatus::Active,
+        state: crate::fsm::RunState::Requesting,
+    }
+}
+
+pub(crate) fn queued_firings_are_replaced_with_the_batch_that_changes_them(store: &dyn Store) {
+    let mut run = RunScript::new(RunId::new());
+    store.commit(&[run.create()]).unwrap();
+    assert!(store.queued_firings(run.run).unwrap().is_empty());
+
+    let mut batch = run.accept_plan();
+    batch.queued = Some(vec![queued("qa"), queued("audit")]);
+    store.commit(&[batch]).unwrap();
+    assert_eq!(
+        store.queued_firings(run.run).unwrap(),
+        vec![queued("qa"), queued("audit")]
+    );
+
+    // A batch without a queue leaves it; a head-only batch can replace it.
+    store.commit(&[run.node_start("write")]).unwrap();
+    assert_eq!(store.queued_firings(run.run).unwrap().len(), 2);
+    let mut head_only = CommitBatch::new(run.run, run.head());
+    head_only.queued = Some(vec![queued("audit")]);
+    store.commit(&[head_only]).unwrap();
+    assert_eq!(
+        store.queued_firings(run.run).unwrap(),
+        vec![queued("audit")]
+    );
+
+    // A failed transaction takes the queue change back with the rest.
+    let mut refused = run.clone();
+    let mut good = refused.node_complete("write");
+    good.queued = Some(Vec::new());
+    let mut bad = refused.node_start("write");
+    std::sync::Arc::make_mut(&mut bad.events[0]).seq += 5;
+    assert!(store.commit(&[good, bad]).is_err());
+    assert_eq!(
+        store.queued_firings(run.run).unwrap(),
+        vec![queued("audit")]
+    );
+
+    // A terminal run keeps none.
+    let mut ending = run.clone().complete(RunOutcome::Completed);
+    ending.queued = Some(vec![queued("qa")]);
+    let message = violation_message(store.commit(&[ending]).unwrap_err(), run.run);
+    assert!(message.contains("queued"), "{message}");
+    let mut ending = run.complete(RunOutcome::Completed);
+    ending.queued = Some(Vec::new());
+    store.commit(&[ending]).unwrap();
+    assert!(store.queued_firings(run.run).unwrap().is_empty());
+}
+
+pub(crate) fn idempotency_records_are_written_with_their_run_and_expire(store: &dyn Store) {
+    let mut run = RunScript::new(RunId::new());
+    let mut create = run.create();
+    create.requests = vec![request("key-1", run.run, 1_000)];
+    store.commit(&[create]).unwrap();
+    assert_eq!(
+        store.request("key-1").unwrap(),
+        Some(request("key-1", run.run, 1_000))
+    );
+    assert_eq!(store.request("key-2").unwrap(), None);
+
+    // A record must name the batch's run; the whole batch is refused otherwise.
+    let mut other = run.clone().accept_plan();
+    other.requests = vec![request("key-2", RunId::new(), 2_000)];
+    let message = violation_message(store.commit(&[other]).unwrap_err(), run.run);
+    assert!(message.contains("key-2"), "{message}");
+    assert_eq!(store.request("key-2").unwrap(), None);
+    assert_eq!(store.run_head(run.run).unwrap().unwrap().plan_version, 0);
+
+    let mut steer = run.accept_plan();
+    steer.requests = vec![
+        request("key-2", run.run, 2_000),
+        request("key-3", run.run, 3_000),
+    ];
+    store.commit(&[steer]).unwrap();
+    assert_eq!(store.expire_requests(Timestamp(2_500), 10).unwrap(), 2);
+    assert_eq!(store.request("key-1").unwrap(), None);
+    assert_eq!(store.request("key-2").unwrap(), None);
+    assert!(store.request("key-3").unwrap().is_some());
+    assert_eq!(store.expire_requests(Timestamp(2_500), 10).unwrap(), 0);
+    assert_eq!(store.expire_requests(Timestamp(9_000), 0).unwrap(), 0);
+    assert_eq!(store.expire_requests(Timestamp(9_000), 1).unwrap(), 1);
+    assert_eq!(store.request("key-3").unwrap(), None);
+}
+
 /// Instantiates every conformance test for each backend.
 macro_rules! for_each_backend {
     ($($name:ident),* $(,)?) => {
@@ -484,4 +591,6 @@ for_each_backend!(
     commit_is_all_or_nothing_and_commit_each_isolates_bad_batches,
     batches_of_one_run_in_one_transaction_see_each_other,
     events_after_pages_through_one_run_only,
+    queued_firings_are_replaced_with_the_batch_that_changes_them,
+    idempotency_records_are_written_with_their_run_and_expire,
 );

@@ -18,12 +18,13 @@ use super::codec::{
 use super::error::StoreError;
 use super::prepare::{Lookup, Prepared, prepare};
 use super::types::{
-    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus, StoreStats,
+    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, QueuedFiring, RequestRecord,
+    RunHead, RunStatus, StoreStats,
 };
 use crate::catalog::{Capability, Facet};
 use crate::fsm::RunEvent;
 use crate::graph::PlanSnapshot;
-use crate::ids::RunId;
+use crate::ids::{RunId, Timestamp};
 
 /// A [`Store`] held entirely in memory (durability level D0): for tests, benchmarks and
 /// embedders that persist elsewhere. Everything is lost when it is dropped.
@@ -45,6 +46,40 @@ struct State {
     runs: BTreeMap<RunId, RunData>,
     facets: BTreeMap<String, Vec<u8>>,
     capabilities: BTreeMap<String, Vec<u8>>,
+    requests: BTreeMap<String, Vec<u8>>,
+}
+
+/// The encoded values of a batch that are not part of [`Prepared`]: the queue and the
+/// idempotency records, which only some batches carry.
+struct Extras {
+    queued: Option<Vec<u8>>,
+    requests: Vec<(String, Vec<u8>)>,
+}
+
+impl Extras {
+    fn encode(batch: &CommitBatch) -> Result<Self, StoreError> {
+        let queued = match &batch.queued {
+            Some(queued) if !queued.is_empty() => {
+                let mut bytes = Vec::new();
+                encode_value(queued, &mut bytes)?;
+                Some(bytes)
+            }
+            Some(_) | None => None,
+        };
+        let mut requests = Vec::with_capacity(batch.requests.len());
+        for record in &batch.requests {
+            let mut bytes = Vec::new();
+            encode_value(record, &mut bytes)?;
+            requests.push((record.key.clone(), bytes));
+        }
+        Ok(Self { queued, requests })
+    }
+
+    fn bytes(&self) -> u64 {
+        let queued = self.queued.as_ref().map_or(0, Vec::len);
+        let requests: usize = self.requests.iter().map(|(_, bytes)| bytes.len()).sum();
+        (queued + requests) as u64
+    }
 }
 
 /// One run's encoded values.
@@ -59,6 +94,8 @@ struct RunData {
     /// Node id → attempt → record.
     nodes: BTreeMap<String, BTreeMap<u32, Vec<u8>>>,
     hitl: BTreeMap<String, Vec<u8>>,
+    /// The encoded queue of firings, while not empty.
+    queued: Option<Vec<u8>>,
 }
 
 impl RunData {
@@ -85,6 +122,8 @@ enum Undo {
     Plan(RunId),
     Node(RunId, String, u32, Option<Vec<u8>>),
     Hitl(RunId, String, Option<Vec<u8>>),
+    Queued(RunId, Option<Vec<u8>>),
+    Request(String, Option<Vec<u8>>),
 }
 
 impl MemoryStore {
@@ -114,10 +153,12 @@ impl MemoryStore {
         let mut bytes = 0;
         let mut written = 0;
         for batch in batches {
-            match prepare(&mut *state, batch) {
-                Ok(prepared) => {
-                    bytes += prepared.bytes();
-                    state.apply(batch, &prepared, undo.as_mut());
+            match prepare(&mut *state, batch)
+                .and_then(|prepared| Ok((prepared, Extras::encode(batch)?)))
+            {
+                Ok((prepared, extras)) => {
+                    bytes += prepared.bytes() + extras.bytes();
+                    state.apply(batch, &prepared, extras, undo.as_mut());
                     written += 1;
                     outcomes.push(Ok(()));
                 }
@@ -143,12 +184,13 @@ impl MemoryStore {
     fn commit_one(&self, batch: &CommitBatch) -> Result<(), StoreError> {
         let mut state = self.write();
         let prepared = prepare(&mut *state, batch)?;
-        state.apply(batch, &prepared, None);
+        let extras = Extras::encode(batch)?;
+        let bytes = prepared.bytes() + extras.bytes();
+        state.apply(batch, &prepared, extras, None);
         drop(state);
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
-        self.bytes_written
-            .fetch_add(prepared.bytes(), Ordering::Relaxed);
+        self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
@@ -179,6 +221,7 @@ impl State {
         &mut self,
         batch: &CommitBatch,
         prepared: &Prepared,
+        extras: Extras,
         mut undo: Option<&mut Vec<Undo>>,
     ) {
         let run = batch.run_id;
@@ -199,6 +242,7 @@ impl State {
                     plans: Vec::new(),
                     nodes: BTreeMap::new(),
                     hitl: BTreeMap::new(),
+                    queued: None,
                 })
             }
             Entry::Occupied(occupied) => {
@@ -257,6 +301,18 @@ impl State {
                 log(Undo::Hitl(run, record.request_id.clone(), previous));
             }
         }
+        if batch.queued.is_some() {
+            let previous = std::mem::replace(&mut data.queued, extras.queued);
+            if recording {
+                log(Undo::Queued(run, previous));
+            }
+        }
+        for (key, bytes) in extras.requests {
+            let previous = self.requests.insert(key.clone(), bytes);
+            if recording {
+                log(Undo::Request(key, previous));
+            }
+        }
     }
 
     /// Takes back the writes recorded in `undo`, newest first.
@@ -302,6 +358,19 @@ impl State {
                         }
                     }
                 }
+                Undo::Queued(run, previous) => {
+                    if let Some(data) = self.runs.get_mut(&run) {
+                        data.queued = previous;
+                    }
+                }
+                Undo::Request(key, previous) => match previous {
+                    Some(bytes) => {
+                        self.requests.insert(key, bytes);
+                    }
+                    None => {
+                        self.requests.remove(&key);
+                    }
+                },
                 Undo::Hitl(run, request_id, previous) => {
                     if let Some(data) = self.runs.get_mut(&run) {
                         match previous {
@@ -481,6 +550,45 @@ impl Store for MemoryStore {
             }
         }
         Ok(out)
+    }
+
+    fn queued_firings(&self, run: RunId) -> Result<Vec<QueuedFiring>, StoreError> {
+        let queued = self.with_run(run, |data| {
+            data.queued
+                .as_ref()
+                .map(|bytes| decode_value(bytes, At::Queued(run)))
+                .transpose()
+        })?;
+        Ok(queued.flatten().unwrap_or_default())
+    }
+
+    fn request(&self, key: &str) -> Result<Option<RequestRecord>, StoreError> {
+        self.read()
+            .requests
+            .get(key)
+            .map(|bytes| decode_value(bytes, At::Request(key)))
+            .transpose()
+    }
+
+    fn expire_requests(&self, before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut state = self.write();
+        let mut expired = Vec::new();
+        for (key, bytes) in &state.requests {
+            let record: RequestRecord = decode_value(bytes, At::Request(key))?;
+            if record.created_at < before {
+                expired.push(key.clone());
+                if expired.len() >= limit {
+                    break;
+                }
+            }
+        }
+        for key in &expired {
+            state.requests.remove(key);
+        }
+        Ok(expired.len())
     }
 
     fn put_facet(&self, facet: &Facet) -> Result<(), StoreError> {

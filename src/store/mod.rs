@@ -37,7 +37,8 @@ pub use error::StoreError;
 pub use memory_store::MemoryStore;
 pub use redb_store::{Durability, RedbStore};
 pub use types::{
-    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus, StoreStats,
+    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, QueuedFiring, RequestRecord,
+    RunHead, RunStatus, StoreStats,
 };
 
 use serde_json::Value;
@@ -45,7 +46,7 @@ use serde_json::Value;
 use crate::catalog::{Capability, Facet};
 use crate::fsm::RunEvent;
 use crate::graph::PlanSnapshot;
-use crate::ids::RunId;
+use crate::ids::{RunId, Timestamp};
 
 /// Durable storage for runs and the catalog.
 ///
@@ -149,6 +150,27 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
     fn non_terminal_runs(&self) -> Result<Vec<RunId>, StoreError>;
+
+    /// The run's queue of acknowledged, not yet applied policy firings, oldest first (empty
+    /// when none).
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn queued_firings(&self, run: RunId) -> Result<Vec<QueuedFiring>, StoreError>;
+
+    /// The idempotency record stored under `key`, if any (expired or not: expiry is the
+    /// caller's policy).
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn request(&self, key: &str) -> Result<Option<RequestRecord>, StoreError>;
+
+    /// Deletes up to `limit` idempotency records created before `before`, in one transaction;
+    /// returns how many it deleted.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn expire_requests(&self, before: Timestamp, limit: usize) -> Result<usize, StoreError>;
 
     /// Registers or replaces a facet (by name), durably.
     ///

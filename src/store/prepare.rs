@@ -167,6 +167,19 @@ pub(crate) fn prepare(
         }
     }
 
+    if head.status.is_terminal() && batch.queued.as_ref().is_some_and(|q| !q.is_empty()) {
+        return fail(format!(
+            "a {} run keeps no queued firings",
+            head.status.as_str()
+        ));
+    }
+    if let Some(record) = batch.requests.iter().find(|r| r.run_id != run) {
+        return fail(format!(
+            "idempotency record `{}` names run {}",
+            record.key, record.run_id
+        ));
+    }
+
     let mut last = stored.map_or(0, |head| head.last_seq);
     for event in &batch.events {
         if event.run_id != run {

@@ -21,17 +21,18 @@ use super::codec::{
 use super::error::StoreError;
 use super::prepare::{Lookup, Prepared, prepare};
 use super::tables::{
-    ALL_TABLES, CAPABILITIES, ENVELOPES, EVENTS, FACETS, HITL, META, NODES, PLANS, RUNS,
-    SCHEMA_VERSION, SCHEMA_VERSION_KEY, event_key, event_key_seq, hitl_key, node_key, plan_key,
-    plan_key_version, run_key, split_hitl_key, split_node_key,
+    ALL_TABLES, CAPABILITIES, ENVELOPES, EVENTS, FACETS, HITL, META, NODES, PLANS, QUEUED,
+    REQUESTS, RUNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, UPGRADABLE_FROM, event_key, event_key_seq,
+    hitl_key, node_key, plan_key, plan_key_version, run_key, split_hitl_key, split_node_key,
 };
 use super::types::{
-    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus, StoreStats,
+    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, QueuedFiring, RequestRecord,
+    RunHead, RunStatus, StoreStats,
 };
 use crate::catalog::{Capability, Facet};
 use crate::fsm::RunEvent;
 use crate::graph::PlanSnapshot;
-use crate::ids::RunId;
+use crate::ids::{RunId, Timestamp};
 
 /// In [`Durability::Memory`], one commit in this many runs redb's full (durable) commit, which
 /// lets it reuse pages freed by the cheaper non-durable commits in between.
@@ -190,18 +191,27 @@ impl RedbStore {
     }
 }
 
-/// Checks the schema version of an existing store, or lays out a new one.
+/// Checks the schema version of an existing store, upgrades an older one that only lacks
+/// tables (creating every table is idempotent), or lays out a new one.
 fn init_schema(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_read()?;
     match txn.open_table(META) {
-        Ok(meta) => match meta.get(SCHEMA_VERSION_KEY)? {
-            Some(found) if found.value() == SCHEMA_VERSION => Ok(()),
-            Some(found) => Err(StoreError::UpgradeRequired {
-                found: found.value(),
-                expected: SCHEMA_VERSION,
-            }),
-            None => Err(StoreError::corrupt("meta: schema_version missing")),
-        },
+        Ok(meta) => {
+            let found = meta.get(SCHEMA_VERSION_KEY)?.map(|guard| guard.value());
+            drop(meta);
+            drop(txn);
+            match found {
+                Some(SCHEMA_VERSION) => Ok(()),
+                Some(found) if (UPGRADABLE_FROM..SCHEMA_VERSION).contains(&found) => {
+                    create_schema(db)
+                }
+                Some(found) => Err(StoreError::UpgradeRequired {
+                    found,
+                    expected: SCHEMA_VERSION,
+                }),
+                None => Err(StoreError::corrupt("meta: schema_version missing")),
+            }
+        }
         Err(TableError::TableDoesNotExist(_)) => {
             let foreign: Vec<String> = txn
                 .list_tables()?
@@ -234,6 +244,8 @@ fn create_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(HITL)?;
         txn.open_table(FACETS)?;
         txn.open_table(CAPABILITIES)?;
+        txn.open_table(QUEUED)?;
+        txn.open_table(REQUESTS)?;
     }
     txn.commit()?;
     Ok(())
@@ -280,6 +292,8 @@ struct WriteTables<'txn> {
     events: Option<Table<'txn, [u8; 24], &'static [u8]>>,
     nodes: Option<Table<'txn, &'static [u8], &'static [u8]>>,
     hitl: Option<Table<'txn, &'static [u8], &'static [u8]>>,
+    queued: Option<Table<'txn, [u8; 16], &'static [u8]>>,
+    requests: Option<Table<'txn, &'static str, &'static [u8]>>,
 }
 
 /// The table in `slot`, opened in `txn` if this is its first use.
@@ -304,6 +318,8 @@ impl<'txn> WriteTables<'txn> {
             events: None,
             nodes: None,
             hitl: None,
+            queued: None,
+            requests: None,
         })
     }
 
@@ -337,7 +353,26 @@ impl<'txn> WriteTables<'txn> {
                 hitl.insert(hitl_key(run, &record.request_id).as_slice(), value)?;
             }
         }
-        Ok(prepared.bytes())
+        let mut bytes = prepared.bytes();
+        if let Some(queued) = &batch.queued {
+            let table = lazy(&mut self.queued, self.txn, QUEUED)?;
+            if queued.is_empty() {
+                table.remove(run_key(run))?;
+            } else {
+                let mut value = Vec::new();
+                encode_value(queued, &mut value)?;
+                table.insert(run_key(run), value.as_slice())?;
+                bytes += value.len() as u64;
+            }
+        }
+        for record in &batch.requests {
+            let mut value = Vec::new();
+            encode_value(record, &mut value)?;
+            lazy(&mut self.requests, self.txn, REQUESTS)?
+                .insert(record.key.as_str(), value.as_slice())?;
+            bytes += value.len() as u64;
+        }
+        Ok(bytes)
     }
 }
 
@@ -569,6 +604,60 @@ impl Store for RedbStore {
             .collect())
     }
 
+    fn queued_firings(&self, run: RunId) -> Result<Vec<QueuedFiring>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(queued) = open_read(&txn, QUEUED)? else {
+            return Ok(Vec::new());
+        };
+        match queued.get(run_key(run))? {
+            Some(bytes) => decode_value(bytes.value(), At::Queued(run)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn request(&self, key: &str) -> Result<Option<RequestRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(requests) = open_read(&txn, REQUESTS)? else {
+            return Ok(None);
+        };
+        requests
+            .get(key)?
+            .map(|bytes| decode_value(bytes.value(), At::Request(key)))
+            .transpose()
+    }
+
+    fn expire_requests(&self, before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write()?;
+        let mut deleted = 0;
+        {
+            let mut requests = txn.open_table(REQUESTS)?;
+            let mut expired = Vec::new();
+            for entry in requests.iter()? {
+                let (key, value) = entry?;
+                let record: RequestRecord = decode_value(value.value(), At::Request(key.value()))?;
+                if record.created_at < before {
+                    expired.push(record.key);
+                    if expired.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            for key in expired {
+                requests.remove(key.as_str())?;
+                deleted += 1;
+            }
+        }
+        if deleted == 0 {
+            txn.abort()?;
+        } else {
+            txn.commit()?;
+        }
+        Ok(deleted)
+    }
+
     fn put_facet(&self, facet: &Facet) -> Result<(), StoreError> {
         let mut bytes = Vec::new();
         encode_value(facet, &mut bytes)?;
@@ -664,14 +753,14 @@ mod tests {
                 err,
                 StoreError::UpgradeRequired {
                     found: 99,
-                    expected: 2
+                    expected: 3
                 }
             ),
             "{err:?}"
         );
         assert_eq!(
             err.to_string(),
-            "store format version 99 found, version 2 expected: upgrade required"
+            "store format version 99 found, version 3 expected: upgrade required"
         );
     }
 
@@ -764,7 +853,8 @@ mod tests {
     }
 
     const FIXTURE_V1: &str = "tests/fixtures/store-v1.redb";
-    const FIXTURE: &str = "tests/fixtures/store-v2.redb";
+    const FIXTURE_V2: &str = "tests/fixtures/store-v2.redb";
+    const FIXTURE: &str = "tests/fixtures/store-v3.redb";
 
     fn fixture_path(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
@@ -823,6 +913,39 @@ mod tests {
         (done, live, batches)
     }
 
+    /// What version 3 added to the fixture: the live run's queue and an idempotency record.
+    fn fixture_v3_runs() -> (RunScript, RunScript, Vec<CommitBatch>) {
+        let (done, live, mut batches) = fixture_runs();
+        let last = batches.last_mut().unwrap();
+        last.queued = Some(vec![fixture_queued()]);
+        last.requests = vec![fixture_request(live.run)];
+        (done, live, batches)
+    }
+
+    fn fixture_queued() -> QueuedFiring {
+        QueuedFiring {
+            policy_id: "needs-qa".to_owned(),
+            action: crate::policy::PolicyAction::Replan {
+                rationale: Some("add a QA pass".to_owned()),
+            },
+            reason: "signal \"needs-qa\"".to_owned(),
+            source: crate::fsm::TriggerSource::Signal,
+            node_id: None,
+            queued_at: crate::ids::Timestamp(1_700_000_000_500),
+        }
+    }
+
+    fn fixture_request(run: RunId) -> RequestRecord {
+        RequestRecord {
+            key: "retry-me".to_owned(),
+            fingerprint: "0f".repeat(32),
+            run_id: run,
+            created_at: crate::ids::Timestamp(1_700_000_000_400),
+            status: RunStatus::Active,
+            state: crate::fsm::RunState::Executing,
+        }
+    }
+
     /// Regenerates the frozen fixture. Run by hand only when [`SCHEMA_VERSION`] is bumped, and
     /// then under a new file name: the old fixture must keep opening (or keep failing with
     /// `UpgradeRequired`).
@@ -833,7 +956,7 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let _ = std::fs::remove_file(&path);
         let store = RedbStore::open(&path, Durability::Fsync).unwrap();
-        let (_, _, batches) = fixture_runs();
+        let (_, _, batches) = fixture_v3_runs();
         commit_all(&store, batches);
         store.put_facet(&facet()).unwrap();
         store.put_capability(&capability()).unwrap();
@@ -849,7 +972,7 @@ mod tests {
                     err,
                     StoreError::UpgradeRequired {
                         found: 1,
-                        expected: 2
+                        expected: 3
                     }
                 ),
                 "{err:?}"
@@ -857,12 +980,58 @@ mod tests {
         }
     }
 
+    fn schema_version_of(path: &Path) -> u32 {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        meta.get(SCHEMA_VERSION_KEY).unwrap().unwrap().value()
+    }
+
     #[test]
-    fn the_frozen_v2_fixture_opens_and_reads_back() {
+    fn the_frozen_v2_fixture_is_upgraded_in_place_and_reads_back() {
+        let (_dir, path) = fixture_copy(FIXTURE_V2);
+        assert_eq!(schema_version_of(&path), 2);
+        let store = RedbStore::open(&path, Durability::Fsync).unwrap();
+        let (done, live, batches) = fixture_runs();
+        assert_fixture_reads_back(&store, &done, &live, &batches);
+        assert!(store.queued_firings(live.run).unwrap().is_empty());
+        assert_eq!(store.request("retry-me").unwrap(), None);
+        drop(store);
+        assert_eq!(schema_version_of(&path), SCHEMA_VERSION);
+        let store = RedbStore::open(&path, Durability::Fsync).unwrap();
+        let head = store.run_head(live.run).unwrap().unwrap();
+        let mut batch = CommitBatch::new(live.run, head);
+        batch.queued = Some(vec![fixture_queued()]);
+        store.commit(&[batch]).unwrap();
+        assert_eq!(
+            store.queued_firings(live.run).unwrap(),
+            vec![fixture_queued()]
+        );
+    }
+
+    #[test]
+    fn the_frozen_v3_fixture_opens_and_reads_back() {
         let (_dir, path) = fixture_copy(FIXTURE);
         let store = RedbStore::open(&path, Durability::Fsync).unwrap();
+        let (done, live, batches) = fixture_v3_runs();
+        assert_fixture_reads_back(&store, &done, &live, &batches);
+        assert_eq!(
+            store.queued_firings(live.run).unwrap(),
+            vec![fixture_queued()]
+        );
+        assert!(store.queued_firings(done.run).unwrap().is_empty());
+        assert_eq!(
+            store.request("retry-me").unwrap(),
+            Some(fixture_request(live.run))
+        );
+    }
 
-        let (done, live, batches) = fixture_runs();
+    fn assert_fixture_reads_back(
+        store: &RedbStore,
+        done: &RunScript,
+        live: &RunScript,
+        batches: &[CommitBatch],
+    ) {
         let events_of = |run: RunId| -> Vec<RunEvent> {
             batches
                 .iter()
@@ -896,7 +1065,7 @@ mod tests {
         assert_eq!(store.facets().unwrap(), vec![facet()]);
         assert_eq!(store.capabilities().unwrap(), vec![capability()]);
 
-        let mut live = live;
+        let mut live = live.clone();
         store.commit(&[live.node_complete("brief")]).unwrap();
         assert_eq!(store.run_head(live.run).unwrap(), Some(live.head()));
     }

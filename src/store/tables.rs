@@ -8,7 +8,9 @@
 //!
 //! Version history: 1 stored JSON values and the objective in every head; 2 stores compact
 //! binary values (fixed binary heads without the objective, events without derivable fields,
-//! packed JSON for free-form values). A version-1 file is refused with `UpgradeRequired`.
+//! packed JSON for free-form values); 3 adds the `queued` and `requests` tables. A version-1
+//! file is refused with `UpgradeRequired`; a version-2 file is upgraded in place on open (the
+//! two tables are created empty), after which builds that only know version 2 refuse it.
 //!
 //! Changing a key layout, a value shape incompatibly or the set of tables requires bumping
 //! [`SCHEMA_VERSION`] and freezing a new fixture under `tests/fixtures/`.
@@ -18,7 +20,10 @@ use redb::TableDefinition;
 use crate::ids::RunId;
 
 /// The on-disk format version this build reads and writes.
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA_VERSION: u32 = 3;
+
+/// The oldest format version this build upgrades in place.
+pub(crate) const UPGRADABLE_FROM: u32 = 2;
 
 /// The leading byte of every stored value.
 pub(crate) const VALUE_FORMAT: u8 = 2;
@@ -63,8 +68,17 @@ pub(crate) const FACETS: TableDefinition<&str, &[u8]> = TableDefinition::new("fa
 /// write wins, so one version per capability id is registered at a time.
 pub(crate) const CAPABILITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("capabilities");
 
+/// `queued`: run id `[u8; 16]` → the run's acknowledged, not yet applied policy firings
+/// (packed JSON list of `QueuedFiring`). Present only while the queue is not empty; rewritten
+/// by the transitions that change it.
+pub(crate) const QUEUED: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("queued");
+
+/// `requests`: idempotency key (UTF-8) → `RequestRecord` (packed JSON). Overwritten only once
+/// the key has expired; deleted by expiry.
+pub(crate) const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+
 /// Names of every table, for the "is this a flexrun store" check on open.
-pub(crate) const ALL_TABLES: [&str; 9] = [
+pub(crate) const ALL_TABLES: [&str; 11] = [
     "meta",
     "runs",
     "envelopes",
@@ -74,6 +88,8 @@ pub(crate) const ALL_TABLES: [&str; 9] = [
     "hitl",
     "facets",
     "capabilities",
+    "queued",
+    "requests",
 ];
 
 /// The `runs` / `envelopes` key.

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::fsm::{RunEvent, RunOutcome, RunState};
+use crate::fsm::{RunEvent, RunOutcome, RunState, TriggerSource};
 use crate::graph::PlanSnapshot;
 use crate::ids::{RunId, Timestamp};
+use crate::policy::PolicyAction;
 
 /// Where a run stands, as far as the store is concerned.
 ///
@@ -225,6 +226,12 @@ pub struct CommitBatch {
     pub nodes: Vec<NodeRecord>,
     /// HITL records to write.
     pub hitl: Vec<HitlRecord>,
+    /// When present, replaces the run's queue of acknowledged, not yet applied policy firings
+    /// (an empty list removes it). `None` leaves the stored queue as it is.
+    pub queued: Option<Vec<QueuedFiring>>,
+    /// Idempotency records of the requests this transition applies, written (or overwritten)
+    /// by key.
+    pub requests: Vec<RequestRecord>,
 }
 
 impl CommitBatch {
@@ -238,8 +245,52 @@ impl CommitBatch {
             plan: None,
             nodes: Vec::new(),
             hitl: Vec::new(),
+            queued: None,
+            requests: Vec::new(),
         }
     }
+}
+
+/// A policy firing (from a policy trigger or a signal) that the run acknowledged but could not
+/// apply yet, because the run was paused, replanning or still planning. The run's queue is
+/// stored with the transition that changes it, so a firing that was acknowledged survives a
+/// restart and is applied, once, when the run executes again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedFiring {
+    /// The policy that fired.
+    pub policy_id: String,
+    /// What it does when applied.
+    pub action: PolicyAction,
+    /// Why it fired (the action's rationale, or what matched).
+    pub reason: String,
+    /// A policy trigger or an external signal.
+    pub source: TriggerSource,
+    /// The node whose completion (or failed validation) fired it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// When it was queued.
+    pub queued_at: Timestamp,
+}
+
+/// What an idempotency key was used for, and what the request it came with led to: the record
+/// that lets a retried request get its original answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestRecord {
+    /// The client's idempotency key.
+    pub key: String,
+    /// A digest of the operation and its content (hex), to tell a retry from a different
+    /// request that reuses the key.
+    pub fingerprint: String,
+    /// The run the request created or steered.
+    pub run_id: RunId,
+    /// When the request was applied; the key expires a configured time after.
+    pub created_at: Timestamp,
+    /// The run's status right after the request was applied.
+    pub status: RunStatus,
+    /// The run machine's state right after the request was applied.
+    pub state: RunState,
 }
 
 /// Counters since the store was opened.

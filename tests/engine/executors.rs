@@ -435,6 +435,19 @@ impl Store for PanickyStore {
     fn non_terminal_runs(&self) -> Result<Vec<RunId>, StoreError> {
         self.inner.non_terminal_runs()
     }
+    fn queued_firings(&self, run: RunId) -> Result<Vec<flexrun::store::QueuedFiring>, StoreError> {
+        self.inner.queued_firings(run)
+    }
+    fn request(&self, key: &str) -> Result<Option<flexrun::store::RequestRecord>, StoreError> {
+        self.inner.request(key)
+    }
+    fn expire_requests(
+        &self,
+        before: flexrun::Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.inner.expire_requests(before, limit)
+    }
     fn put_facet(&self, facet: &Facet) -> Result<(), StoreError> {
         self.inner.put_facet(facet)
     }

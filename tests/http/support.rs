@@ -344,6 +344,8 @@ pub enum Reply {
     Status(u16, Value),
     /// Never answers (until the test ends).
     Hang,
+    /// Answers like [`Reply::Copy`] once the test releases it.
+    After(Arc<Notify>),
 }
 
 /// One call received by the webhook.
@@ -399,6 +401,13 @@ async fn hook(
             (StatusCode::from_u16(code).unwrap(), Json(body)).into_response()
         }
         Reply::Hang => futures::future::pending().await,
+        Reply::After(release) => {
+            release.notified().await;
+            Json(json!({"output": {"copyVariants": [
+                format!("{} attempt {}", body["nodeId"].as_str().unwrap(), body["attempt"])
+            ]}}))
+            .into_response()
+        }
     }
 }
 
