@@ -87,7 +87,10 @@ pub mod validate;
 /// The attribute for implementing [`Planner`] and [`engine::NodeExecutor`], re-exported so
 /// implementors need no dependency of their own.
 pub use async_trait::async_trait;
-pub use engine::{Engine, EngineConfig, EngineError, EventStream, HitlAnswer, RunResult};
+pub use engine::{
+    Engine, EngineConfig, EngineError, EventStream, HitlAnswer, IdempotencyKey, RunResult, Steer,
+    Steered, Submission, Submitted,
+};
 pub use envelope::{OutputContract, RunEnvelope, RunEnvelopeBuilder};
 pub use ids::{RunId, Timestamp};
 pub use planner::{CatalogPlanner, Planner, ScriptedPlanner};

@@ -124,6 +124,16 @@ impl From<EngineError> for ApiError {
                 message,
             ),
             EngineError::Store(e) => Self::from(e),
+            EngineError::IdempotencyKeyReused { key } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                message,
+            )
+            .with_details(json!({ "field": "Idempotency-Key", "key": key })),
+            EngineError::IdempotencyKeyInUse { key } => {
+                Self::new(StatusCode::CONFLICT, "IDEMPOTENCY_KEY_IN_USE", message)
+                    .with_details(json!({ "field": "Idempotency-Key", "key": key }))
+            }
             EngineError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN", message)
             }

@@ -26,6 +26,7 @@ use super::openapi::ApiDoc;
 use super::state::AppState;
 use super::{metrics, sse};
 use crate::catalog::{Capability, CapabilityStatus, Facet};
+use crate::engine::{IdempotencyKey, Steer, Submission};
 use crate::fsm::EventBody;
 use crate::graph::{PlanGraph, PlanSnapshot};
 use crate::ids::RunId;
@@ -158,13 +159,6 @@ async fn read<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-async fn ack(st: &AppState, run: RunId) -> Result<Json<RunAck>, ApiError> {
-    let head = read(st, move |s| s.run_head(run))
-        .await?
-        .ok_or_else(|| run_not_found(run))?;
-    Ok(Json(RunAck::new(run, &head)))
-}
-
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct CreateQuery {
@@ -175,7 +169,7 @@ pub(crate) struct CreateQuery {
 
 /// Creates a run from an envelope and starts it.
 #[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = RunRequest,
-    params(CreateQuery),
+    params(CreateQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeats the answer of an earlier request with this key instead of applying it again (see docs/API.md)")),
     responses(
         (status = 201, description = "The run was created", body = RunCreated,
          headers(("location" = String, description = "The run's URL"))),
@@ -183,14 +177,19 @@ pub(crate) struct CreateQuery {
          content_type = "text/event-stream"),
         (status = 400, description = "Malformed JSON or wrong types", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid envelope; `details.field` names the field", body = ErrorBody),
+        (status = 409, description = "A request with the same `Idempotency-Key` is being applied", body = ErrorBody),
+        (status = 422, description = "Invalid envelope (`details.field` names the field), or an `Idempotency-Key` used before for another request", body = ErrorBody),
     ))]
 pub(crate) async fn create_run(
     State(st): State<AppState>,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<CreateQuery>,
     ApiJson(body): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
-    let run = st.engine.submit(body.into()).await?;
+    let mut submission = Submission::new(body.into());
+    submission.idempotency_key = idempotency_key(&headers)?;
+    let submitted = st.engine.submit_request(submission).await?;
+    let run = submitted.run_id;
     let location = format!("/v1/runs/{run}");
     let mut response = if q.stream {
         sse::response(&st, run, 0).into_response()
@@ -207,6 +206,58 @@ pub(crate) async fn create_run(
     };
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
+    }
+    if submitted.replayed {
+        mark_replayed(&mut response);
+    }
+    Ok(response)
+}
+
+/// The request header carrying a client's idempotency key.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The response header set on an answer repeated for a retried request.
+pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The request's `Idempotency-Key`, checked.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let invalid = |message: String| {
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_IDEMPOTENCY_KEY", message)
+            .with_details(serde_json::json!({"field": "Idempotency-Key"}))
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| invalid("the Idempotency-Key header is not visible ASCII".to_owned()))?;
+    IdempotencyKey::new(text).map(Some).map_err(invalid)
+}
+
+fn mark_replayed(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+}
+
+/// Applies a steering request with the request's idempotency key, answering with where the
+/// run stands right after it (the same answer for a retry).
+async fn steer(
+    st: &AppState,
+    run: RunId,
+    headers: &HeaderMap,
+    request: Steer,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(headers)?;
+    let steered = st.engine.steer(run, request, key).await?;
+    let ack = RunAck {
+        run_id: run,
+        status: steered.status.into(),
+        state: steered.state.as_str().to_owned(),
+    };
+    let mut response = Json(ack).into_response();
+    if steered.replayed {
+        mark_replayed(&mut response);
     }
     Ok(response)
 }
@@ -509,29 +560,32 @@ pub(crate) async fn list_hitl(
 /// Answers a pending HITL request.
 #[utoipa::path(post, path = "/v1/runs/{id}/hitl/{requestId}", tag = "steering",
     request_body = HitlAnswerRequest,
-    params(("id" = String, Path, description = "Run id"), ("requestId" = String, Path, description = "HITL request id")),
+    params(("id" = String, Path, description = "Run id"), ("requestId" = String, Path, description = "HITL request id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeats the answer of an earlier request with this key instead of applying it again (see docs/API.md)")),
     responses((status = 200, body = RunAck), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "Unknown or already resolved request, or the run has ended", body = ErrorBody)))]
 pub(crate) async fn answer_hitl(
     State(st): State<AppState>,
+    headers: HeaderMap,
     ApiPath((id, request_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<HitlAnswerRequest>,
-) -> Result<Json<RunAck>, ApiError> {
+) -> Result<Response, ApiError> {
     let run = parse_run(&id)?;
-    st.engine.answer_hitl(run, &request_id, body.into()).await?;
-    ack(&st, run).await
+    let answer = body.into();
+    steer(&st, run, &headers, Steer::Answer { request_id, answer }).await
 }
 
 /// Sends an external signal; `manual` policies naming it fire.
 #[utoipa::path(post, path = "/v1/runs/{id}/signals", tag = "steering", request_body = SignalRequest,
-    params(("id" = String, Path, description = "Run id")),
+    params(("id" = String, Path, description = "Run id"), ("Idempotency-Key" = Option<String>, Header, description = "Repeats the answer of an earlier request with this key instead of applying it again (see docs/API.md)")),
     responses((status = 200, body = RunAck), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(crate) async fn signal(
     State(st): State<AppState>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SignalRequest>,
-) -> Result<Json<RunAck>, ApiError> {
+) -> Result<Response, ApiError> {
     let run = parse_run(&id)?;
     if body.name.trim().is_empty() {
         return Err(ApiError::invalid_field(
@@ -539,60 +593,63 @@ pub(crate) async fn signal(
             "signal name must not be empty",
         ));
     }
-    st.engine.signal(run, &body.name, body.payload).await?;
-    ack(&st, run).await
+    let signal = Steer::Signal {
+        name: body.name,
+        payload: body.payload,
+    };
+    steer(&st, run, &headers, signal).await
 }
 
 /// Cancels a run.
 #[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "steering", request_body(content = Option<ReasonRequest>),
-    params(("id" = String, Path, description = "Run id")),
+    params(("id" = String, Path, description = "Run id"), ("Idempotency-Key" = Option<String>, Header, description = "Repeats the answer of an earlier request with this key instead of applying it again (see docs/API.md)")),
     responses((status = 200, body = RunAck), (status = 404, body = ErrorBody),
               (status = 409, description = "The run has ended", body = ErrorBody)))]
 pub(crate) async fn cancel(
     State(st): State<AppState>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     OptionalJson(body): OptionalJson<ReasonRequest>,
-) -> Result<Json<RunAck>, ApiError> {
+) -> Result<Response, ApiError> {
     let run = parse_run(&id)?;
     let reason = body
         .reason
         .unwrap_or_else(|| "cancelled over HTTP".to_owned());
-    st.engine.cancel(run, &reason).await?;
-    ack(&st, run).await
+    steer(&st, run, &headers, Steer::Cancel { reason }).await
 }
 
 /// Pauses an executing run (in-flight nodes finish; nothing new starts).
 #[utoipa::path(post, path = "/v1/runs/{id}/pause", tag = "steering", request_body(content = Option<ReasonRequest>),
-    params(("id" = String, Path, description = "Run id")),
+    params(("id" = String, Path, description = "Run id"), ("Idempotency-Key" = Option<String>, Header, description = "Repeats the answer of an earlier request with this key instead of applying it again (see docs/API.md)")),
     responses((status = 200, body = RunAck), (status = 404, body = ErrorBody),
               (status = 409, description = "The run is not executing", body = ErrorBody)))]
 pub(crate) async fn pause(
     State(st): State<AppState>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     OptionalJson(body): OptionalJson<ReasonRequest>,
-) -> Result<Json<RunAck>, ApiError> {
+) -> Result<Response, ApiError> {
     let run = parse_run(&id)?;
     let reason = body.reason.unwrap_or_else(|| "paused over HTTP".to_owned());
-    st.engine.pause(run, &reason).await?;
-    ack(&st, run).await
+    steer(&st, run, &headers, Steer::Pause { reason }).await
 }
 
 /// Resumes a paused run.
 #[utoipa::path(post, path = "/v1/runs/{id}/resume", tag = "steering", request_body(content = Option<ReasonRequest>),
-    params(("id" = String, Path, description = "Run id")),
+    params(("id" = String, Path, description = "Run id"), ("Idempotency-Key" = Option<String>, Header, description = "Repeats the answer of an earlier request with this key instead of applying it again (see docs/API.md)")),
     responses((status = 200, body = RunAck), (status = 404, body = ErrorBody),
               (status = 409, description = "The run is not paused, or waits on a HITL answer", body = ErrorBody)))]
 pub(crate) async fn resume(
     State(st): State<AppState>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     OptionalJson(body): OptionalJson<ReasonRequest>,
-) -> Result<Json<RunAck>, ApiError> {
+) -> Result<Response, ApiError> {
     let run = parse_run(&id)?;
     let reason = body
         .reason
         .unwrap_or_else(|| "resumed over HTTP".to_owned());
-    st.engine.resume(run, &reason).await?;
-    ack(&st, run).await
+    steer(&st, run, &headers, Steer::Resume { reason }).await
 }
 
 /// Registered facets.

@@ -9,8 +9,9 @@ use futures::FutureExt;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use super::idempotency::{PendingRequest, Steer};
 use super::validation::{self, Validated};
-use super::{EngineError, HitlAnswer, Inner};
+use super::{EngineError, HitlAnswer, Inner, Steered};
 use crate::catalog::{Capability, CompiledContract, ExecutorSpec};
 use crate::envelope::RunEnvelope;
 use crate::fsm::{
@@ -22,34 +23,13 @@ use crate::ids::{RunId, Timestamp};
 use crate::planner::{CompletedNode, PlanRequest, PlanResponse, Planner, PlannerError};
 use crate::policy::{EvalData, Firing, NodeFacts, NormalizedPolicies, PolicyAction, PolicyEngine};
 use crate::store::{
-    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, QueuedFiring, RunHead, RunStatus,
+    CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, QueuedFiring, RequestRecord,
+    RunHead, RunStatus,
 };
 
 use super::clock::ExecutionClock;
 
 use super::executor::{self, ExecError, NodeCall, Work};
-
-/// Operator and client requests routed to a run's actor.
-#[derive(Debug)]
-pub(crate) enum Control {
-    Cancel {
-        reason: String,
-    },
-    Pause {
-        reason: String,
-    },
-    Resume {
-        reason: String,
-    },
-    Answer {
-        request_id: String,
-        answer: HitlAnswer,
-    },
-    Signal {
-        name: String,
-        payload: Value,
-    },
-}
 
 /// Everything a run actor receives.
 pub(crate) enum Msg {
@@ -65,8 +45,10 @@ pub(crate) enum Msg {
         latency_ms: u64,
     },
     Control {
-        control: Control,
-        reply: oneshot::Sender<Result<(), EngineError>>,
+        control: Steer,
+        /// The idempotency key it came with, recorded with the commit that applies it.
+        request: Option<PendingRequest>,
+        reply: oneshot::Sender<Result<Steered, EngineError>>,
     },
     Timer,
     /// Nothing arrived, but follow-ups are due (a `human` node waits for its request).
@@ -138,6 +120,8 @@ pub(crate) struct RunActor {
     deferred_stored: bool,
     /// What `onTimeout` policies measure.
     clock: ExecutionClock,
+    /// Requests with an idempotency key applied since the last commit.
+    requests: Vec<PendingRequest>,
     /// Dispatched `human` nodes waiting for their HITL request, in dispatch order.
     human_waiting: VecDeque<(String, u32)>,
     /// Open HITL requests that stand for a `human` node: request id → (node, attempt).
@@ -197,6 +181,7 @@ impl RunActor {
             deferred_changed: false,
             deferred_stored: false,
             clock: ExecutionClock::default(),
+            requests: Vec::new(),
             human_waiting: VecDeque::new(),
             human_requests: HashMap::new(),
             started_execution: false,
@@ -218,6 +203,7 @@ impl RunActor {
     pub(crate) async fn create(
         inner: Arc<Inner>,
         envelope: RunEnvelope,
+        request: Option<PendingRequest>,
     ) -> Result<Self, EngineError> {
         let policies = validation::check_envelope(&envelope, &inner.catalog())?;
         let raw = serde_json::to_value(&envelope).map_err(|e| EngineError::InvalidEnvelope {
@@ -238,6 +224,7 @@ impl RunActor {
             })?;
         let mut actor = Self::build(inner, run_id, envelope, policies, machine, planner);
         actor.batch.envelope = Some(raw);
+        actor.requests.extend(request);
         actor
             .feed(RunInput::Start)
             .map_err(EngineError::IllegalTransition)?;
@@ -396,7 +383,17 @@ impl RunActor {
                     self.on_planned(call, result, latency_ms);
                     None
                 }
-                Msg::Control { control, reply } => Some((self.on_control(control), reply)),
+                Msg::Control {
+                    control,
+                    request,
+                    reply,
+                } => {
+                    let applied = self.on_control(control);
+                    if let (Ok(()), Some(request)) = (&applied, request) {
+                        self.requests.push(request);
+                    }
+                    Some((applied, reply))
+                }
                 Msg::Wake => None,
                 Msg::Timer => {
                     self.on_timer();
@@ -407,7 +404,12 @@ impl RunActor {
             let committed = self.commit().await;
             let failed = committed.as_ref().err().map(ToString::to_string);
             if let Some((result, reply)) = reply {
-                let _ = reply.send(committed.and(result));
+                let steered = Steered {
+                    status: self.status(),
+                    state: self.machine.state(),
+                    replayed: false,
+                };
+                let _ = reply.send(committed.and(result).map(|()| steered));
             }
             if let Some(e) = failed {
                 // What the machine applied is not stored: this driver cannot go on, and a
@@ -942,15 +944,15 @@ impl RunActor {
             .max(1)
     }
 
-    fn on_control(&mut self, control: Control) -> Result<(), EngineError> {
+    fn on_control(&mut self, control: Steer) -> Result<(), EngineError> {
         let conflict = EngineError::IllegalTransition;
         match control {
-            Control::Cancel { reason } => self.feed(RunInput::Cancel { reason }).map_err(conflict),
-            Control::Pause { reason } => self
+            Steer::Cancel { reason } => self.feed(RunInput::Cancel { reason }).map_err(conflict),
+            Steer::Pause { reason } => self
                 .feed(RunInput::OperatorPause { reason })
                 .map_err(conflict),
-            Control::Resume { reason } => self.feed(RunInput::Resume { reason }).map_err(conflict),
-            Control::Answer { request_id, answer } => {
+            Steer::Resume { reason } => self.feed(RunInput::Resume { reason }).map_err(conflict),
+            Steer::Answer { request_id, answer } => {
                 let pending = self.machine.pending_hitl().map(|p| p.request_id.as_str());
                 if pending != Some(request_id.as_str()) {
                     return Err(EngineError::UnknownHitlRequest {
@@ -980,7 +982,7 @@ impl RunActor {
                 }
                 Ok(())
             }
-            Control::Signal { name, payload } => {
+            Steer::Signal { name, payload } => {
                 for firing in self.policy_engine.on_signal(&name, &payload) {
                     self.defer(firing, TriggerSource::Signal, None);
                 }
@@ -1241,7 +1243,12 @@ impl RunActor {
     async fn commit(&mut self) -> Result<(), EngineError> {
         let batch = std::mem::take(&mut self.batch);
         let queued = self.queue_change();
-        if batch.events.is_empty() && batch.envelope.is_none() && queued.is_none() {
+        let requests = std::mem::take(&mut self.requests);
+        if batch.events.is_empty()
+            && batch.envelope.is_none()
+            && queued.is_none()
+            && requests.is_empty()
+        {
             return Ok(());
         }
         let now = batch
@@ -1249,10 +1256,18 @@ impl RunActor {
             .last()
             .map(|e| e.timestamp)
             .unwrap_or_else(Timestamp::now);
-        let status = match self.machine.outcome() {
-            Some(outcome) => RunStatus::from(outcome),
-            None => RunStatus::Active,
-        };
+        let status = self.status();
+        let requests = requests
+            .into_iter()
+            .map(|request| RequestRecord {
+                key: request.key,
+                fingerprint: request.fingerprint,
+                run_id: self.run_id,
+                created_at: now,
+                status,
+                state: self.machine.state(),
+            })
+            .collect();
         let head = RunHead {
             status,
             state: self.machine.state(),
@@ -1272,13 +1287,20 @@ impl RunActor {
             nodes: batch.nodes,
             hitl: batch.hitl,
             queued,
-            requests: Vec::new(),
+            requests,
         };
         self.inner.committer.commit(commit).await?;
         for event in events {
             self.inner.publish(event);
         }
         Ok(())
+    }
+
+    fn status(&self) -> RunStatus {
+        match self.machine.outcome() {
+            Some(outcome) => RunStatus::from(outcome),
+            None => RunStatus::Active,
+        }
     }
 
     /// The queue to store with the next commit, if it changed: the whole queue, or an empty

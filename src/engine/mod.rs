@@ -11,6 +11,7 @@ mod catalog_state;
 mod clock;
 mod executor;
 pub(crate) mod follow;
+mod idempotency;
 #[cfg(feature = "client")]
 mod query;
 mod validation;
@@ -56,8 +57,11 @@ pub use executor::{
     AsyncBuiltinHandler, BuiltinHandler, ExecError, Executors, NodeCall, NodeExecutor,
 };
 
-use actor::{Control, Exit, Msg, RunActor};
+pub use idempotency::{IdempotencyKey, MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN, Steer};
+
+use actor::{Exit, Msg, RunActor};
 use executor::panic_message;
+use idempotency::{Claims, PendingRequest};
 
 /// Errors of the engine's public API, split by what a caller does about them.
 ///
@@ -134,6 +138,18 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The idempotency key was used before for a different request.
+    #[error("idempotency key `{key}` was used for a different request")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+    },
+    /// A request with this idempotency key is being applied right now.
+    #[error("a request with idempotency key `{key}` is being applied; retry shortly")]
+    IdempotencyKeyInUse {
+        /// The key.
+        key: String,
+    },
     /// The run has not ended but no task drives it any more: its driver panicked and the
     /// failure could not be recorded, a commit failed, or it could not be recovered when the
     /// engine opened. It resumes when the engine is opened again.
@@ -242,7 +258,66 @@ pub struct EngineConfig {
     /// Capacity of the live event channel; a subscriber that lags further behind gets
     /// `Lagged` and must read the missed events from the store.
     pub event_buffer: usize,
+    /// How long an idempotency key is remembered after the request it came with was applied
+    /// (24 hours by default). A retry after that is applied as a new request.
+    pub idempotency_ttl: std::time::Duration,
 }
+
+/// A run to create: its envelope and, optionally, an idempotency key.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// What to run.
+    pub envelope: RunEnvelope,
+    /// The client's key for this submission; a retry with the same key and envelope gets the
+    /// same run.
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+impl Submission {
+    /// A submission without a key.
+    pub fn new(envelope: RunEnvelope) -> Self {
+        Self {
+            envelope,
+            idempotency_key: None,
+        }
+    }
+
+    /// With this idempotency key.
+    pub fn idempotency_key(mut self, key: IdempotencyKey) -> Self {
+        self.idempotency_key = Some(key);
+        self
+    }
+}
+
+impl From<RunEnvelope> for Submission {
+    fn from(envelope: RunEnvelope) -> Self {
+        Self::new(envelope)
+    }
+}
+
+/// What [`Engine::submit_request`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    /// The run.
+    pub run_id: RunId,
+    /// True when an earlier submission with the same key created it.
+    pub replayed: bool,
+}
+
+/// Where a run stands right after a steering request was applied: [`Engine::steer`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steered {
+    /// Active or how it ended.
+    pub status: RunStatus,
+    /// The run machine's state.
+    pub state: crate::fsm::RunState,
+    /// True when the answer is that of an earlier request with the same key, which was not
+    /// applied again.
+    pub replayed: bool,
+}
+
+/// The default of [`EngineConfig::idempotency_ttl`]: 24 hours.
+pub const DEFAULT_IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl std::fmt::Debug for EngineConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -266,6 +341,7 @@ impl EngineConfig {
             facets: Vec::new(),
             capabilities: Vec::new(),
             event_buffer: 4096,
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
         }
     }
 }
@@ -291,6 +367,11 @@ pub(crate) struct Inner {
     /// Set by [`Engine::shutdown`] and [`Engine::abort`].
     closed: AtomicBool,
     metrics: EngineMetrics,
+    /// Idempotency keys whose request is being applied.
+    claims: Claims,
+    idempotency_ttl: std::time::Duration,
+    /// When expired idempotency records were last deleted (ms since the epoch).
+    last_expiry: AtomicU64,
 }
 
 impl Inner {
@@ -406,6 +487,9 @@ impl Engine {
             stranded: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             metrics: EngineMetrics::default(),
+            claims: Claims::default(),
+            idempotency_ttl: config.idempotency_ttl,
+            last_expiry: AtomicU64::new(0),
         });
         let engine = Self { inner };
         for run_id in engine.inner.store.non_terminal_runs()? {
@@ -421,13 +505,174 @@ impl Engine {
 
     /// Validates the envelope, creates the run (committing its first event) and starts it.
     ///
+    /// Takes a [`RunEnvelope`], or a [`Submission`] to give it an idempotency key: a
+    /// submission repeating an earlier one with the same key returns the earlier run's id
+    /// instead of creating another run (see [`Engine::submit_request`]).
+    ///
     /// # Errors
-    /// [`EngineError::InvalidEnvelope`] naming the offending field; store errors.
-    pub async fn submit(&self, envelope: RunEnvelope) -> Result<RunId, EngineError> {
-        let actor = RunActor::create(self.inner.clone(), envelope).await?;
+    /// [`EngineError::InvalidEnvelope`] naming the offending field; store errors; with a key,
+    /// [`EngineError::IdempotencyKeyReused`] and [`EngineError::IdempotencyKeyInUse`].
+    pub async fn submit(&self, submission: impl Into<Submission>) -> Result<RunId, EngineError> {
+        self.submit_request(submission.into())
+            .await
+            .map(|submitted| submitted.run_id)
+    }
+
+    /// [`Engine::submit`], telling whether the run was created now or by an earlier
+    /// submission with the same idempotency key.
+    ///
+    /// # Errors
+    /// As [`Engine::submit`].
+    pub async fn submit_request(&self, submission: Submission) -> Result<Submitted, EngineError> {
+        // On a task of its own, so a caller that stops waiting (a client that hangs up)
+        // cannot leave a committed run without its driver, nor release the key early.
+        let engine = self.clone();
+        tokio::spawn(async move { engine.create(submission).await })
+            .await
+            .unwrap_or_else(|e| Err(join_failed(&e)))
+    }
+
+    async fn create(&self, submission: Submission) -> Result<Submitted, EngineError> {
+        let Submission {
+            envelope,
+            idempotency_key,
+        } = submission;
+        let mut claim = None;
+        let mut request = None;
+        if let Some(key) = idempotency_key {
+            let content =
+                serde_json::to_value(&envelope).map_err(|e| EngineError::InvalidEnvelope {
+                    field: "$".to_owned(),
+                    message: e.to_string(),
+                })?;
+            let fingerprint = idempotency::fingerprint("create", None, &content);
+            claim = Some(self.claim(&key)?);
+            if let Some(record) = self.remembered(&key, &fingerprint)? {
+                return Ok(Submitted {
+                    run_id: record.run_id,
+                    replayed: true,
+                });
+            }
+            request = Some(PendingRequest {
+                key: key.as_str().to_owned(),
+                fingerprint,
+            });
+        }
+        let actor = RunActor::create(self.inner.clone(), envelope, request).await?;
         let run_id = actor.run_id();
         self.spawn(actor);
-        Ok(run_id)
+        drop(claim);
+        Ok(Submitted {
+            run_id,
+            replayed: false,
+        })
+    }
+
+    fn claim(&self, key: &IdempotencyKey) -> Result<idempotency::Claim, EngineError> {
+        self.inner
+            .claims
+            .claim(key)
+            .ok_or_else(|| EngineError::IdempotencyKeyInUse {
+                key: key.as_str().to_owned(),
+            })
+    }
+
+    /// The live record of `key`: `None` when there is none (or it expired, or its run was
+    /// deleted), an error when it was made for another request.
+    fn remembered(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+    ) -> Result<Option<crate::store::RequestRecord>, EngineError> {
+        let store = &self.inner.store;
+        let now = crate::ids::Timestamp::now().millis();
+        let ttl = u64::try_from(self.inner.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
+        self.expire_requests(now, ttl);
+        let Some(record) = store.request(key.as_str())? else {
+            return Ok(None);
+        };
+        if record.created_at.millis().saturating_add(ttl) <= now
+            || store.run_head(record.run_id)?.is_none()
+        {
+            return Ok(None);
+        }
+        if record.fingerprint != fingerprint {
+            return Err(EngineError::IdempotencyKeyReused {
+                key: key.as_str().to_owned(),
+            });
+        }
+        Ok(Some(record))
+    }
+
+    /// Deletes expired idempotency records, at most once a minute and a bounded number at a
+    /// time, so the table stays as large as the keys of the last `ttl`.
+    fn expire_requests(&self, now: u64, ttl: u64) {
+        const EVERY_MS: u64 = 60_000;
+        const BATCH: usize = 1_000;
+        let last = self.inner.last_expiry.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < EVERY_MS
+            || self
+                .inner
+                .last_expiry
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let before = crate::ids::Timestamp(now.saturating_sub(ttl));
+        match self.inner.store.expire_requests(before, BATCH) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "expired idempotency keys deleted"),
+            Err(e) => tracing::warn!(error = %e, "expired idempotency keys not deleted"),
+        }
+    }
+
+    /// Applies a steering request to a run, optionally with an idempotency key: a request
+    /// repeating an earlier one with the same key is answered with the earlier outcome and not
+    /// applied again. The [`answer_hitl`](Self::answer_hitl), [`signal`](Self::signal),
+    /// [`cancel`](Self::cancel), [`pause`](Self::pause) and [`resume`](Self::resume) methods
+    /// are this without a key.
+    ///
+    /// # Errors
+    /// As the method for the request; with a key, [`EngineError::IdempotencyKeyReused`] and
+    /// [`EngineError::IdempotencyKeyInUse`].
+    pub async fn steer(
+        &self,
+        run_id: RunId,
+        steer: Steer,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Steered, EngineError> {
+        let Some(key) = idempotency_key else {
+            return self.control(run_id, steer, None).await;
+        };
+        // On a task of its own, so the key stays claimed until the request is applied even
+        // when the caller stops waiting.
+        let engine = self.clone();
+        tokio::spawn(async move { engine.steer_keyed(run_id, steer, key).await })
+            .await
+            .unwrap_or_else(|e| Err(join_failed(&e)))
+    }
+
+    async fn steer_keyed(
+        &self,
+        run_id: RunId,
+        steer: Steer,
+        key: IdempotencyKey,
+    ) -> Result<Steered, EngineError> {
+        let fingerprint = steer.fingerprint(run_id);
+        let _claim = self.claim(&key)?;
+        if let Some(record) = self.remembered(&key, &fingerprint)? {
+            return Ok(Steered {
+                status: record.status,
+                state: record.state,
+                replayed: true,
+            });
+        }
+        let request = PendingRequest {
+            key: key.as_str().to_owned(),
+            fingerprint,
+        };
+        self.control(run_id, steer, Some(request)).await
     }
 
     /// Starts the run's actor. The task that owns it outlives a panic in it: a dead driver
@@ -598,14 +843,24 @@ impl Engine {
         Ok(())
     }
 
-    async fn control(&self, run_id: RunId, control: Control) -> Result<(), EngineError> {
+    async fn control(
+        &self,
+        run_id: RunId,
+        control: Steer,
+        request: Option<PendingRequest>,
+    ) -> Result<Steered, EngineError> {
         let Some((tx, mut ended)) = self.slot(run_id) else {
             return self
                 .undriven(run_id)
                 .and(Err(EngineError::RunEnded(run_id)));
         };
         let (reply, rx) = oneshot::channel();
-        let answered = match tx.send(Msg::Control { control, reply }) {
+        let msg = Msg::Control {
+            control,
+            request,
+            reply,
+        };
+        let answered = match tx.send(msg) {
             Ok(()) => rx.await.ok(),
             Err(_) => None,
         };
@@ -630,12 +885,14 @@ impl Engine {
     ) -> Result<(), EngineError> {
         self.control(
             run_id,
-            Control::Answer {
+            Steer::Answer {
                 request_id: request_id.to_owned(),
                 answer,
             },
+            None,
         )
         .await
+        .map(drop)
     }
 
     /// Sends an external signal; `manual` policies may fire on it.
@@ -650,12 +907,14 @@ impl Engine {
     ) -> Result<(), EngineError> {
         self.control(
             run_id,
-            Control::Signal {
+            Steer::Signal {
                 name: name.to_owned(),
                 payload,
             },
+            None,
         )
         .await
+        .map(drop)
     }
 
     /// Cancels a run.
@@ -666,11 +925,13 @@ impl Engine {
     pub async fn cancel(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
         self.control(
             run_id,
-            Control::Cancel {
+            Steer::Cancel {
                 reason: reason.to_owned(),
             },
+            None,
         )
         .await
+        .map(drop)
     }
 
     /// Pauses an executing run (in-flight nodes finish; nothing new dispatches).
@@ -680,11 +941,13 @@ impl Engine {
     pub async fn pause(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
         self.control(
             run_id,
-            Control::Pause {
+            Steer::Pause {
                 reason: reason.to_owned(),
             },
+            None,
         )
         .await
+        .map(drop)
     }
 
     /// Resumes a paused run.
@@ -694,11 +957,13 @@ impl Engine {
     pub async fn resume(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
         self.control(
             run_id,
-            Control::Resume {
+            Steer::Resume {
                 reason: reason.to_owned(),
             },
+            None,
         )
         .await
+        .map(drop)
     }
 
     /// The run's head from the store.
@@ -828,6 +1093,14 @@ impl Engine {
             let _ = slot.task.await;
         }
     }
+}
+
+/// A request task that panicked or was cancelled (the runtime shutting down).
+fn join_failed(e: &tokio::task::JoinError) -> EngineError {
+    if e.is_panic() {
+        tracing::error!(error = %e, "a request task panicked");
+    }
+    EngineError::ShuttingDown
 }
 
 fn result_of(run_id: RunId, event: &RunEvent) -> Option<RunResult> {

@@ -15,6 +15,7 @@ mod errors;
 mod execution;
 mod executors;
 mod hitl;
+mod idempotency;
 mod observe;
 mod planning;
 mod replan;

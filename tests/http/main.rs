@@ -15,6 +15,7 @@ mod catalog;
 mod corpus_replies;
 mod errors;
 mod hitl;
+mod idempotency;
 mod kill;
 mod restart;
 mod scenarios;
