@@ -12,12 +12,14 @@ mod executor;
 pub(crate) mod follow;
 #[cfg(feature = "client")]
 mod query;
+mod retention;
 mod validation;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use serde_json::Value;
@@ -35,6 +37,7 @@ use crate::policy::PolicyError;
 use crate::store::{Committer, HitlRecord, HitlStatus, RunHead, RunStatus, Store, StoreError};
 
 pub use catalog_state::CatalogState;
+pub use retention::{Compaction, RetentionOptions, RetentionTotals, SweepReport};
 
 /// A run's events, replayed then live, ending after `complete`: see [`Engine::events`].
 pub type EventStream = futures::stream::BoxStream<'static, Arc<RunEvent>>;
@@ -65,6 +68,7 @@ use executor::panic_message;
 ///   [`CapabilityFacets`](Self::CapabilityFacets);
 /// - the run is not where the request needs it — look again, maybe retry later:
 ///   [`RunNotFound`](Self::RunNotFound), [`RunEnded`](Self::RunEnded),
+///   [`RunActive`](Self::RunActive),
 ///   [`IllegalTransition`](Self::IllegalTransition),
 ///   [`UnknownHitlRequest`](Self::UnknownHitlRequest);
 /// - the engine or its data failed — alert an operator: [`Store`](Self::Store),
@@ -107,6 +111,10 @@ pub enum EngineError {
     /// The run has ended.
     #[error("run {0} has ended")]
     RunEnded(RunId),
+    /// The run has not ended (or its driver is still finishing), so it cannot be deleted;
+    /// nothing was deleted.
+    #[error("run {0} is active: only an ended run can be deleted")]
+    RunActive(RunId),
     /// A facet or capability registration was refused.
     #[error("invalid catalog entry: {0}")]
     Catalog(#[from] CatalogError),
@@ -241,6 +249,12 @@ pub struct EngineConfig {
     /// Capacity of the live event channel; a subscriber that lags further behind gets
     /// `Lagged` and must read the missed events from the store.
     pub event_buffer: usize,
+    /// When set, a background task deletes ended runs whose last update is older than this
+    /// (see [`Engine::sweep_terminal_runs`]); active and paused runs are kept. Off by default:
+    /// runs are kept until deleted.
+    pub retain_terminal_runs: Option<Duration>,
+    /// How retention sweeps: interval, batch size, compaction.
+    pub retention: RetentionOptions,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -250,6 +264,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("executors", &self.executors)
             .field("facets", &self.facets.len())
             .field("capabilities", &self.capabilities.len())
+            .field("retain_terminal_runs", &self.retain_terminal_runs)
             .finish()
     }
 }
@@ -265,6 +280,8 @@ impl EngineConfig {
             facets: Vec::new(),
             capabilities: Vec::new(),
             event_buffer: 4096,
+            retain_terminal_runs: None,
+            retention: RetentionOptions::default(),
         }
     }
 }
@@ -290,6 +307,7 @@ pub(crate) struct Inner {
     /// Set by [`Engine::shutdown`] and [`Engine::abort`].
     closed: AtomicBool,
     metrics: EngineMetrics,
+    retention: retention::Retention,
 }
 
 impl Inner {
@@ -405,6 +423,7 @@ impl Engine {
             stranded: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             metrics: EngineMetrics::default(),
+            retention: retention::Retention::new(config.retention),
         });
         let engine = Self { inner };
         for run_id in engine.inner.store.non_terminal_runs()? {
@@ -414,6 +433,12 @@ impl Engine {
                     tracing::error!(run_id = %run_id, error = %e, "run could not be recovered")
                 }
             }
+        }
+        if let Some(age) = config.retain_terminal_runs {
+            engine
+                .inner
+                .retention
+                .start(Arc::downgrade(&engine.inner), age);
         }
         Ok(engine)
     }
@@ -787,10 +812,12 @@ impl Engine {
         Ok(open)
     }
 
-    /// Stops every run actor after its current commit and waits for them. Runs stay
-    /// non-terminal in the store and resume when the engine is opened again.
+    /// Stops the retention task (after its current batch) and every run actor after its
+    /// current commit, and waits for them. Runs stay non-terminal in the store and resume
+    /// when the engine is opened again.
     pub async fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.retention.stop().await;
         let slots: Vec<RunSlot> = {
             let mut runs = self
                 .inner
@@ -812,6 +839,7 @@ impl Engine {
     /// published. Returns once every actor is gone.
     pub async fn abort(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.retention.stop().await;
         let slots: Vec<RunSlot> = {
             let mut runs = self
                 .inner

@@ -23,7 +23,7 @@ use super::types::{
 use crate::catalog::{Capability, Facet};
 use crate::fsm::RunEvent;
 use crate::graph::PlanSnapshot;
-use crate::ids::RunId;
+use crate::ids::{RunId, Timestamp};
 
 /// A [`Store`] held entirely in memory (durability level D0): for tests, benchmarks and
 /// embedders that persist elsewhere. Everything is lost when it is dropped.
@@ -47,7 +47,8 @@ struct State {
     capabilities: BTreeMap<String, Vec<u8>>,
 }
 
-/// One run's encoded values.
+/// One run's encoded values: everything stored about the run, so that removing it from
+/// [`State::runs`] deletes the run.
 struct RunData {
     head: Vec<u8>,
     envelope: Vec<u8>,
@@ -481,6 +482,41 @@ impl Store for MemoryStore {
             }
         }
         Ok(out)
+    }
+
+    fn delete_run(&self, run: RunId) -> Result<bool, StoreError> {
+        let mut state = self.write();
+        let Some(data) = state.runs.get(&run) else {
+            return Ok(false);
+        };
+        if !head_facts(&data.head, run)?.status.is_terminal() {
+            return Err(StoreError::RunActive { run });
+        }
+        state.runs.remove(&run);
+        Ok(true)
+    }
+
+    fn delete_terminal_before(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+        skip: &dyn Fn(RunId) -> bool,
+    ) -> Result<Vec<RunId>, StoreError> {
+        let mut state = self.write();
+        let mut expired = Vec::new();
+        for (&run, data) in &state.runs {
+            if expired.len() == limit {
+                break;
+            }
+            let head = decode_head(&data.head, run, String::new())?;
+            if head.status.is_terminal() && head.updated_at < cutoff && !skip(run) {
+                expired.push(run);
+            }
+        }
+        for run in &expired {
+            state.runs.remove(run);
+        }
+        Ok(expired)
     }
 
     fn put_facet(&self, facet: &Facet) -> Result<(), StoreError> {

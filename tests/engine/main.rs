@@ -18,3 +18,4 @@ mod hitl;
 mod observe;
 mod planning;
 mod replan;
+mod retention;

@@ -16,6 +16,7 @@ mod corpus_replies;
 mod errors;
 mod hitl;
 mod restart;
+mod retention;
 mod scenarios;
 mod streams;
 mod webhook;
