@@ -116,8 +116,19 @@ enum Cmd {
         /// Seconds between SSE heartbeat comments.
         #[arg(long, default_value_t = 15)]
         heartbeat_secs: u64,
+        /// Delete ended runs whose last update is older than this (e.g. `7d`, `12h`); without
+        /// it, runs are kept until deleted.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retain_terminal_runs: Option<Duration>,
         #[command(flatten)]
         model: ModelArgs,
+    },
+    /// Compact a store file offline (no server may have it open) and print its size before and
+    /// after as one JSON line.
+    Compact {
+        /// The store file, or a directory holding `flexrun.redb`.
+        #[arg(long, default_value = "flexrun.redb")]
+        data: PathBuf,
     },
     /// Print documentation generated from the code.
     Docs {
@@ -277,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
             auth_token_env,
             body_limit,
             heartbeat_secs,
+            retain_terminal_runs,
             model,
         } => {
             let auth_token = match auth_token_env {
@@ -296,8 +308,9 @@ async fn main() -> anyhow::Result<()> {
                 body_limit,
                 ..ApiConfig::default()
             };
-            serve(addr, data, planner, model, config).await
+            serve(addr, data, planner, model, config, retain_terminal_runs).await
         }
+        Cmd::Compact { data } => compact(data),
         Cmd::Docs {
             what: DocsArg::States,
         } => {
@@ -374,6 +387,7 @@ async fn serve(
     planner: PlannerArg,
     model: ModelArgs,
     config: ApiConfig,
+    retain_terminal_runs: Option<Duration>,
 ) -> anyhow::Result<()> {
     let model = model.config()?;
     if planner == PlannerArg::Openai && model.is_none() {
@@ -386,6 +400,7 @@ async fn serve(
     let recovered = store.non_terminal_runs()?.len();
     let mut engine_config = flexrun::demo::config(Arc::new(store));
     engine_config.planner = Arc::new(flexrun::CatalogPlanner);
+    engine_config.retain_terminal_runs = retain_terminal_runs;
     let mut planner_metrics = None;
     if let Some(model) = model {
         let openai = OpenAiPlanner::new(model.clone())?;
@@ -426,6 +441,42 @@ async fn serve(
     api::serve(listener, state, stop_signal()).await?;
     eprintln!("stopping: finishing current commits");
     engine.shutdown().await;
+    Ok(())
+}
+
+/// Compacts the store file at `data` (or `data/flexrun.redb`) and prints the sizes.
+fn compact(data: PathBuf) -> anyhow::Result<()> {
+    let path = if data.is_dir() {
+        data.join("flexrun.redb")
+    } else {
+        data
+    };
+    if !path.is_file() {
+        bail!("{}: no store file to compact", path.display());
+    }
+    let size = |path: &PathBuf| -> anyhow::Result<u64> {
+        Ok(std::fs::metadata(path)
+            .with_context(|| format!("reading the size of {}", path.display()))?
+            .len())
+    };
+    let before = size(&path)?;
+    let started = Instant::now();
+    let store = RedbStore::open(&path, Durability::Fsync)
+        .with_context(|| format!("opening {} (is a server using it?)", path.display()))?;
+    let compacted = store.compact()?;
+    drop(store);
+    let millis = started.elapsed().as_millis();
+    let after = size(&path)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "path": path.display().to_string(),
+            "beforeBytes": before,
+            "afterBytes": after,
+            "compacted": compacted,
+            "millis": millis,
+        })
+    );
     Ok(())
 }
 

@@ -118,6 +118,8 @@ impl From<EngineError> for ApiError {
             e @ EngineError::Corrupt { .. } => Self::internal(&e),
             EngineError::RunEnded(run) => Self::new(StatusCode::CONFLICT, "RUN_ENDED", message)
                 .with_details(json!({ "runId": run })),
+            EngineError::RunActive(run) => Self::new(StatusCode::CONFLICT, "RUN_ACTIVE", message)
+                .with_details(json!({ "runId": run })),
             EngineError::Catalog(_) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "INVALID_CATALOG_ENTRY",
@@ -213,6 +215,11 @@ mod tests {
                 EngineError::RunEnded(run),
                 StatusCode::CONFLICT,
                 "RUN_ENDED",
+            ),
+            (
+                EngineError::RunActive(run),
+                StatusCode::CONFLICT,
+                "RUN_ACTIVE",
             ),
             (
                 EngineError::ShuttingDown,

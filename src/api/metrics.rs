@@ -164,6 +164,29 @@ pub(crate) fn render(
         "flexrun_store_bytes_written_total {}",
         stats.bytes_written
     );
+    let retention = *engine.retention().borrow();
+    header(
+        &mut out,
+        "flexrun_retention_deleted_runs_total",
+        "counter",
+        "Ended runs deleted by retention sweeps since start.",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_retention_deleted_runs_total {}",
+        retention.deleted
+    );
+    header(
+        &mut out,
+        "flexrun_store_compactions_total",
+        "counter",
+        "Store compactions run by retention sweeps since start.",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_store_compactions_total {}",
+        retention.compactions
+    );
     out
 }
 

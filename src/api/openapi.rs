@@ -17,6 +17,7 @@ use super::routes;
         routes::create_run,
         routes::list_runs,
         routes::get_run,
+        routes::delete_run,
         routes::run_events,
         routes::current_plan,
         routes::plan_versions,

@@ -39,7 +39,7 @@ use crate::store::{Store, StoreError};
 pub fn router(state: AppState) -> Router {
     let timed = Router::new()
         .route("/v1/runs", post(create_run).get(list_runs))
-        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}", get(get_run).delete(delete_run))
         .route("/v1/runs/{id}/plan", get(current_plan))
         .route("/v1/runs/{id}/plan/versions", get(plan_versions))
         .route("/v1/runs/{id}/plan/versions/{version}", get(plan_version))
@@ -333,6 +333,21 @@ pub(crate) async fn get_run(
         output,
         error: error.as_ref().map(RunErrorDto::from),
     }))
+}
+
+/// Deletes an ended run and everything stored about it; followers of its events end.
+#[utoipa::path(delete, path = "/v1/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 204, description = "The run and all its records were deleted"),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "`RUN_ACTIVE`: the run has not ended; nothing was deleted", body = ErrorBody)))]
+pub(crate) async fn delete_run(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let run = parse_run(&id)?;
+    st.engine.delete_run(run).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -64,7 +64,8 @@ impl Follow {
     }
 
     /// Reads the next page after `high`; switches to live once the store is exhausted, or
-    /// ends when the run is over and everything was sent. `None` on a store failure.
+    /// ends when the run is over and everything was sent, or when the run was deleted. `None`
+    /// on a store failure.
     async fn replay_page(&mut self) -> Option<()> {
         let (store, run, high) = (self.store.clone(), self.run, self.high);
         let read = tokio::task::spawn_blocking(move || {
@@ -72,7 +73,7 @@ impl Follow {
             let ended = if page.is_empty() {
                 store
                     .run_head(run)?
-                    .is_some_and(|h| h.status.is_terminal() && h.last_seq <= high)
+                    .is_none_or(|h| h.status.is_terminal() && h.last_seq <= high)
             } else {
                 false
             };
@@ -235,6 +236,22 @@ mod tests {
         let got: Vec<_> = stream.collect().await;
         assert_eq!(seqs(&got), [2, 3, 4, 5]);
         assert!(got.iter().all(|e| e.run_id == run));
+    }
+
+    #[tokio::test]
+    async fn a_follower_of_a_run_deleted_during_its_replay_ends_after_what_it_read() {
+        let store = Arc::new(RedbStore::in_memory().unwrap());
+        let run = RunId::new();
+        commit(&store, run, 1, 600, true);
+        let (_tx, rx) = broadcast::channel(4);
+        let mut stream = Box::pin(follow(store.clone(), rx, run, 0));
+        assert_eq!(stream.next().await.unwrap().seq, 1);
+        assert!(store.delete_run(run).unwrap());
+        let rest: Vec<_> = stream.collect().await;
+        assert_eq!(seqs(&rest), (2..=PAGE as u64).collect::<Vec<_>>());
+        let (_tx, rx) = broadcast::channel(4);
+        let got: Vec<_> = follow(store.clone(), rx, run, 0).collect().await;
+        assert!(got.is_empty(), "a follower of a deleted run ends at once");
     }
 
     #[tokio::test]

@@ -14,12 +14,14 @@ pub(crate) mod follow;
 mod idempotency;
 #[cfg(feature = "client")]
 mod query;
+mod retention;
 mod validation;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use serde_json::Value;
@@ -37,6 +39,7 @@ use crate::policy::PolicyError;
 use crate::store::{Committer, HitlRecord, HitlStatus, RunHead, RunStatus, Store, StoreError};
 
 pub use catalog_state::CatalogState;
+pub use retention::{Compaction, RetentionOptions, RetentionTotals, SweepReport};
 
 /// A run's events, replayed then live, ending after `complete`: see [`Engine::events`].
 pub type EventStream = futures::stream::BoxStream<'static, Arc<RunEvent>>;
@@ -70,6 +73,7 @@ use idempotency::{Claims, PendingRequest};
 ///   [`CapabilityFacets`](Self::CapabilityFacets);
 /// - the run is not where the request needs it — look again, maybe retry later:
 ///   [`RunNotFound`](Self::RunNotFound), [`RunEnded`](Self::RunEnded),
+///   [`RunActive`](Self::RunActive),
 ///   [`IllegalTransition`](Self::IllegalTransition),
 ///   [`UnknownHitlRequest`](Self::UnknownHitlRequest);
 /// - the engine or its data failed — alert an operator: [`Store`](Self::Store),
@@ -112,6 +116,10 @@ pub enum EngineError {
     /// The run has ended.
     #[error("run {0} has ended")]
     RunEnded(RunId),
+    /// The run has not ended (or its driver is still finishing), so it cannot be deleted;
+    /// nothing was deleted.
+    #[error("run {0} is active: only an ended run can be deleted")]
+    RunActive(RunId),
     /// A facet or capability registration was refused.
     #[error("invalid catalog entry: {0}")]
     Catalog(#[from] CatalogError),
@@ -261,6 +269,12 @@ pub struct EngineConfig {
     /// How long an idempotency key is remembered after the request it came with was applied
     /// (24 hours by default). A retry after that is applied as a new request.
     pub idempotency_ttl: std::time::Duration,
+    /// When set, a background task deletes ended runs whose last update is older than this
+    /// (see [`Engine::sweep_terminal_runs`]); active and paused runs are kept. Off by default:
+    /// runs are kept until deleted.
+    pub retain_terminal_runs: Option<Duration>,
+    /// How retention sweeps: interval, batch size, compaction.
+    pub retention: RetentionOptions,
 }
 
 /// A run to create: its envelope and, optionally, an idempotency key.
@@ -326,6 +340,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("executors", &self.executors)
             .field("facets", &self.facets.len())
             .field("capabilities", &self.capabilities.len())
+            .field("retain_terminal_runs", &self.retain_terminal_runs)
             .finish()
     }
 }
@@ -342,6 +357,8 @@ impl EngineConfig {
             capabilities: Vec::new(),
             event_buffer: 4096,
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            retain_terminal_runs: None,
+            retention: RetentionOptions::default(),
         }
     }
 }
@@ -372,6 +389,7 @@ pub(crate) struct Inner {
     idempotency_ttl: std::time::Duration,
     /// When expired idempotency records were last deleted (ms since the epoch).
     last_expiry: AtomicU64,
+    retention: retention::Retention,
 }
 
 impl Inner {
@@ -490,6 +508,7 @@ impl Engine {
             claims: Claims::default(),
             idempotency_ttl: config.idempotency_ttl,
             last_expiry: AtomicU64::new(0),
+            retention: retention::Retention::new(config.retention),
         });
         let engine = Self { inner };
         for run_id in engine.inner.store.non_terminal_runs()? {
@@ -499,6 +518,12 @@ impl Engine {
                     tracing::error!(run_id = %run_id, error = %e, "run could not be recovered")
                 }
             }
+        }
+        if let Some(age) = config.retain_terminal_runs {
+            engine
+                .inner
+                .retention
+                .start(Arc::downgrade(&engine.inner), age);
         }
         Ok(engine)
     }
@@ -1053,10 +1078,12 @@ impl Engine {
         Ok(open)
     }
 
-    /// Stops every run actor after its current commit and waits for them. Runs stay
-    /// non-terminal in the store and resume when the engine is opened again.
+    /// Stops the retention task (after its current batch) and every run actor after its
+    /// current commit, and waits for them. Runs stay non-terminal in the store and resume
+    /// when the engine is opened again.
     pub async fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.retention.stop().await;
         let slots: Vec<RunSlot> = {
             let mut runs = self
                 .inner
@@ -1078,6 +1105,7 @@ impl Engine {
     /// published. Returns once every actor is gone.
     pub async fn abort(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.retention.stop().await;
         let slots: Vec<RunSlot> = {
             let mut runs = self
                 .inner

@@ -544,6 +544,204 @@ pub(crate) fn idempotency_records_are_written_with_their_run_and_expire(store: &
     assert_eq!(store.request("key-3").unwrap(), None);
 }
 
+/// The batches of a run that touches every per-run table and then ends.
+fn full_run(run: &mut RunScript, outcome: RunOutcome) -> Vec<CommitBatch> {
+    vec![
+        run.create(),
+        run.accept_plan(),
+        run.node_start("write"),
+        run.node_complete("write"),
+        run.hitl_request("req-1"),
+        run.hitl_resolved("req-1"),
+        run.accept_plan(),
+        run.complete(outcome),
+    ]
+}
+
+/// Checks that nothing of `run` can be read any more.
+fn assert_gone(store: &dyn Store, run: RunId) {
+    assert_eq!(store.run_head(run).unwrap(), None);
+    assert_eq!(store.envelope(run).unwrap(), None);
+    assert!(store.events_after(run, 0, 100).unwrap().is_empty());
+    assert!(store.plan_versions(run).unwrap().is_empty());
+    assert_eq!(store.plan_version(run, 1).unwrap(), None);
+    assert_eq!(store.latest_plan(run).unwrap(), None);
+    assert!(store.node_records(run).unwrap().is_empty());
+    assert!(store.hitl_records(run).unwrap().is_empty());
+    assert!(
+        store
+            .list_runs(None)
+            .unwrap()
+            .iter()
+            .all(|(id, _)| *id != run)
+    );
+}
+
+pub(crate) fn deleting_an_ended_run_removes_every_row_of_it_and_nothing_else(store: &dyn Store) {
+    let (done, _, mut live, live_events) = commit_two_runs(store);
+    assert!(store.delete_run(done.run).unwrap());
+    assert_gone(store, done.run);
+    assert_eq!(
+        store.list_runs(None).unwrap(),
+        vec![(live.run, live.head())]
+    );
+    assert_eq!(store.events_after(live.run, 0, 100).unwrap(), live_events);
+    assert_eq!(store.latest_plan(live.run).unwrap(), Some(plan(1)));
+    assert_eq!(store.envelope(live.run).unwrap(), Some(live.envelope()));
+    assert_eq!(store.facets().unwrap(), vec![facet()]);
+    assert_eq!(store.capabilities().unwrap(), vec![capability()]);
+
+    assert!(!store.delete_run(done.run).unwrap(), "already deleted");
+    assert!(!store.delete_run(RunId::new()).unwrap(), "never existed");
+
+    commit_all(
+        store,
+        vec![live.node_start("write"), live.complete(RunOutcome::Failed)],
+    );
+    assert_eq!(store.node_records(live.run).unwrap().len(), 1);
+    assert!(store.delete_run(live.run).unwrap());
+    assert_gone(store, live.run);
+    assert!(store.list_runs(None).unwrap().is_empty());
+    assert_eq!(store.facets().unwrap(), vec![facet()]);
+}
+
+pub(crate) fn deleting_a_run_leaves_the_runs_next_to_it_in_key_order_intact(store: &dyn Store) {
+    let mut below = [0x01; 16];
+    below[15] = 0xff;
+    let mut target = below;
+    target[14] = 0x02;
+    target[15] = 0x00;
+    let ids = [below, target, [0xff; 16]].map(RunId::from_bytes);
+    let mut scripts: Vec<RunScript> = ids.iter().map(|id| RunScript::new(*id)).collect();
+    let mut events = Vec::new();
+    for script in &mut scripts {
+        events.push(commit_all(store, full_run(script, RunOutcome::Completed)));
+    }
+    let intact = |store: &dyn Store, i: usize| {
+        let run = scripts[i].run;
+        assert_eq!(store.run_head(run).unwrap(), Some(scripts[i].head()));
+        assert_eq!(store.events_after(run, 0, 100).unwrap(), events[i]);
+        assert_eq!(store.plan_versions(run).unwrap(), vec![1, 2]);
+        assert_eq!(store.node_records(run).unwrap().len(), 1);
+        assert_eq!(store.hitl_records(run).unwrap().len(), 1);
+    };
+
+    assert!(store.delete_run(ids[1]).unwrap());
+    assert_gone(store, ids[1]);
+    intact(store, 0);
+    intact(store, 2);
+
+    assert!(store.delete_run(ids[2]).unwrap(), "the last possible id");
+    assert_gone(store, ids[2]);
+    intact(store, 0);
+}
+
+pub(crate) fn an_active_run_is_never_deleted(store: &dyn Store) {
+    let runs = commit_two_runs(store);
+    let live = runs.2.run;
+    let err = store.delete_run(live).unwrap_err();
+    assert!(
+        matches!(err, StoreError::RunActive { run } if run == live),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("run {live} is active: only an ended run can be deleted")
+    );
+    assert_two_runs(store, &runs);
+
+    let mut paused = RunScript::new(RunId::new());
+    commit_all(
+        store,
+        vec![
+            paused.create(),
+            paused.accept_plan(),
+            paused.hitl_request("req-1"),
+        ],
+    );
+    assert!(matches!(
+        store.delete_run(paused.run),
+        Err(StoreError::RunActive { .. })
+    ));
+    let deleted = store
+        .delete_terminal_before(Timestamp(u64::MAX), 10, &|_| false)
+        .unwrap();
+    assert_eq!(deleted, vec![runs.0.run]);
+    let mut active = vec![live, paused.run];
+    active.sort();
+    assert_eq!(store.non_terminal_runs().unwrap(), active);
+    assert_eq!(store.run_head(paused.run).unwrap(), Some(paused.head()));
+    assert_eq!(store.hitl_records(paused.run).unwrap().len(), 1);
+}
+
+pub(crate) fn delete_terminal_before_takes_bounded_batches_of_old_ended_runs(store: &dyn Store) {
+    let mut old_active = RunScript::new(RunId::new());
+    commit_all(store, vec![old_active.create()]);
+    let mut ended = Vec::new();
+    for extra in 0..5 {
+        let mut run = RunScript::new(RunId::new());
+        let mut batches = vec![run.create(), run.accept_plan()];
+        for i in 0..extra {
+            batches.push(run.node_start(&format!("n{i}")));
+        }
+        batches.push(run.complete(RunOutcome::Completed));
+        commit_all(store, batches);
+        ended.push(run);
+    }
+    let mut kept = RunScript::new(RunId::new());
+    commit_all(
+        store,
+        vec![kept.create(), kept.complete(RunOutcome::Cancelled)],
+    );
+    let updated = |run: &RunScript| run.head().updated_at;
+    assert!(updated(&old_active) < updated(&ended[0]));
+    assert!(updated(&kept) < updated(&ended[0]));
+    let cutoff = updated(&ended[4]);
+    assert!(updated(&ended[3]) < cutoff);
+    let skip = |run: RunId| run == kept.run;
+
+    assert!(
+        store
+            .delete_terminal_before(cutoff, 0, &skip)
+            .unwrap()
+            .is_empty()
+    );
+    let first = store.delete_terminal_before(cutoff, 3, &skip).unwrap();
+    assert_eq!(first, vec![ended[0].run, ended[1].run, ended[2].run]);
+    for run in &first {
+        assert_gone(store, *run);
+    }
+    let second = store.delete_terminal_before(cutoff, 3, &skip).unwrap();
+    assert_eq!(second, vec![ended[3].run], "strictly older than the cutoff");
+    assert!(
+        store
+            .delete_terminal_before(cutoff, 3, &skip)
+            .unwrap()
+            .is_empty()
+    );
+    let left: Vec<RunId> = store
+        .list_runs(None)
+        .unwrap()
+        .into_iter()
+        .map(|(run, _)| run)
+        .collect();
+    assert_eq!(left, vec![old_active.run, ended[4].run, kept.run]);
+    assert_eq!(
+        store.events_after(ended[4].run, 0, 100).unwrap().len() as u64,
+        ended[4].seq
+    );
+
+    let rest = store
+        .delete_terminal_before(Timestamp(u64::MAX), 10, &|_| false)
+        .unwrap();
+    assert_eq!(rest, vec![ended[4].run, kept.run]);
+    assert_eq!(store.non_terminal_runs().unwrap(), vec![old_active.run]);
+    assert_eq!(
+        store.list_runs(None).unwrap(),
+        vec![(old_active.run, old_active.head())]
+    );
+}
+
 /// Instantiates every conformance test for each backend.
 macro_rules! for_each_backend {
     ($($name:ident),* $(,)?) => {
@@ -593,4 +791,8 @@ for_each_backend!(
     events_after_pages_through_one_run_only,
     queued_firings_are_replaced_with_the_batch_that_changes_them,
     idempotency_records_are_written_with_their_run_and_expire,
+    deleting_an_ended_run_removes_every_row_of_it_and_nothing_else,
+    deleting_a_run_leaves_the_runs_next_to_it_in_key_order_intact,
+    an_active_run_is_never_deleted,
+    delete_terminal_before_takes_bounded_batches_of_old_ended_runs,
 );

@@ -42,6 +42,12 @@ pub enum StoreError {
     /// A value could not be encoded or decoded as JSON.
     #[error("json codec error: {0}")]
     Codec(#[source] Arc<serde_json::Error>),
+    /// The run has not ended, so it cannot be deleted; nothing was deleted.
+    #[error("run {run} is active: only an ended run can be deleted")]
+    RunActive {
+        /// The run.
+        run: RunId,
+    },
     /// A group commit was abandoned (its leader panicked) before this batch's outcome was known.
     #[error("group commit abandoned before batch for run {run} was confirmed")]
     Abandoned {
@@ -92,4 +98,5 @@ from_redb!(
     redb::StorageError,
     redb::CommitError,
     redb::SetDurabilityError,
+    redb::CompactionError,
 );

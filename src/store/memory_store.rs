@@ -82,7 +82,8 @@ impl Extras {
     }
 }
 
-/// One run's encoded values.
+/// One run's encoded values: everything stored about the run, so that removing it from
+/// [`State::runs`] deletes the run.
 struct RunData {
     head: Vec<u8>,
     envelope: Vec<u8>,
@@ -589,6 +590,41 @@ impl Store for MemoryStore {
             state.requests.remove(key);
         }
         Ok(expired.len())
+    }
+
+    fn delete_run(&self, run: RunId) -> Result<bool, StoreError> {
+        let mut state = self.write();
+        let Some(data) = state.runs.get(&run) else {
+            return Ok(false);
+        };
+        if !head_facts(&data.head, run)?.status.is_terminal() {
+            return Err(StoreError::RunActive { run });
+        }
+        state.runs.remove(&run);
+        Ok(true)
+    }
+
+    fn delete_terminal_before(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+        skip: &dyn Fn(RunId) -> bool,
+    ) -> Result<Vec<RunId>, StoreError> {
+        let mut state = self.write();
+        let mut expired = Vec::new();
+        for (&run, data) in &state.runs {
+            if expired.len() == limit {
+                break;
+            }
+            let head = decode_head(&data.head, run, String::new())?;
+            if head.status.is_terminal() && head.updated_at < cutoff && !skip(run) {
+                expired.push(run);
+            }
+        }
+        for run in &expired {
+            state.runs.remove(run);
+        }
+        Ok(expired)
     }
 
     fn put_facet(&self, facet: &Facet) -> Result<(), StoreError> {

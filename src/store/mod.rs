@@ -16,12 +16,19 @@
 //! - a terminal node attempt and a resolved HITL request are never rewritten.
 //!
 //! The store assigns nothing: callers number events and plan versions, and the store checks.
+//!
+//! Runs are kept until they are deleted: [`Store::delete_run`] removes every row of one ended
+//! run in one write transaction, [`Store::delete_terminal_before`] does so for a bounded batch
+//! of ended runs last written before a cutoff (what retention uses), and an active run is
+//! never deleted. The space of deleted rows is reused by later commits; [`Store::compact`]
+//! gives it back to the file system.
 
 mod backend;
 mod codec;
 mod committer;
 #[cfg(test)]
 mod conformance;
+mod db;
 mod error;
 mod memory_store;
 mod pack;
@@ -171,6 +178,40 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Storage errors.
     fn expire_requests(&self, before: Timestamp, limit: usize) -> Result<usize, StoreError>;
+    /// Deletes every row of the ended run `run` (head, envelope, plan versions, events, node
+    /// attempts, HITL records) in one write transaction. Returns `false` when no run has this
+    /// id (nothing to delete).
+    ///
+    /// # Errors
+    /// [`StoreError::RunActive`] when the run has not ended, and nothing is deleted; storage
+    /// errors (nothing is deleted either).
+    fn delete_run(&self, run: RunId) -> Result<bool, StoreError>;
+
+    /// Deletes up to `limit` ended runs whose head was last written before `cutoff`
+    /// (`updated_at < cutoff`) and for which `skip` is false, in run-id order (oldest first for
+    /// UUIDv7 ids), all in one write transaction, and returns their ids. Active runs are never
+    /// deleted. Call it again while it returns `limit` runs: each call is its own bounded
+    /// transaction, so commits of live runs interleave with a long clean-up.
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for an undecodable head. Nothing is deleted
+    /// on error.
+    fn delete_terminal_before(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+        skip: &dyn Fn(RunId) -> bool,
+    ) -> Result<Vec<RunId>, StoreError>;
+
+    /// Gives the space freed by deletions back to the file system, where the backend has a
+    /// file; returns whether anything was reclaimed. Every read and write of the store waits
+    /// while it runs. The default (a backend without a file) does nothing.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn compact(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 
     /// Registers or replaces a facet (by name), durably.
     ///

@@ -18,12 +18,14 @@ use super::codec::{
     decode_plan, decode_value, encode_value, envelope_objective, head_facts, stored_hitl_status,
     stored_node_status,
 };
+use super::db::Db;
 use super::error::StoreError;
 use super::prepare::{Lookup, Prepared, prepare};
 use super::tables::{
-    ALL_TABLES, CAPABILITIES, ENVELOPES, EVENTS, FACETS, HITL, META, NODES, PLANS, QUEUED,
-    REQUESTS, RUNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, UPGRADABLE_FROM, event_key, event_key_seq,
-    hitl_key, node_key, plan_key, plan_key_version, run_key, split_hitl_key, split_node_key,
+    ALL_TABLES, CAPABILITIES, ENVELOPES, EVENTS, FACETS, HITL, META, NODES, PER_RUN_TABLES, PLANS,
+    PerRunTable, QUEUED, REQUESTS, RUNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, UPGRADABLE_FROM,
+    event_key, event_key_seq, hitl_key, node_key, plan_key, plan_key_version, run_key,
+    run_prefix_end, run_span, split_hitl_key, split_node_key,
 };
 use super::types::{
     CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, QueuedFiring, RequestRecord,
@@ -57,7 +59,7 @@ pub enum Durability {
 /// The redb-backed [`Store`]: one file, every table in it, one write transaction per commit.
 #[derive(Debug)]
 pub struct RedbStore {
-    db: Database,
+    db: Db,
     durability: Durability,
     commits: AtomicU64,
     batches: AtomicU64,
@@ -89,7 +91,7 @@ impl RedbStore {
         };
         init_schema(&db)?;
         Ok(Self {
-            db,
+            db: Db::new(db),
             durability,
             commits: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -280,6 +282,48 @@ fn read_head(
         None => None,
     };
     decode_head(bytes.value(), run, objective.unwrap_or_default()).map(Some)
+}
+
+/// Deletes every row of `run` from every per-run table ([`PER_RUN_TABLES`]): the one place
+/// that knows where a run's rows are.
+fn delete_run_rows(txn: &WriteTransaction, run: RunId) -> Result<(), StoreError> {
+    for table in PER_RUN_TABLES {
+        match table {
+            PerRunTable::Id(table) => {
+                txn.open_table(table)?.remove(run_key(run))?;
+            }
+            PerRunTable::IdU32(table) => {
+                let (first, last) = run_span::<20>(run);
+                txn.open_table(table)?
+                    .retain_in(first..=last, |_, _| false)?;
+            }
+            PerRunTable::IdU64(table) => {
+                let (first, last) = run_span::<24>(run);
+                txn.open_table(table)?
+                    .retain_in(first..=last, |_, _| false)?;
+            }
+            PerRunTable::IdBytes(table) => {
+                let mut table = txn.open_table(table)?;
+                let first = run_key(run);
+                match run_prefix_end(run) {
+                    Some(end) => table
+                        .retain_in::<&[u8], _>(first.as_slice()..end.as_slice(), |_, _| false)?,
+                    None => table.retain_in::<&[u8], _>(first.as_slice().., |_, _| false)?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The stored status of `run` as seen by a write transaction, `None` when there is no run.
+fn stored_status(txn: &WriteTransaction, run: RunId) -> Result<Option<RunStatus>, StoreError> {
+    let runs = txn.open_table(RUNS)?;
+    let status = runs
+        .get(run_key(run))?
+        .map(|bytes| head_facts(bytes.value(), run).map(|facts| facts.status))
+        .transpose()?;
+    Ok(status)
 }
 
 /// The tables a commit touches, each opened on first use and then kept for the rest of the
@@ -658,6 +702,70 @@ impl Store for RedbStore {
         Ok(deleted)
     }
 
+    fn delete_run(&self, run: RunId) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        match stored_status(&txn, run)? {
+            None => {
+                txn.abort()?;
+                Ok(false)
+            }
+            Some(RunStatus::Active) => {
+                txn.abort()?;
+                Err(StoreError::RunActive { run })
+            }
+            Some(RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled) => {
+                delete_run_rows(&txn, run)?;
+                txn.commit()?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn delete_terminal_before(
+        &self,
+        cutoff: Timestamp,
+        limit: usize,
+        skip: &dyn Fn(RunId) -> bool,
+    ) -> Result<Vec<RunId>, StoreError> {
+        // The candidates come from a read snapshot, so scanning the heads never holds up the
+        // writer; the write transaction then deletes only those (an ended run stays ended).
+        let mut expired = Vec::new();
+        {
+            let txn = self.db.begin_read()?;
+            let Some(runs) = open_read(&txn, RUNS)? else {
+                return Ok(expired);
+            };
+            for entry in runs.iter()? {
+                if expired.len() == limit {
+                    break;
+                }
+                let (key, value) = entry?;
+                let run = RunId::from_bytes(key.value());
+                let head = decode_head(value.value(), run, String::new())?;
+                if head.status.is_terminal() && head.updated_at < cutoff && !skip(run) {
+                    expired.push(run);
+                }
+            }
+        }
+        if expired.is_empty() {
+            return Ok(expired);
+        }
+        let txn = self.db.begin_write()?;
+        let mut deleted = Vec::with_capacity(expired.len());
+        for run in expired {
+            if stored_status(&txn, run)?.is_some_and(RunStatus::is_terminal) {
+                delete_run_rows(&txn, run)?;
+                deleted.push(run);
+            }
+        }
+        txn.commit()?;
+        Ok(deleted)
+    }
+
+    fn compact(&self) -> Result<bool, StoreError> {
+        Ok(self.db.compact()?)
+    }
+
     fn put_facet(&self, facet: &Facet) -> Result<(), StoreError> {
         let mut bytes = Vec::new();
         encode_value(facet, &mut bytes)?;
@@ -850,6 +958,119 @@ mod tests {
         let (_dir, path, _store) = temp_store(Durability::Fsync);
         let err = RedbStore::open(&path, Durability::Os).unwrap_err();
         assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    }
+
+    /// The number of rows of every table that is not global (every per-run table, including
+    /// any added later and not yet deleted by `delete_run_rows`).
+    fn per_run_rows(store: &RedbStore) -> Vec<(String, u64)> {
+        use redb::ReadableTableMetadata;
+        let txn = store.db.begin_read().unwrap();
+        let handles: Vec<_> = txn.list_tables().unwrap().collect();
+        handles
+            .into_iter()
+            .filter(|table| !crate::store::tables::GLOBAL_TABLES.contains(&table.name()))
+            .map(|table| {
+                let name = table.name().to_owned();
+                let rows = txn.open_untyped_table(table).unwrap().len().unwrap();
+                (name, rows)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn deleting_every_run_leaves_every_per_run_table_empty_after_a_reopen() {
+        let (_dir, path, store) = temp_store(Durability::Fsync);
+        let mut runs: Vec<RunScript> = (0..3).map(|_| RunScript::new(RunId::new())).collect();
+        for (i, script) in runs.iter_mut().enumerate() {
+            let mut batches = vec![
+                script.create(),
+                script.accept_plan(),
+                script.node_start("write"),
+                script.node_complete("write"),
+                script.hitl_request(&format!("req-{i}")),
+                script.hitl_resolved(&format!("req-{i}")),
+            ];
+            batches[3].queued = Some(vec![fixture_queued()]);
+            batches.push(script.complete(RunOutcome::Completed));
+            commit_all(&store, batches);
+        }
+        store.put_facet(&facet()).unwrap();
+        let before = per_run_rows(&store);
+        assert_eq!(before.len(), 7, "{before:?}");
+        assert!(before.iter().all(|(_, rows)| *rows >= 3), "{before:?}");
+
+        assert!(store.delete_run(runs[0].run).unwrap());
+        let deleted = store
+            .delete_terminal_before(crate::ids::Timestamp(u64::MAX), 2, &|_| false)
+            .unwrap();
+        assert_eq!(deleted, vec![runs[1].run, runs[2].run]);
+        drop(store);
+
+        let store = RedbStore::open(&path, Durability::Fsync).unwrap();
+        let after = per_run_rows(&store);
+        assert!(after.iter().all(|(_, rows)| *rows == 0), "{after:?}");
+        assert!(store.list_runs(None).unwrap().is_empty());
+        assert_eq!(store.facets().unwrap(), vec![facet()]);
+    }
+
+    /// Commits `count` ended runs of `steps` node starts each; returns their ids.
+    fn ended_runs(store: &RedbStore, count: usize, steps: usize) -> Vec<RunId> {
+        (0..count)
+            .map(|_| {
+                let mut run = RunScript::new(RunId::new());
+                let mut batches = vec![run.create(), run.accept_plan()];
+                batches.extend((0..steps).map(|i| run.node_start(&format!("node-{i:03}"))));
+                batches.push(run.complete(RunOutcome::Completed));
+                store.commit(&batches).unwrap();
+                run.run
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compaction_gives_the_space_of_deleted_runs_back_to_the_file_system() {
+        let (_dir, path, store) = temp_store(Durability::Os);
+        let len = || std::fs::metadata(&path).unwrap().len();
+        let empty = len();
+        ended_runs(&store, 200, 20);
+        let full = len();
+        assert!(full > 10 * empty, "{full} bytes with runs, {empty} empty");
+        let deleted = store
+            .delete_terminal_before(crate::ids::Timestamp(u64::MAX), usize::MAX, &|_| false)
+            .unwrap();
+        assert_eq!(deleted.len(), 200);
+        assert!(store.compact().unwrap());
+        let compacted = len();
+        assert!(
+            compacted <= 2 * empty,
+            "{compacted} bytes after compaction, {full} before, {empty} empty"
+        );
+        drop(store);
+        let store = RedbStore::open(&path, Durability::Os).unwrap();
+        assert!(store.list_runs(None).unwrap().is_empty());
+        ended_runs(&store, 1, 1);
+        assert_eq!(store.list_runs(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn compaction_waits_for_transactions_in_progress_instead_of_failing() {
+        let (_dir, _path, store) = temp_store(Durability::Os);
+        let old = ended_runs(&store, 50, 10);
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| ended_runs(&store, 100, 5));
+            let reader = scope.spawn(|| {
+                for _ in 0..200 {
+                    store.list_runs(None).unwrap();
+                }
+            });
+            for run in &old {
+                assert!(store.delete_run(*run).unwrap());
+                store.compact().unwrap();
+            }
+            assert_eq!(writer.join().unwrap().len(), 100);
+            reader.join().unwrap();
+        });
+        assert_eq!(store.list_runs(None).unwrap().len(), 100);
     }
 
     const FIXTURE_V1: &str = "tests/fixtures/store-v1.redb";

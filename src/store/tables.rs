@@ -16,6 +16,8 @@
 //! [`SCHEMA_VERSION`] and freezing a new fixture under `tests/fixtures/`.
 
 use redb::TableDefinition;
+#[cfg(test)]
+use redb::TableHandle;
 
 use crate::ids::RunId;
 
@@ -91,6 +93,71 @@ pub(crate) const ALL_TABLES: [&str; 11] = [
     "queued",
     "requests",
 ];
+
+/// A table whose rows belong to runs: every key starts with the run id's 16 bytes, so all the
+/// rows of one run are one key range. The variant names the key's shape after the run id.
+#[derive(Clone, Copy)]
+pub(crate) enum PerRunTable {
+    /// Keyed by the run id alone (`[u8; 16]`).
+    Id(TableDefinition<'static, [u8; 16], &'static [u8]>),
+    /// Keyed by run id ‖ `u32` BE (`[u8; 20]`).
+    IdU32(TableDefinition<'static, [u8; 20], &'static [u8]>),
+    /// Keyed by run id ‖ `u64` BE (`[u8; 24]`).
+    IdU64(TableDefinition<'static, [u8; 24], &'static [u8]>),
+    /// Keyed by run id ‖ any bytes (`&[u8]`).
+    IdBytes(TableDefinition<'static, &'static [u8], &'static [u8]>),
+}
+
+#[cfg(test)]
+impl PerRunTable {
+    /// The table's name.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Self::Id(table) => table.name(),
+            Self::IdU32(table) => table.name(),
+            Self::IdU64(table) => table.name(),
+            Self::IdBytes(table) => table.name(),
+        }
+    }
+}
+
+/// Every table holding rows of a run. Deleting a run (`RedbStore`'s one `delete_run_rows`)
+/// removes its key range from exactly these tables, so **a new table keyed by run goes here**
+/// (and its name into [`ALL_TABLES`]); a table of another kind goes into [`GLOBAL_TABLES`]. A
+/// test checks that every table is in one of the two lists.
+pub(crate) const PER_RUN_TABLES: [PerRunTable; 7] = [
+    PerRunTable::Id(RUNS),
+    PerRunTable::Id(QUEUED),
+    PerRunTable::Id(ENVELOPES),
+    PerRunTable::IdU32(PLANS),
+    PerRunTable::IdU64(EVENTS),
+    PerRunTable::IdBytes(NODES),
+    PerRunTable::IdBytes(HITL),
+];
+
+/// The tables not keyed by run, which deleting runs never touches (checked by tests only: the
+/// code that deletes needs [`PER_RUN_TABLES`] alone).
+#[cfg(test)]
+/// `requests` is keyed by idempotency key: the records of a deleted run stay until they
+/// expire, and a lookup ignores a record whose run is gone.
+pub(crate) const GLOBAL_TABLES: [&str; 4] = ["meta", "facets", "capabilities", "requests"];
+
+/// The first and last possible `N`-byte keys of `run` in a table keyed by run id ‖ fixed-width
+/// parts: the run id followed by all zero bytes, and by all `0xff` bytes.
+pub(crate) fn run_span<const N: usize>(run: RunId) -> ([u8; N], [u8; N]) {
+    let mut first = [0u8; N];
+    let mut last = [0xffu8; N];
+    first[..16].copy_from_slice(run.as_bytes());
+    last[..16].copy_from_slice(run.as_bytes());
+    (first, last)
+}
+
+/// The smallest 16 bytes greater than every key that starts with `run`'s id (the id plus one,
+/// big-endian), or `None` for the all-`0xff` id, whose keys run to the end of the table.
+pub(crate) fn run_prefix_end(run: RunId) -> Option<[u8; 16]> {
+    let next = u128::from_be_bytes(*run.as_bytes()).checked_add(1)?;
+    Some(next.to_be_bytes())
+}
 
 /// The `runs` / `envelopes` key.
 pub(crate) fn run_key(run: RunId) -> [u8; 16] {
@@ -177,6 +244,47 @@ mod tests {
         );
         assert_eq!(plan_key_version(&plan_key(run, 70_000)), 70_000);
         assert_eq!(&event_key(run, 1)[16..], &[0, 0, 0, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn every_table_is_either_per_run_or_global() {
+        let per_run = PER_RUN_TABLES;
+        let mut classified: Vec<&str> = per_run
+            .iter()
+            .map(|table| table.name())
+            .chain(GLOBAL_TABLES)
+            .collect();
+        classified.sort_unstable();
+        let mut all = ALL_TABLES.to_vec();
+        all.sort_unstable();
+        assert_eq!(classified, all);
+    }
+
+    #[test]
+    fn a_run_key_range_holds_exactly_the_keys_of_that_run() {
+        let run = RunId::from_bytes([
+            0x12, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff,
+        ]);
+        let end = run_prefix_end(run).unwrap();
+        assert_eq!(
+            end,
+            [0x12, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]
+        );
+        let next = RunId::from_bytes(end);
+        assert!(
+            node_key(run, &"z".repeat(300), u32::MAX)
+                .unwrap()
+                .as_slice()
+                < end.as_slice()
+        );
+        assert!(hitl_key(next, "").as_slice() >= end.as_slice());
+        assert_eq!(run_prefix_end(RunId::from_bytes([0xff; 16])), None);
+
+        let (first, last) = run_span::<24>(run);
+        assert_eq!(first, event_key(run, 0));
+        assert_eq!(last, event_key(run, u64::MAX));
+        let (first, last) = run_span::<20>(run);
+        assert_eq!((first, last), (plan_key(run, 0), plan_key(run, u32::MAX)));
     }
 
     #[test]

@@ -448,6 +448,17 @@ impl Store for PanickyStore {
     ) -> Result<usize, StoreError> {
         self.inner.expire_requests(before, limit)
     }
+    fn delete_run(&self, run: RunId) -> Result<bool, StoreError> {
+        self.inner.delete_run(run)
+    }
+    fn delete_terminal_before(
+        &self,
+        cutoff: flexrun::Timestamp,
+        limit: usize,
+        skip: &dyn Fn(RunId) -> bool,
+    ) -> Result<Vec<RunId>, StoreError> {
+        self.inner.delete_terminal_before(cutoff, limit, skip)
+    }
     fn put_facet(&self, facet: &Facet) -> Result<(), StoreError> {
         self.inner.put_facet(facet)
     }

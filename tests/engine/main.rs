@@ -19,4 +19,5 @@ mod idempotency;
 mod observe;
 mod planning;
 mod replan;
+mod retention;
 mod timeout;

@@ -86,6 +86,8 @@ async fn metrics_count_runs_transitions_and_planner_calls() {
         "flexrun_planner_calls_total 1",
         "flexrun_plan_rejections_total 0",
         "flexrun_node_duration_seconds_count 2",
+        "flexrun_retention_deleted_runs_total 0",
+        "flexrun_store_compactions_total 0",
         "# TYPE flexrun_transitions_total counter",
     ] {
         assert!(
@@ -114,7 +116,7 @@ async fn the_openapi_document_is_served_and_every_operation_is_documented() {
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let ops = openapi_paths(&doc);
-    assert_eq!(ops.len(), 24, "{ops:?}");
+    assert_eq!(ops.len(), 25, "{ops:?}");
     for (method, path) in &ops {
         let probe = path
             .replace("{id}", "00000000-0000-0000-0000-000000000000")

@@ -18,6 +18,7 @@ mod hitl;
 mod idempotency;
 mod kill;
 mod restart;
+mod retention;
 mod scenarios;
 mod streams;
 mod webhook;
