@@ -17,4 +17,5 @@ mod executors;
 mod hitl;
 mod observe;
 mod planning;
+mod policies;
 mod replan;
