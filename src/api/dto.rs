@@ -25,6 +25,8 @@ use crate::graph::{PlanDiff, PlanEdge, PlanNode, PlanSnapshot};
 use crate::ids::{RunId, Timestamp};
 use crate::store::{HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus};
 
+pub mod policies;
+
 // ---------------------------------------------------------------------------------------
 // Requests
 // ---------------------------------------------------------------------------------------
@@ -43,9 +45,10 @@ pub struct RunRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub constraints: Map<String, Value>,
-    /// Raw policies (`planner` limits and `runtime` policies); normalized on submission.
+    /// Planner limits and runtime policies (docs/POLICIES.md), kept as given and normalized
+    /// on submission; the normalizer also reads legacy spellings the schema does not list.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<policies::PoliciesDto>)]
     pub policies: Value,
     /// Extra instructions for the planner and every node.
     #[serde(default)]
@@ -423,8 +426,8 @@ pub struct ResponderDto {
     pub id: String,
 }
 
-/// An external signal (`POST /v1/runs/{id}/signals`); `manual` policies with a matching
-/// `signal` fire on it.
+/// An external signal (`POST /v1/runs/{id}/signals`); `manual` policies whose `signal` is
+/// `name` or absent, and the `manual` policy whose id is `payload.policyId`, fire on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignalRequest {

@@ -22,6 +22,7 @@ mod routes;
 mod sse;
 mod state;
 
+pub use dto::policies;
 pub use dto::{
     AgentTypeDto, CapabilityDto, CapabilityList, CapabilityStatusDto, DecisionDto, DirectionDto,
     ErrorBody, ErrorDetail, EventDoc, ExecutorDto, FacetDto, FacetList, Health, HitlAnswerRequest,

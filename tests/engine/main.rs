@@ -18,6 +18,7 @@ mod hitl;
 mod idempotency;
 mod observe;
 mod planning;
+mod policies;
 mod replan;
 mod retention;
 mod timeout;

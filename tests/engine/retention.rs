@@ -420,8 +420,10 @@ async fn deleting_and_compacting_brings_the_file_back_near_its_empty_size() {
         full > 20 * empty,
         "the runs take room: {full} B vs {empty} B"
     );
+    // Without reuse a refill would double the file; how commits group varies the size of
+    // the same 500 runs by a third, so the bound sits between the two.
     assert!(
-        refilled <= full + full / 4,
+        refilled < 2 * full - full / 4,
         "a refill reuses the space of deleted runs: {refilled} B vs {full} B"
     );
     assert!(

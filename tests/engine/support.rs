@@ -122,3 +122,60 @@ pub fn complete_status(events: &[RunEvent]) -> Option<String> {
         _ => None,
     })
 }
+
+/// A file of the repository, by its path from the crate root.
+pub fn repo_file(path: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A fenced ```json block of a Markdown file.
+pub struct JsonBlock {
+    /// The last `#` heading above it.
+    pub heading: String,
+    /// The name of an `<!-- example: name -->` marker on the line above it.
+    pub marker: Option<String>,
+    pub value: Value,
+}
+
+/// Every ```json block of a Markdown text, parsed.
+pub fn json_blocks(markdown: &str) -> Vec<JsonBlock> {
+    let mut out = Vec::new();
+    let mut heading = String::new();
+    let mut marker = None;
+    let mut body: Option<(Option<String>, String)> = None;
+    for line in markdown.lines() {
+        match (&mut body, line.trim_end()) {
+            (None, "```json") => body = Some((marker.take(), String::new())),
+            (Some((name, text)), "```") => {
+                let value = serde_json::from_str(text)
+                    .unwrap_or_else(|e| panic!("a json block under `{heading}`: {e}\n{text}"));
+                out.push(JsonBlock {
+                    heading: heading.clone(),
+                    marker: name.take(),
+                    value,
+                });
+                body = None;
+            }
+            (Some((_, text)), _) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, l) => {
+                if l.starts_with('#') {
+                    heading = l.trim_start_matches('#').trim().to_owned();
+                }
+                marker = l
+                    .strip_prefix("<!-- example: ")
+                    .and_then(|m| m.strip_suffix(" -->"))
+                    .map(str::to_owned);
+            }
+        }
+    }
+    out
+}
+
+/// The envelope of `examples/<name>.json`.
+pub fn example(name: &str) -> Value {
+    serde_json::from_str(&repo_file(&format!("examples/{name}.json"))).unwrap()
+}
