@@ -16,6 +16,7 @@ use flexrun::executors::http::HttpExecutor;
 use flexrun::executors::llm::LlmExecutor;
 use flexrun::fsm::{EventBody, HitlDecision, RunOutcome};
 use flexrun::planner::{OpenAiConfig, OpenAiPlanner, Planner, ResponseFormat};
+use flexrun::webhook::WebhookSecret;
 use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -116,6 +117,12 @@ enum Cmd {
         /// Seconds between SSE heartbeat comments.
         #[arg(long, default_value_t = 15)]
         heartbeat_secs: u64,
+        /// Name of an environment variable holding the server-wide webhook signing secret
+        /// (`whsec_<base64>`; several separated by spaces while rotating). Every `http`
+        /// capability call is then signed, unless the capability names its own
+        /// `signingSecretEnv`. The value is never logged.
+        #[arg(long)]
+        webhook_secret_env: Option<String>,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -277,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
             auth_token_env,
             body_limit,
             heartbeat_secs,
+            webhook_secret_env,
             model,
         } => {
             let auth_token = match auth_token_env {
@@ -296,7 +304,17 @@ async fn main() -> anyhow::Result<()> {
                 body_limit,
                 ..ApiConfig::default()
             };
-            serve(addr, data, planner, model, config).await
+            let webhook_secrets = match webhook_secret_env {
+                None => Vec::new(),
+                Some(var) => {
+                    let text = std::env::var(&var).with_context(|| {
+                        format!("reading the webhook signing secret from ${var}")
+                    })?;
+                    WebhookSecret::parse_list(&text)
+                        .with_context(|| format!("the webhook signing secret in ${var}"))?
+                }
+            };
+            serve(addr, data, planner, model, webhook_secrets, config).await
         }
         Cmd::Docs {
             what: DocsArg::States,
@@ -373,6 +391,7 @@ async fn serve(
     data: PathBuf,
     planner: PlannerArg,
     model: ModelArgs,
+    webhook_secrets: Vec<WebhookSecret>,
     config: ApiConfig,
 ) -> anyhow::Result<()> {
     let model = model.config()?;
@@ -404,7 +423,9 @@ async fn serve(
             .clone()
             .with_type("llm", Arc::new(llm));
     }
-    let (http, binding) = HttpExecutor::for_engine()?;
+    let (http, binding) = HttpExecutor::builder()
+        .signing_secrets(webhook_secrets)
+        .for_engine()?;
     engine_config.executors = engine_config
         .executors
         .clone()

@@ -17,5 +17,6 @@ mod errors;
 mod hitl;
 mod restart;
 mod scenarios;
+mod signing;
 mod streams;
 mod webhook;
