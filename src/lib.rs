@@ -9,7 +9,8 @@
 //!
 //! A service brings its facets, capabilities, executors and planner; the engine plans,
 //! validates, runs and records. Depend on `flexrun` with `default-features = false` for the
-//! engine alone (features `client`, `server`, `demo`, `bench`, `cli` add the rest).
+//! engine alone (features `client`, `server`, `demo`, `bench`, `cli` add the rest; `webhook`
+//! alone gives a receiver of the engine's webhook calls `flexrun::webhook::verify`).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -83,6 +84,8 @@ pub mod planner;
 pub mod policy;
 pub mod store;
 pub mod validate;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 /// The attribute for implementing [`Planner`] and [`engine::NodeExecutor`], re-exported so
 /// implementors need no dependency of their own.

@@ -16,6 +16,7 @@ use flexrun::executors::http::HttpExecutor;
 use flexrun::executors::llm::LlmExecutor;
 use flexrun::fsm::{EventBody, HitlDecision, RunOutcome};
 use flexrun::planner::{OpenAiConfig, OpenAiPlanner, Planner, ResponseFormat};
+use flexrun::webhook::WebhookSecret;
 use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -120,6 +121,12 @@ enum Cmd {
         /// it, runs are kept until deleted.
         #[arg(long, value_parser = humantime::parse_duration)]
         retain_terminal_runs: Option<Duration>,
+        /// Name of an environment variable holding the server-wide webhook signing secret
+        /// (`whsec_<base64>`; several separated by spaces while rotating). Every `http`
+        /// capability call is then signed, unless the capability names its own
+        /// `signingSecretEnv`. The value is never logged.
+        #[arg(long)]
+        webhook_secret_env: Option<String>,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -289,6 +296,7 @@ async fn main() -> anyhow::Result<()> {
             body_limit,
             heartbeat_secs,
             retain_terminal_runs,
+            webhook_secret_env,
             model,
         } => {
             let auth_token = match auth_token_env {
@@ -308,7 +316,26 @@ async fn main() -> anyhow::Result<()> {
                 body_limit,
                 ..ApiConfig::default()
             };
-            serve(addr, data, planner, model, config, retain_terminal_runs).await
+            let webhook_secrets = match webhook_secret_env {
+                None => Vec::new(),
+                Some(var) => {
+                    let text = std::env::var(&var).with_context(|| {
+                        format!("reading the webhook signing secret from ${var}")
+                    })?;
+                    WebhookSecret::parse_list(&text)
+                        .with_context(|| format!("the webhook signing secret in ${var}"))?
+                }
+            };
+            serve(
+                addr,
+                data,
+                planner,
+                model,
+                webhook_secrets,
+                config,
+                retain_terminal_runs,
+            )
+            .await
         }
         Cmd::Compact { data } => compact(data),
         Cmd::Docs {
@@ -386,6 +413,7 @@ async fn serve(
     data: PathBuf,
     planner: PlannerArg,
     model: ModelArgs,
+    webhook_secrets: Vec<WebhookSecret>,
     config: ApiConfig,
     retain_terminal_runs: Option<Duration>,
 ) -> anyhow::Result<()> {
@@ -419,7 +447,9 @@ async fn serve(
             .clone()
             .with_type("llm", Arc::new(llm));
     }
-    let (http, binding) = HttpExecutor::for_engine()?;
+    let (http, binding) = HttpExecutor::builder()
+        .signing_secrets(webhook_secrets)
+        .for_engine()?;
     engine_config.executors = engine_config
         .executors
         .clone()

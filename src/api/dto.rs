@@ -243,6 +243,8 @@ pub enum ExecutorDto {
     Http {
         /// Where to POST.
         url: String,
+        /// The environment variable holding the webhook's signing secret(s).
+        signing_secret_env: Option<String>,
     },
     /// An OpenAI-compatible model call.
     Llm {
@@ -275,6 +277,16 @@ enum KnownExecutorDto {
     Http {
         /// Where to POST.
         url: String,
+        /// The name of the server's environment variable holding this webhook's signing
+        /// secret(s), `whsec_<base64>` (several separated by spaces while rotating); it
+        /// overrides the server-wide `--webhook-secret-env`. Only the name is stored and
+        /// returned; the variable must be set when the capability is registered.
+        #[serde(
+            rename = "signingSecretEnv",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        signing_secret_env: Option<String>,
     },
     /// An OpenAI-compatible model call.
     Llm {
@@ -295,7 +307,13 @@ impl Serialize for ExecutorDto {
             Self::Builtin { handler } => KnownExecutorDto::Builtin {
                 handler: handler.clone(),
             },
-            Self::Http { url } => KnownExecutorDto::Http { url: url.clone() },
+            Self::Http {
+                url,
+                signing_secret_env,
+            } => KnownExecutorDto::Http {
+                url: url.clone(),
+                signing_secret_env: signing_secret_env.clone(),
+            },
             Self::Llm {
                 model,
                 instructions,
@@ -343,7 +361,13 @@ impl<'de> Deserialize<'de> for ExecutorDto {
             KnownExecutorDto::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
         Ok(match known {
             KnownExecutorDto::Builtin { handler } => Self::Builtin { handler },
-            KnownExecutorDto::Http { url } => Self::Http { url },
+            KnownExecutorDto::Http {
+                url,
+                signing_secret_env,
+            } => Self::Http {
+                url,
+                signing_secret_env,
+            },
             KnownExecutorDto::Llm {
                 model,
                 instructions,
@@ -927,7 +951,10 @@ impl TryFrom<ExecutorDto> for ExecutorSpec {
     fn try_from(e: ExecutorDto) -> Result<Self, ApiError> {
         Ok(match e {
             ExecutorDto::Builtin { handler } => Self::Builtin { handler },
-            ExecutorDto::Http { url } => {
+            ExecutorDto::Http {
+                url,
+                signing_secret_env,
+            } => {
                 let parsed = reqwest::Url::parse(&url).map_err(|err| {
                     ApiError::invalid_field(
                         "executor.url",
@@ -940,7 +967,15 @@ impl TryFrom<ExecutorDto> for ExecutorSpec {
                         format!("webhook url `{url}` must be http or https"),
                     ));
                 }
-                Self::Http { url }
+                if let Some(name) = &signing_secret_env {
+                    crate::executors::http::check_secret_env_name(name).map_err(|message| {
+                        ApiError::invalid_field("executor.signingSecretEnv", message)
+                    })?;
+                }
+                Self::Http {
+                    url,
+                    signing_secret_env,
+                }
             }
             ExecutorDto::Llm {
                 model,
@@ -967,7 +1002,13 @@ impl From<&ExecutorSpec> for ExecutorDto {
             ExecutorSpec::Builtin { handler } => Self::Builtin {
                 handler: handler.clone(),
             },
-            ExecutorSpec::Http { url } => Self::Http { url: url.clone() },
+            ExecutorSpec::Http {
+                url,
+                signing_secret_env,
+            } => Self::Http {
+                url: url.clone(),
+                signing_secret_env: signing_secret_env.clone(),
+            },
             ExecutorSpec::Llm {
                 model,
                 instructions,
@@ -1239,7 +1280,8 @@ mod tests {
         assert_eq!(
             cap.executor,
             ExecutorSpec::Http {
-                url: "http://127.0.0.1:9000/exec".into()
+                url: "http://127.0.0.1:9000/exec".into(),
+                signing_secret_env: None,
             }
         );
         assert_eq!((cap.max_attempts, cap.timeout_ms), (2, 30_000));
@@ -1262,9 +1304,44 @@ mod tests {
     #[test]
     fn a_webhook_url_must_be_http() {
         for url in ["ftp://x/y", "not a url"] {
-            let dto = ExecutorDto::Http { url: url.into() };
+            let dto = ExecutorDto::Http {
+                url: url.into(),
+                signing_secret_env: None,
+            };
             let err = ExecutorSpec::try_from(dto).unwrap_err();
             assert_eq!(err.details, Some(json!({"field": "executor.url"})), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_signing_secret_env_is_a_variable_name_never_a_secret() {
+        let wire = json!({"type": "http", "url": "http://127.0.0.1:9/x", "signingSecretEnv": "HOOK_SECRET"});
+        let dto: ExecutorDto = serde_json::from_value(wire.clone()).unwrap();
+        let spec = ExecutorSpec::try_from(dto.clone()).unwrap();
+        assert_eq!(
+            spec,
+            ExecutorSpec::Http {
+                url: "http://127.0.0.1:9/x".into(),
+                signing_secret_env: Some("HOOK_SECRET".into()),
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(ExecutorDto::from(&spec)).unwrap(),
+            wire
+        );
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        for name in ["", "1ABC", "A B", "A=B", secret] {
+            let dto = ExecutorDto::Http {
+                url: "http://127.0.0.1:9/x".into(),
+                signing_secret_env: Some(name.into()),
+            };
+            let err = ExecutorSpec::try_from(dto).unwrap_err();
+            assert_eq!(
+                err.details,
+                Some(json!({"field": "executor.signingSecretEnv"})),
+                "{name}"
+            );
+            assert!(!err.message.contains(&secret[6..]), "{}", err.message);
         }
     }
 

@@ -115,6 +115,15 @@ impl From<EngineError> for ApiError {
                 message,
             )
             .with_details(json!({ "capabilityId": capability_id, "diagnostics": diagnostics })),
+            EngineError::ExecutorRefused {
+                capability_id,
+                source,
+            } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "INVALID_CATALOG_ENTRY",
+                message,
+            )
+            .with_details(json!({ "capabilityId": capability_id, "field": source.field })),
             e @ EngineError::Corrupt { .. } => Self::internal(&e),
             EngineError::RunEnded(run) => Self::new(StatusCode::CONFLICT, "RUN_ENDED", message)
                 .with_details(json!({ "runId": run })),

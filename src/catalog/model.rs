@@ -149,6 +149,10 @@ pub enum ExecutorSpec {
     Http {
         /// Where to POST.
         url: String,
+        /// The name of the environment variable holding this webhook's signing secret(s)
+        /// (wire `signingSecretEnv`); it overrides the executor's server-wide secret. Only the
+        /// name is stored: the value is read when a call is signed.
+        signing_secret_env: Option<String>,
     },
     /// An OpenAI-compatible model call.
     Llm {
@@ -193,6 +197,12 @@ enum KnownSpec {
     },
     Http {
         url: String,
+        #[serde(
+            rename = "signingSecretEnv",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        signing_secret_env: Option<String>,
     },
     Llm {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,7 +219,13 @@ impl Serialize for ExecutorSpec {
             Self::Builtin { handler } => KnownSpec::Builtin {
                 handler: handler.clone(),
             },
-            Self::Http { url } => KnownSpec::Http { url: url.clone() },
+            Self::Http {
+                url,
+                signing_secret_env,
+            } => KnownSpec::Http {
+                url: url.clone(),
+                signing_secret_env: signing_secret_env.clone(),
+            },
             Self::Llm {
                 model,
                 instructions,
@@ -257,7 +273,13 @@ impl<'de> Deserialize<'de> for ExecutorSpec {
         let known = KnownSpec::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
         Ok(match known {
             KnownSpec::Builtin { handler } => Self::Builtin { handler },
-            KnownSpec::Http { url } => Self::Http { url },
+            KnownSpec::Http {
+                url,
+                signing_secret_env,
+            } => Self::Http {
+                url,
+                signing_secret_env,
+            },
             KnownSpec::Llm {
                 model,
                 instructions,
@@ -578,6 +600,7 @@ mod tests {
             CapabilityKind::Validation,
             ExecutorSpec::Http {
                 url: "http://127.0.0.1:9/review".into(),
+                signing_secret_env: None,
             },
         )
         .with_version("2.1.0")
@@ -606,6 +629,7 @@ mod tests {
                 max_attempts: 3,
                 executor: ExecutorSpec::Http {
                     url: "http://127.0.0.1:9/review".into(),
+                    signing_secret_env: None,
                 },
                 status: CapabilityStatus::Inactive,
             }
@@ -625,6 +649,7 @@ mod executor_spec_tests {
         for wire in [
             json!({"type": "builtin", "handler": "noop"}),
             json!({"type": "http", "url": "http://127.0.0.1:9/x"}),
+            json!({"type": "http", "url": "http://127.0.0.1:9/x", "signingSecretEnv": "HOOK_SECRET"}),
             json!({"type": "llm", "instructions": ""}),
             json!({"type": "llm", "model": "m", "instructions": "be brief"}),
             json!({"type": "human"}),

@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::catalog::ExecutorSpec;
+use crate::catalog::{Capability, ExecutorSpec};
 use crate::ids::RunId;
 
 /// The context bundle handed to an executor (DESIGN §8, "HTTP executor call").
@@ -76,6 +76,26 @@ impl ExecError {
     }
 }
 
+/// An executor's refusal of a capability's configuration, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
+pub struct CapabilityRefused {
+    /// JSON path of the field in the capability registration, e.g. `executor.signingSecretEnv`.
+    pub field: String,
+    /// What is wrong; never a secret's value.
+    pub message: String,
+}
+
+impl CapabilityRefused {
+    /// A refusal of `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Runs nodes of capabilities whose executor type it serves (`http`, `llm`, …).
 #[async_trait]
 pub trait NodeExecutor: Send + Sync + 'static {
@@ -85,6 +105,19 @@ pub trait NodeExecutor: Send + Sync + 'static {
     /// [`ExecError`] when the attempt failed; its `retryable` flag decides whether the
     /// engine tries again (within the capability's `maxAttempts`).
     async fn execute(&self, call: NodeCall) -> Result<Map<String, Value>, ExecError>;
+
+    /// Checks a capability of this executor's type when it is registered
+    /// ([`Engine::register_capability`](crate::Engine::register_capability) and the
+    /// capabilities of [`EngineConfig`](crate::EngineConfig)), so that a configuration the
+    /// executor cannot serve is refused up front instead of failing every node. Capabilities
+    /// read back from the store are not checked again. The default accepts every capability.
+    ///
+    /// # Errors
+    /// [`CapabilityRefused`] naming the field at fault.
+    fn check_capability(&self, capability: &Capability) -> Result<(), CapabilityRefused> {
+        let _ = capability;
+        Ok(())
+    }
 }
 
 /// A synchronous in-process handler (executor type `builtin`).

@@ -57,7 +57,8 @@ pub struct RunResult {
     pub error: Option<RunError>,
 }
 pub use executor::{
-    AsyncBuiltinHandler, BuiltinHandler, ExecError, Executors, NodeCall, NodeExecutor,
+    AsyncBuiltinHandler, BuiltinHandler, CapabilityRefused, ExecError, Executors, NodeCall,
+    NodeExecutor,
 };
 
 pub use idempotency::{IdempotencyKey, MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN, Steer};
@@ -70,7 +71,7 @@ use idempotency::{Claims, PendingRequest};
 ///
 /// - the request is wrong — fix it: [`InvalidEnvelope`](Self::InvalidEnvelope),
 ///   [`InvalidPolicies`](Self::InvalidPolicies), [`Catalog`](Self::Catalog),
-///   [`CapabilityFacets`](Self::CapabilityFacets);
+///   [`CapabilityFacets`](Self::CapabilityFacets), [`ExecutorRefused`](Self::ExecutorRefused);
 /// - the run is not where the request needs it — look again, maybe retry later:
 ///   [`RunNotFound`](Self::RunNotFound), [`RunEnded`](Self::RunEnded),
 ///   [`RunActive`](Self::RunActive),
@@ -123,6 +124,16 @@ pub enum EngineError {
     /// A facet or capability registration was refused.
     #[error("invalid catalog entry: {0}")]
     Catalog(#[from] CatalogError),
+    /// The executor registered for a capability's executor type refuses its configuration
+    /// (a webhook signing secret that is not set, say).
+    #[error("invalid catalog entry: capability `{capability_id}` {source}")]
+    ExecutorRefused {
+        /// The refused capability.
+        capability_id: String,
+        /// The executor's refusal, naming the field.
+        #[source]
+        source: CapabilityRefused,
+    },
     /// A capability names facets the catalog refuses (unknown, wrong direction, …).
     #[error("invalid catalog entry: {}", first_message(.diagnostics))]
     CapabilityFacets {
@@ -484,7 +495,11 @@ impl Engine {
         for facet in store.facets()?.into_iter().chain(config.facets) {
             catalog.facets.register(facet)?;
         }
-        for cap in store.capabilities()?.into_iter().chain(config.capabilities) {
+        for cap in store.capabilities()? {
+            catalog.registry.register(cap)?;
+        }
+        for cap in config.capabilities {
+            check_executor(&config.executors, &cap)?;
             catalog.registry.register(cap)?;
         }
         let (events, _) = broadcast::channel(config.event_buffer.max(16));
@@ -824,8 +839,11 @@ impl Engine {
     /// Registers (or replaces) a capability, persisting it.
     ///
     /// # Errors
-    /// [`EngineError::Catalog`] when the capability is invalid or names unknown facets.
+    /// [`EngineError::Catalog`] when the capability is invalid or names unknown facets;
+    /// [`EngineError::ExecutorRefused`] when the executor of its type refuses its
+    /// configuration ([`NodeExecutor::check_capability`]).
     pub fn register_capability(&self, capability: Capability) -> Result<(), EngineError> {
+        check_executor(&self.inner.executors, &capability)?;
         let mut guard = self
             .inner
             .catalog
@@ -1129,6 +1147,21 @@ fn join_failed(e: &tokio::task::JoinError) -> EngineError {
         tracing::error!(error = %e, "a request task panicked");
     }
     EngineError::ShuttingDown
+}
+
+/// Asks the executor registered for the capability's executor type whether it can serve it.
+fn check_executor(executors: &Executors, capability: &Capability) -> Result<(), EngineError> {
+    match executors.for_type(capability.executor.executor_type()) {
+        Some(executor) => {
+            executor
+                .check_capability(capability)
+                .map_err(|source| EngineError::ExecutorRefused {
+                    capability_id: capability.capability_id.clone(),
+                    source,
+                })
+        }
+        None => Ok(()),
+    }
 }
 
 fn result_of(run_id: RunId, event: &RunEvent) -> Option<RunResult> {

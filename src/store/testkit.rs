@@ -265,6 +265,7 @@ pub(crate) fn capability() -> Capability {
         max_attempts: 2,
         executor: ExecutorSpec::Http {
             url: "http://127.0.0.1:9000/exec".to_owned(),
+            signing_secret_env: None,
         },
         status: CapabilityStatus::Active,
     }

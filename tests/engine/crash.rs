@@ -53,6 +53,7 @@ fn slow_writer() -> Capability {
         max_attempts: 1,
         executor: ExecutorSpec::Http {
             url: "http://127.0.0.1:9/exec".into(),
+            signing_secret_env: None,
         },
         status: CapabilityStatus::Active,
     }

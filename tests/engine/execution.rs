@@ -185,6 +185,7 @@ async fn a_node_that_overruns_its_timeout_fails_with_timeout() {
             "writer.hook",
             ExecutorSpec::Http {
                 url: "http://127.0.0.1:9/x".into(),
+                signing_secret_env: None,
             },
             50,
             1,

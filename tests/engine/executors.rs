@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use async_trait::async_trait;
 use flexrun::catalog::Facet;
 use flexrun::catalog::{AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec};
-use flexrun::engine::{ExecError, NodeCall, NodeExecutor};
+use flexrun::engine::{CapabilityRefused, ExecError, NodeCall, NodeExecutor};
 use flexrun::fsm::{EventBody, RunEvent, RunOutcome};
 use flexrun::graph::PlanSnapshot;
 use flexrun::planner::{PlanRequest, PlanResponse, Planner, PlannerError};
@@ -162,6 +162,7 @@ impl NodeExecutor for Panics {
 async fn a_panicking_node_executor_fails_the_node_and_the_run_ends_normally() {
     let hook = ExecutorSpec::Http {
         url: "http://127.0.0.1:9/x".into(),
+        signing_secret_env: None,
     };
     let (env, run, events) = run_with(writer("writer.hook", hook, 5_000, 1), |mut c| {
         c.executors = c.executors.clone().with_type("http", Arc::new(Panics));
@@ -332,6 +333,68 @@ async fn a_custom_executor_type_nobody_registered_is_executor_missing() {
     assert_eq!(errors[0].1, "EXECUTOR_MISSING");
     assert!(errors[0].2.contains("`grpc`"), "{}", errors[0].2);
     assert_eq!(complete_status(&events).as_deref(), Some("failed"));
+}
+
+/// A custom executor that serves only capabilities naming a `target`.
+struct Picky;
+
+#[async_trait]
+impl NodeExecutor for Picky {
+    async fn execute(&self, _call: NodeCall) -> Result<Map<String, Value>, ExecError> {
+        Ok(copy("picky"))
+    }
+
+    fn check_capability(&self, capability: &Capability) -> Result<(), CapabilityRefused> {
+        match &capability.executor {
+            ExecutorSpec::Custom { config, .. } if config.contains_key("target") => Ok(()),
+            _ => Err(CapabilityRefused::new(
+                "executor.target",
+                "a grpc capability needs a target",
+            )),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_executor_refuses_a_capability_it_cannot_serve_when_it_is_registered() {
+    let mut untargeted = grpc_writer();
+    untargeted.executor = serde_json::from_value(json!({"type": "grpc"})).unwrap();
+    let config = |capabilities: Vec<Capability>| {
+        let mut c = flexrun::demo::config(Arc::new(MemoryStore::new()));
+        c.executors = c.executors.clone().with_type("grpc", Arc::new(Picky));
+        c.capabilities.extend(capabilities);
+        c
+    };
+    let refused = Engine::open(config(vec![untargeted.clone()]))
+        .await
+        .unwrap_err();
+    let EngineError::ExecutorRefused {
+        capability_id,
+        source,
+    } = &refused
+    else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(
+        (capability_id.as_str(), source.field.as_str()),
+        ("writer.grpc", "executor.target")
+    );
+    assert_eq!(
+        refused.to_string(),
+        "invalid catalog entry: capability `writer.grpc` field `executor.target`: a grpc capability needs a target"
+    );
+
+    let engine = Engine::open(config(vec![])).await.unwrap();
+    let err = engine.register_capability(untargeted).unwrap_err();
+    assert!(
+        matches!(&err, EngineError::ExecutorRefused { source, .. } if source.field == "executor.target"),
+        "{err:?}"
+    );
+    assert!(!engine.catalog().registry.contains("writer.grpc"));
+    assert!(engine.store().capabilities().unwrap().is_empty());
+    engine.register_capability(grpc_writer()).unwrap();
+    assert!(engine.catalog().registry.contains("writer.grpc"));
+    engine.shutdown().await;
 }
 
 struct PanickingPlanner;

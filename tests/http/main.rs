@@ -20,5 +20,6 @@ mod kill;
 mod restart;
 mod retention;
 mod scenarios;
+mod signing;
 mod streams;
 mod webhook;

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flexrun::api::{self, ApiConfig, AppState, Shutdown};
-use flexrun::executors::http::HttpExecutor;
+use flexrun::executors::http::{HttpExecutor, HttpExecutorBuilder};
 use flexrun::fsm::RunEvent;
 use flexrun::planner::Planner;
 use flexrun::{Durability, Engine, RedbStore, RunId, Store};
@@ -28,6 +28,8 @@ pub struct Options {
     pub planner: Option<Arc<dyn Planner>>,
     pub config: ApiConfig,
     pub event_buffer: usize,
+    /// How the `http` executor signs its calls.
+    pub http: HttpExecutorBuilder,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
             planner: None,
             config: ApiConfig::default(),
             event_buffer: 4096,
+            http: HttpExecutor::builder(),
         }
     }
 }
@@ -70,7 +73,7 @@ impl Server {
             config.planner = p;
         }
         config.event_buffer = opts.event_buffer;
-        let (http, binding) = HttpExecutor::for_engine().unwrap();
+        let (http, binding) = opts.http.for_engine().unwrap();
         config.executors = config.executors.clone().with_type("http", Arc::new(http));
         let engine = Engine::open(config).await.unwrap();
         binding.bind(&engine);
