@@ -29,7 +29,7 @@ use crate::diagnostics::Diagnostic;
 use crate::envelope::RunEnvelope;
 use crate::fsm::FsmError;
 use crate::fsm::{EventBody, EventKind, HitlDecision, RunError, RunEvent, RunOutcome};
-use crate::ids::RunId;
+use crate::ids::{IdError, IdKind, RunId, check_id};
 use crate::planner::Planner;
 use crate::policy::PolicyError;
 use crate::store::{Committer, HitlRecord, HitlStatus, RunHead, RunStatus, Store, StoreError};
@@ -62,7 +62,7 @@ use executor::panic_message;
 ///
 /// - the request is wrong — fix it: [`InvalidEnvelope`](Self::InvalidEnvelope),
 ///   [`InvalidPolicies`](Self::InvalidPolicies), [`Catalog`](Self::Catalog),
-///   [`CapabilityFacets`](Self::CapabilityFacets);
+///   [`CapabilityFacets`](Self::CapabilityFacets), [`InvalidId`](Self::InvalidId);
 /// - the run is not where the request needs it — look again, maybe retry later:
 ///   [`RunNotFound`](Self::RunNotFound), [`RunEnded`](Self::RunEnded),
 ///   [`IllegalTransition`](Self::IllegalTransition),
@@ -107,6 +107,10 @@ pub enum EngineError {
     /// The run has ended.
     #[error("run {0} has ended")]
     RunEnded(RunId),
+    /// An identifier given to the engine breaks the grammar of [`crate::ids`] (a HITL
+    /// request id to answer); it can name nothing.
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
     /// A facet or capability registration was refused.
     #[error("invalid catalog entry: {0}")]
     Catalog(#[from] CatalogError),
@@ -376,15 +380,24 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Opens the engine over its store: loads the catalog and resumes every non-terminal run.
     ///
+    /// Facets and capabilities read back from the store are not held to the identifier
+    /// grammar (they may predate it); configured ones are.
+    ///
     /// # Errors
     /// Store errors, and [`EngineError::Catalog`] when a configured facet or capability is invalid.
     pub async fn open(config: EngineConfig) -> Result<Self, EngineError> {
         let store = config.store.clone();
         let mut catalog = CatalogState::default();
-        for facet in store.facets()?.into_iter().chain(config.facets) {
+        for facet in store.facets()? {
+            catalog.facets.restore(facet)?;
+        }
+        for facet in config.facets {
             catalog.facets.register(facet)?;
         }
-        for cap in store.capabilities()?.into_iter().chain(config.capabilities) {
+        for cap in store.capabilities()? {
+            catalog.registry.restore(cap)?;
+        }
+        for cap in config.capabilities {
             catalog.registry.register(cap)?;
         }
         let (events, _) = broadcast::channel(config.event_buffer.max(16));
@@ -560,6 +573,12 @@ impl Engine {
             .catalog
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        crate::catalog::check_capability_ids(
+            &capability.capability_id,
+            &capability.input_facets,
+            &capability.output_facets,
+        )
+        .map_err(CatalogError::from)?;
         let mut next = (**guard).clone();
         let problems = crate::catalog::check_capability_facets(&capability, &next.facets);
         if crate::diagnostics::has_errors(&problems) {
@@ -619,14 +638,16 @@ impl Engine {
     /// Answers a pending HITL request.
     ///
     /// # Errors
-    /// [`EngineError::UnknownHitlRequest`] when the request is unknown or already resolved;
-    /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
+    /// [`EngineError::InvalidId`] (field `requestId`) when `request_id` breaks the identifier
+    /// grammar; [`EngineError::UnknownHitlRequest`] when the request is unknown or already
+    /// resolved; [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
     pub async fn answer_hitl(
         &self,
         run_id: RunId,
         request_id: &str,
         answer: HitlAnswer,
     ) -> Result<(), EngineError> {
+        check_id(IdKind::HitlRequest, "requestId", request_id)?;
         self.control(
             run_id,
             Control::Answer {

@@ -15,6 +15,7 @@ mod errors;
 mod execution;
 mod executors;
 mod hitl;
+mod ids;
 mod observe;
 mod planning;
 mod replan;

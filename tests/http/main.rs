@@ -15,6 +15,7 @@ mod catalog;
 mod corpus_replies;
 mod errors;
 mod hitl;
+mod ids;
 mod restart;
 mod scenarios;
 mod streams;
