@@ -79,7 +79,7 @@ pub mod fsm;
 pub mod graph;
 #[cfg(feature = "client")]
 pub mod http_client;
-mod ids;
+pub mod ids;
 pub mod planner;
 pub mod policy;
 pub mod store;

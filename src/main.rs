@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, Write as _};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,60 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "flexrun", version, about = "Hybrid plan/execute engine")]
 struct Cli {
+    /// On failure, print the whole error chain (and a backtrace when `RUST_BACKTRACE` is
+    /// set), and log at `info` unless `FLEXRUN_LOG` says otherwise. Setting `FLEXRUN_LOG`
+    /// also prints the whole chain.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// The file name of the store inside a `--data` directory.
+const STORE_FILE: &str = "flexrun.redb";
+
+/// Where the store is; shared by every subcommand that opens one.
+#[derive(Debug, Clone, clap::Args)]
+struct DataArg {
+    /// The store: a directory holding `flexrun.redb` (both created if missing), or a store
+    /// file (a path ending in `.redb`, or an existing regular file).
+    #[arg(long, value_name = "PATH", default_value = ".")]
+    data: PathBuf,
+}
+
+impl DataArg {
+    /// The store file `--data` names; creates the directories it needs.
+    fn store_path(&self) -> anyhow::Result<PathBuf> {
+        store_path(&self.data)
+    }
+}
+
+/// Resolves `--data`: an existing directory (or a missing path not ending in `.redb`, created
+/// as a directory) holds `flexrun.redb`; an existing regular file, or a path ending in
+/// `.redb` (its parent directories created), is the store file itself.
+fn store_path(data: &Path) -> anyhow::Result<PathBuf> {
+    match std::fs::metadata(data) {
+        Ok(meta) if meta.is_dir() => Ok(data.join(STORE_FILE)),
+        Ok(meta) if meta.is_file() => Ok(data.to_owned()),
+        Ok(_) => bail!(
+            "--data {}: neither a directory nor a regular file",
+            data.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if data.extension().is_some_and(|ext| ext == "redb") {
+                if let Some(parent) = data.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+                Ok(data.to_owned())
+            } else {
+                std::fs::create_dir_all(data)
+                    .with_context(|| format!("creating {}", data.display()))?;
+                Ok(data.join(STORE_FILE))
+            }
+        }
+        Err(e) => Err(e).with_context(|| format!("looking up {}", data.display())),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -59,9 +112,8 @@ enum Cmd {
     Run {
         /// The run envelope (JSON).
         envelope: PathBuf,
-        /// The store file.
-        #[arg(long, default_value = "flexrun.redb")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataArg,
         /// How to answer HITL requests.
         #[arg(long, value_enum, default_value = "ask")]
         answer: Answer,
@@ -101,9 +153,8 @@ enum Cmd {
         /// Address to listen on (loopback unless told otherwise).
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
-        /// Directory of the store file `flexrun.redb` (created if missing).
-        #[arg(long, default_value = ".")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataArg,
         /// The default planner of runs whose envelope names none.
         #[arg(long, value_enum, default_value = "catalog")]
         planner: PlannerArg,
@@ -232,16 +283,53 @@ enum DocsArg {
     States,
 }
 
+/// Runs the command. A failure is one line on stderr, `error: ` and the error's causes joined
+/// by `: `, and exit code 1; with `--verbose` or `FLEXRUN_LOG` set, the whole chain (and a
+/// backtrace when one was captured).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let logging = std::env::var_os("FLEXRUN_LOG").is_some();
+    let default_level = if cli.verbose { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLEXRUN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match command(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if cli.verbose || logging => {
+            eprintln!("error: {e:?}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes joined by `: ` on one line; a cause whose text its parent's
+/// message already ends with (errors that print their source) is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace(['\n', '\r'], " ")
+}
+
+async fn command(command: Cmd) -> anyhow::Result<()> {
+    match command {
         Cmd::Run {
             envelope,
             data,
@@ -347,17 +435,23 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run(path: PathBuf, data: PathBuf, answer: Answer, format: Format) -> anyhow::Result<()> {
+async fn run(path: PathBuf, data: DataArg, answer: Answer, format: Format) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let envelope: RunEnvelope =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let data = data.store_path()?;
     let store = RedbStore::open(&data, Durability::Fsync)
         .with_context(|| format!("opening {}", data.display()))?;
-    let engine = Engine::open(flexrun::demo::config(Arc::new(store))).await?;
+    let engine = Engine::open(flexrun::demo::config(Arc::new(store)))
+        .await
+        .with_context(|| format!("opening the engine over {}", data.display()))?;
     let mut rx = engine.subscribe();
     let started = Instant::now();
-    let run_id = engine.submit(envelope).await?;
+    let run_id = engine
+        .submit(envelope)
+        .await
+        .with_context(|| format!("submitting {}", path.display()))?;
     eprintln!("run {run_id} (store {})", data.display());
     let outcome = loop {
         let ev = match rx.recv().await {
@@ -410,7 +504,7 @@ async fn run(path: PathBuf, data: PathBuf, answer: Answer, format: Format) -> an
 
 async fn serve(
     addr: SocketAddr,
-    data: PathBuf,
+    data: DataArg,
     planner: PlannerArg,
     model: ModelArgs,
     webhook_secrets: Vec<WebhookSecret>,
@@ -421,8 +515,7 @@ async fn serve(
     if planner == PlannerArg::Openai && model.is_none() {
         bail!("--planner openai needs --planner-base-url and --planner-model");
     }
-    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    let path = data.join("flexrun.redb");
+    let path = data.store_path()?;
     let store = RedbStore::open(&path, Durability::Fsync)
         .with_context(|| format!("opening {}", path.display()))?;
     let recovered = store.non_terminal_runs()?.len();
@@ -454,7 +547,9 @@ async fn serve(
         .executors
         .clone()
         .with_type("http", Arc::new(http));
-    let engine = Engine::open(engine_config).await?;
+    let engine = Engine::open(engine_config)
+        .await
+        .with_context(|| format!("opening the engine over {}", path.display()))?;
     binding.bind(&engine);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -546,5 +641,49 @@ fn ask(question: &str) -> anyhow::Result<HitlDecision> {
             "r" | "reject" | "n" | "no" => return Ok(HitlDecision::Reject),
             _ => eprintln!("please answer approve or reject"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_one_line_without_repeated_causes() {
+        let inner = std::io::Error::other("disk\nfull");
+        let store = anyhow::Error::new(inner).context("storage engine error: disk\nfull");
+        let error = store.context("opening /x/flexrun.redb");
+        assert_eq!(
+            one_line(&error),
+            "opening /x/flexrun.redb: storage engine error: disk full"
+        );
+    }
+
+    #[test]
+    fn data_names_a_directory_or_a_store_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert_eq!(store_path(root).unwrap(), root.join(STORE_FILE));
+        let fresh = root.join("new/nested");
+        assert_eq!(store_path(&fresh).unwrap(), fresh.join(STORE_FILE));
+        assert!(fresh.is_dir(), "a missing directory is created");
+        let named = root.join("elsewhere/runs.redb");
+        assert_eq!(store_path(&named).unwrap(), named);
+        assert!(named.parent().unwrap().is_dir() && !named.exists());
+        let plain = root.join("store-without-extension");
+        std::fs::write(&plain, b"").unwrap();
+        assert_eq!(store_path(&plain).unwrap(), plain);
+        let looks_like_a_file = root.join("dir.redb");
+        std::fs::create_dir(&looks_like_a_file).unwrap();
+        assert_eq!(
+            store_path(&looks_like_a_file).unwrap(),
+            looks_like_a_file.join(STORE_FILE)
+        );
+        let under_a_file = plain.join("sub");
+        let err = store_path(&under_a_file).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with(&format!("looking up {}: ", under_a_file.display())),
+            "{err:#}"
+        );
     }
 }

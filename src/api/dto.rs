@@ -12,17 +12,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::schema::{
+    AdditionalProperties, Array, ArrayBuilder, Object, ObjectBuilder, OneOfBuilder, Schema, Type,
+};
 
 use super::error::ApiError;
 use crate::catalog::{
     AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec, Facet, FacetDirection,
+    check_capability_ids,
 };
 use crate::engine::HitlAnswer;
 use crate::envelope::{OutputContract, RunEnvelope};
 use crate::fsm::{HitlDecision, RunError};
 use crate::graph::{PlanDiff, PlanEdge, PlanNode, PlanSnapshot};
-use crate::ids::{RunId, Timestamp};
+use crate::ids::{ID_PATTERN, IdKind, RunId, Timestamp, check_id};
 use crate::store::{HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus};
 
 pub mod policies;
@@ -75,6 +78,7 @@ pub enum OutputContractDto {
     /// The output is the values of these facets.
     Facets {
         /// Required output facets (registered facet names).
+        #[schema(schema_with = facet_names_schema)]
         facets: Vec<String>,
     },
     /// The output is an object matching `schema`; its `required` properties are facets.
@@ -95,6 +99,7 @@ pub enum OutputContractDto {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FacetDto {
     /// Unique name, e.g. `copyVariants`.
+    #[schema(schema_with = facet_name_schema)]
     pub name: String,
     /// Short title.
     #[serde(default)]
@@ -136,6 +141,7 @@ pub enum DirectionDto {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CapabilityDto {
     /// Unique id, e.g. `writer.en`.
+    #[schema(schema_with = capability_id_schema)]
     pub capability_id: String,
     /// Semantic version.
     #[serde(default = "default_version")]
@@ -153,9 +159,11 @@ pub struct CapabilityDto {
     pub agent_type: AgentTypeDto,
     /// Facets consumed.
     #[serde(default)]
+    #[schema(schema_with = facet_names_schema)]
     pub input_facets: Vec<String>,
     /// Facets produced.
     #[serde(default)]
+    #[schema(schema_with = facet_names_schema)]
     pub output_facets: Vec<String>,
     /// Relative cost.
     #[serde(default)]
@@ -569,8 +577,10 @@ pub struct RunErrorDto {
 #[serde(rename_all = "camelCase")]
 pub struct NodeView {
     /// The node id.
+    #[schema(schema_with = node_id_schema)]
     pub node_id: String,
     /// The executing capability.
+    #[schema(schema_with = capability_id_schema)]
     pub capability_id: String,
     /// Stage label.
     pub stage: String,
@@ -606,6 +616,7 @@ pub enum NodeStatusDto {
 #[serde(rename_all = "camelCase")]
 pub struct HitlView {
     /// The request id (the path segment to answer it).
+    #[schema(schema_with = hitl_request_id_schema)]
     pub request_id: String,
     /// Pending or resolved.
     pub status: HitlStatusDto,
@@ -669,16 +680,20 @@ pub struct PlanView {
 #[serde(rename_all = "camelCase")]
 pub struct PlanNodeDto {
     /// Stable id.
+    #[schema(schema_with = node_id_schema)]
     pub id: String,
     /// Stage label.
     pub stage: String,
     /// The executing capability.
+    #[schema(schema_with = capability_id_schema)]
     pub capability_id: String,
     /// The node's kind.
     pub kind: KindDto,
     /// Facets consumed.
+    #[schema(schema_with = facet_names_schema)]
     pub input_facets: Vec<String>,
     /// Facets produced.
+    #[schema(schema_with = facet_names_schema)]
     pub output_facets: Vec<String>,
     /// Node-level instructions.
     pub instructions: Vec<String>,
@@ -690,8 +705,10 @@ pub struct PlanNodeDto {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PlanEdgeDto {
     /// Upstream node id.
+    #[schema(schema_with = node_id_schema)]
     pub from: String,
     /// Downstream node id.
+    #[schema(schema_with = node_id_schema)]
     pub to: String,
 }
 
@@ -794,6 +811,46 @@ pub struct EventDoc {
 }
 
 // ---------------------------------------------------------------------------------------
+// Identifier schemas: the grammar of `crate::ids` as OpenAPI `pattern` and `maxLength`
+// ---------------------------------------------------------------------------------------
+
+fn id_schema(kind: IdKind, description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(kind.max_len()))
+        .pattern(Some(ID_PATTERN))
+        .description(Some(format!(
+            "{description}: {} (see Identifiers in docs/API.md)",
+            kind.expected()
+        )))
+        .build()
+}
+
+fn capability_id_schema() -> Object {
+    id_schema(IdKind::Capability, "A capability id, e.g. `writer.en`")
+}
+
+fn facet_name_schema() -> Object {
+    id_schema(IdKind::Facet, "A facet name, e.g. `copyVariants`")
+}
+
+fn facet_names_schema() -> Array {
+    ArrayBuilder::new()
+        .items(facet_name_schema())
+        .description(Some("Facet names"))
+        .build()
+}
+
+fn node_id_schema() -> Object {
+    id_schema(IdKind::Node, "A plan node id, e.g. `write`")
+}
+
+fn hitl_request_id_schema() -> Object {
+    id_schema(IdKind::HitlRequest, "A HITL request id, e.g. `qa-gate-1`")
+}
+
+// ---------------------------------------------------------------------------------------
 // Conversions
 // ---------------------------------------------------------------------------------------
 
@@ -847,12 +904,7 @@ impl TryFrom<FacetDto> for Facet {
     type Error = ApiError;
 
     fn try_from(f: FacetDto) -> Result<Self, ApiError> {
-        if f.name.trim().is_empty() {
-            return Err(ApiError::invalid_field(
-                "name",
-                "facet name must not be empty",
-            ));
-        }
+        check_id(IdKind::Facet, "name", &f.name)?;
         if !f.schema.is_object() && !f.schema.is_boolean() {
             return Err(ApiError::invalid_field(
                 "schema",
@@ -1032,12 +1084,7 @@ impl TryFrom<CapabilityDto> for Capability {
     type Error = ApiError;
 
     fn try_from(c: CapabilityDto) -> Result<Self, ApiError> {
-        if c.capability_id.trim().is_empty() {
-            return Err(ApiError::invalid_field(
-                "capabilityId",
-                "capability id must not be empty",
-            ));
-        }
+        check_capability_ids(&c.capability_id, &c.input_facets, &c.output_facets)?;
         if c.max_attempts == 0 {
             return Err(ApiError::invalid_field(
                 "maxAttempts",

@@ -6,7 +6,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::dto::{ErrorBody, ErrorDetail};
+use crate::catalog::CatalogError;
 use crate::engine::EngineError;
+use crate::ids::IdError;
 use crate::store::StoreError;
 
 /// A failed request: an HTTP status, a stable code, a message and optional details.
@@ -129,11 +131,18 @@ impl From<EngineError> for ApiError {
                 .with_details(json!({ "runId": run })),
             EngineError::RunActive(run) => Self::new(StatusCode::CONFLICT, "RUN_ACTIVE", message)
                 .with_details(json!({ "runId": run })),
+            EngineError::Catalog(CatalogError::InvalidId(e)) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "INVALID_CATALOG_ENTRY",
+                message,
+            )
+            .with_details(json!({ "field": e.field() })),
             EngineError::Catalog(_) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "INVALID_CATALOG_ENTRY",
                 message,
             ),
+            EngineError::InvalidId(e) => Self::from(e),
             EngineError::Store(e) => Self::from(e),
             EngineError::IdempotencyKeyReused { key } => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -160,6 +169,13 @@ impl From<EngineError> for ApiError {
                 .with_details(json!({ "runId": run_id }))
             }
         }
+    }
+}
+
+/// 422 `INVALID_FIELD` naming the identifier's field (a body field or a path parameter).
+impl From<IdError> for ApiError {
+    fn from(e: IdError) -> Self {
+        Self::invalid_field(e.field(), e.to_string())
     }
 }
 

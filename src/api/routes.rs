@@ -29,7 +29,7 @@ use crate::catalog::{Capability, CapabilityStatus, Facet};
 use crate::engine::{IdempotencyKey, Steer, Submission};
 use crate::fsm::EventBody;
 use crate::graph::{PlanGraph, PlanSnapshot};
-use crate::ids::RunId;
+use crate::ids::{IdKind, RunId, check_id};
 use crate::store::{Store, StoreError};
 
 /// The API's router over `state`: every route of DESIGN §5, the one error shape for every
@@ -578,7 +578,8 @@ pub(crate) async fn list_hitl(
     params(("id" = String, Path, description = "Run id"), ("requestId" = String, Path, description = "HITL request id"),
         ("Idempotency-Key" = Option<String>, Header, description = "Repeats the answer of an earlier request with this key instead of applying it again (see docs/API.md)")),
     responses((status = 200, body = RunAck), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, description = "Unknown or already resolved request, or the run has ended", body = ErrorBody)))]
+              (status = 409, description = "Unknown or already resolved request, or the run has ended", body = ErrorBody),
+              (status = 422, description = "The request id breaks the identifier grammar", body = ErrorBody)))]
 pub(crate) async fn answer_hitl(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -718,6 +719,7 @@ pub(crate) async fn register_capability(
 }
 
 fn capability_of(st: &AppState, id: &str) -> Result<CapabilityDto, ApiError> {
+    check_id(IdKind::Capability, "id", id)?;
     st.engine
         .catalog()
         .registry
@@ -734,7 +736,8 @@ fn capability_of(st: &AppState, id: &str) -> Result<CapabilityDto, ApiError> {
 /// One capability.
 #[utoipa::path(get, path = "/v1/capabilities/{id}", tag = "catalog",
     params(("id" = String, Path, description = "Capability id")),
-    responses((status = 200, body = CapabilityDto), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = CapabilityDto), (status = 404, body = ErrorBody),
+              (status = 422, description = "The id breaks the identifier grammar", body = ErrorBody)))]
 pub(crate) async fn get_capability(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -759,7 +762,8 @@ async fn set_status(
 /// Deactivates a capability: new plans may not use it; running nodes finish.
 #[utoipa::path(post, path = "/v1/capabilities/{id}/deactivate", tag = "catalog",
     params(("id" = String, Path, description = "Capability id")),
-    responses((status = 200, body = CapabilityDto), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = CapabilityDto), (status = 404, body = ErrorBody),
+              (status = 422, description = "The id breaks the identifier grammar", body = ErrorBody)))]
 pub(crate) async fn deactivate_capability(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -770,7 +774,8 @@ pub(crate) async fn deactivate_capability(
 /// Activates a capability again.
 #[utoipa::path(post, path = "/v1/capabilities/{id}/activate", tag = "catalog",
     params(("id" = String, Path, description = "Capability id")),
-    responses((status = 200, body = CapabilityDto), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = CapabilityDto), (status = 404, body = ErrorBody),
+              (status = 422, description = "The id breaks the identifier grammar", body = ErrorBody)))]
 pub(crate) async fn activate_capability(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,

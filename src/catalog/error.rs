@@ -1,20 +1,15 @@
 //! Errors raised when registering facets and capabilities.
 
+use crate::ids::IdError;
+
 /// Why a facet or capability was refused by the catalog or the registry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CatalogError {
-    /// A facet was registered with an empty name.
-    #[error("facet name is empty")]
-    EmptyFacetName,
-    /// A facet name contains characters outside `[A-Za-z0-9_.-]` or an empty dotted segment.
-    #[error(
-        "invalid facet name `{name}`: use letters, digits, `_`, `-`, and `.` between non-empty segments"
-    )]
-    InvalidFacetName {
-        /// The refused name.
-        name: String,
-    },
+    /// A capability id or facet name breaks the identifier grammar (see
+    /// [`crate::ids`]); the error names the field (`capabilityId`, `inputFacets[0]`, `name`).
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
     /// A facet's schema is not a valid JSON Schema.
     #[error("facet `{name}` has an invalid json schema: {reason}")]
     InvalidFacetSchema {
@@ -23,9 +18,6 @@ pub enum CatalogError {
         /// What the schema compiler reported.
         reason: String,
     },
-    /// A capability was registered with an empty (or blank) id.
-    #[error("capability id is empty")]
-    EmptyCapabilityId,
     /// A capability allows zero attempts per node.
     #[error("capability `{capability_id}` has max attempts 0; at least one attempt is required")]
     ZeroMaxAttempts {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::CatalogError;
 use super::model::Facet;
+use crate::ids::{IdKind, check_id};
 
 /// Source of catalog generations. Every change to any catalog takes a fresh value, so a
 /// generation identifies one catalog content within the process (clones share it until
@@ -33,11 +34,24 @@ impl FacetCatalog {
     ///
     /// # Errors
     ///
-    /// [`CatalogError::EmptyFacetName`] or [`CatalogError::InvalidFacetName`] when the name is
-    /// empty, has characters outside `[A-Za-z0-9_.-]` or an empty dotted segment;
-    /// [`CatalogError::InvalidFacetSchema`] when the schema does not compile as a JSON Schema.
+    /// [`CatalogError::InvalidId`] (field `name`) when the name breaks the identifier grammar
+    /// (see [`crate::ids`]); [`CatalogError::InvalidFacetSchema`] when the schema does not
+    /// compile as a JSON Schema.
     pub fn register(&mut self, facet: Facet) -> Result<(), CatalogError> {
-        validate_facet_name(&facet.name)?;
+        check_id(IdKind::Facet, "name", &facet.name)?;
+        self.insert(facet)
+    }
+
+    /// Adds a facet read back from a store: its name is not held to the identifier grammar,
+    /// which it may predate; the schema must still compile.
+    pub(crate) fn restore(&mut self, facet: Facet) -> Result<(), CatalogError> {
+        if let Err(e) = check_id(IdKind::Facet, "name", &facet.name) {
+            tracing::warn!(error = %e, "stored facet breaks the identifier grammar; kept as stored");
+        }
+        self.insert(facet)
+    }
+
+    fn insert(&mut self, facet: Facet) -> Result<(), CatalogError> {
         if let Err(error) = jsonschema::validator_for(&facet.schema) {
             let location = error.instance_path().to_string();
             let reason = if location.is_empty() {
@@ -88,22 +102,6 @@ impl FacetCatalog {
     pub fn generation(&self) -> u64 {
         self.generation
     }
-}
-
-/// Checks a facet name: non-empty, `[A-Za-z0-9_.-]` only, no empty dotted segment.
-fn validate_facet_name(name: &str) -> Result<(), CatalogError> {
-    if name.is_empty() {
-        return Err(CatalogError::EmptyFacetName);
-    }
-    let allowed = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if !allowed || name.split('.').any(str::is_empty) {
-        return Err(CatalogError::InvalidFacetName {
-            name: name.to_owned(),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -182,26 +180,43 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_names() {
+    fn rejects_names_outside_the_id_grammar() {
         let mut catalog = FacetCatalog::new();
-        assert_eq!(
-            catalog.register(facet("", json!({}))),
-            Err(CatalogError::EmptyFacetName)
-        );
-        for bad in ["has space", "slash/x", "é", ".lead", "trail.", "a..b", "q?"] {
-            assert_eq!(
-                catalog.register(facet(bad, json!({}))),
-                Err(CatalogError::InvalidFacetName {
-                    name: bad.to_owned()
-                }),
-                "{bad}"
-            );
+        let long = "n".repeat(crate::ids::MAX_ID_LEN + 1);
+        for bad in [
+            "",
+            "has space",
+            "slash/x",
+            "é",
+            ".lead",
+            "trail.",
+            "a..b",
+            "q?",
+            &long,
+        ] {
+            match catalog.register(facet(bad, json!({}))) {
+                Err(CatalogError::InvalidId(e)) => assert_eq!(e.field(), "name", "{bad}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
         assert!(catalog.is_empty());
-        for good in ["a", "A-b_c.d-9", "brief.tone"] {
+        for good in ["a", "A-b_c.d-9", "brief.tone", "ns:brief@2", &long[1..]] {
             catalog.register(facet(good, json!({}))).unwrap();
         }
-        assert_eq!(catalog.len(), 3);
+        assert_eq!(catalog.len(), 5);
+    }
+
+    #[test]
+    fn a_stored_facet_may_predate_the_grammar() {
+        let mut catalog = FacetCatalog::new();
+        catalog
+            .restore(facet("old name", json!({"type": "string"})))
+            .unwrap();
+        assert!(catalog.contains("old name"));
+        assert!(matches!(
+            catalog.restore(facet("x", json!({"type": "strng"}))),
+            Err(CatalogError::InvalidFacetSchema { .. })
+        ));
     }
 
     #[test]

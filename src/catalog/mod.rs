@@ -15,4 +15,4 @@ pub use facets::FacetCatalog;
 pub use model::{
     AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec, Facet, FacetDirection,
 };
-pub use registry::{CapabilityRegistry, check_capability_facets};
+pub use registry::{CapabilityRegistry, check_capability_facets, check_capability_ids};

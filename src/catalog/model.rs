@@ -48,7 +48,8 @@ impl FacetDirection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Facet {
-    /// Unique name, e.g. `copyVariants`.
+    /// Unique name, e.g. `copyVariants`; an identifier (see [`crate::ids`]), checked on
+    /// registration. A dotted name (`brief.tone`) addresses a nested property of its parent.
     pub name: String,
     /// Short title.
     #[serde(default)]
@@ -296,7 +297,8 @@ impl<'de> Deserialize<'de> for ExecutorSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Capability {
-    /// Unique id, e.g. `writer.en`.
+    /// Unique id, e.g. `writer.en`; an identifier (see [`crate::ids`]), checked on
+    /// registration.
     pub capability_id: String,
     /// Semantic version.
     #[serde(default = "default_version")]

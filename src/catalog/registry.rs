@@ -6,6 +6,7 @@ use super::error::CatalogError;
 use super::facets::FacetCatalog;
 use super::model::{Capability, CapabilityStatus, ExecutorSpec};
 use crate::diagnostics::{Diagnostic, DiagnosticCode};
+use crate::ids::{IdError, IdKind, check_id};
 
 /// Capabilities by id.
 #[derive(Debug, Clone, Default)]
@@ -25,12 +26,24 @@ impl CapabilityRegistry {
     ///
     /// # Errors
     ///
-    /// [`CatalogError::EmptyCapabilityId`] for a blank id, [`CatalogError::ZeroMaxAttempts`]
-    /// when `max_attempts` is 0, [`CatalogError::ZeroTimeout`] when `timeout_ms` is 0.
+    /// [`CatalogError::InvalidId`] when the id or a facet name breaks the identifier grammar
+    /// ([`check_capability_ids`]), [`CatalogError::ZeroMaxAttempts`] when `max_attempts`
+    /// is 0, [`CatalogError::ZeroTimeout`] when `timeout_ms` is 0.
     pub fn register(&mut self, capability: Capability) -> Result<(), CatalogError> {
-        if capability.capability_id.trim().is_empty() {
-            return Err(CatalogError::EmptyCapabilityId);
+        ids_of(&capability)?;
+        self.insert(capability)
+    }
+
+    /// Adds a capability read back from a store: its id and facet names are not held to the
+    /// identifier grammar, which they may predate; every other check applies.
+    pub(crate) fn restore(&mut self, capability: Capability) -> Result<(), CatalogError> {
+        if let Err(e) = ids_of(&capability) {
+            tracing::warn!(error = %e, "stored capability breaks the identifier grammar; kept as stored");
         }
+        self.insert(capability)
+    }
+
+    fn insert(&mut self, capability: Capability) -> Result<(), CatalogError> {
         if capability.max_attempts == 0 {
             return Err(CatalogError::ZeroMaxAttempts {
                 capability_id: capability.capability_id,
@@ -108,6 +121,38 @@ impl CapabilityRegistry {
         capability.status = status;
         Ok(())
     }
+}
+
+/// Checks a capability's id and facet names against the identifier grammar (see
+/// [`crate::ids`]).
+///
+/// # Errors
+///
+/// An [`IdError`] for the first that breaks it, naming the field: `capabilityId`,
+/// `inputFacets[i]` or `outputFacets[i]`.
+pub fn check_capability_ids(
+    capability_id: &str,
+    input_facets: &[String],
+    output_facets: &[String],
+) -> Result<(), IdError> {
+    check_id(IdKind::Capability, "capabilityId", capability_id)?;
+    for (side, names) in [
+        ("inputFacets", input_facets),
+        ("outputFacets", output_facets),
+    ] {
+        for (i, name) in names.iter().enumerate() {
+            check_id(IdKind::Facet, &format!("{side}[{i}]"), name)?;
+        }
+    }
+    Ok(())
+}
+
+fn ids_of(capability: &Capability) -> Result<(), IdError> {
+    check_capability_ids(
+        &capability.capability_id,
+        &capability.input_facets,
+        &capability.output_facets,
+    )
 }
 
 /// Checks a capability's facets against the catalog: unknown facets ([`DiagnosticCode::UnknownFacet`])
@@ -227,9 +272,26 @@ mod tests {
     #[test]
     fn rejects_invalid_capabilities() {
         let mut registry = CapabilityRegistry::new();
+        let field = |result: Result<(), CatalogError>| match result {
+            Err(CatalogError::InvalidId(e)) => e.field().to_owned(),
+            other => panic!("{other:?}"),
+        };
         assert_eq!(
-            registry.register(capability(" ", &[], &[])),
-            Err(CatalogError::EmptyCapabilityId)
+            field(registry.register(capability(" ", &[], &[]))),
+            "capabilityId"
+        );
+        assert_eq!(
+            field(registry.register(capability("../../etc", &[], &[]))),
+            "capabilityId"
+        );
+        assert_eq!(
+            field(registry.register(capability("w", &["ok", "a b"], &[]))),
+            "inputFacets[1]"
+        );
+        let huge = "f".repeat(1_000_001);
+        assert_eq!(
+            field(registry.register(capability("w", &[], &[huge.as_str()]))),
+            "outputFacets[0]"
         );
         let mut zero_attempts = capability("a", &[], &[]);
         zero_attempts.max_attempts = 0;

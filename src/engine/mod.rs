@@ -33,7 +33,7 @@ use crate::diagnostics::Diagnostic;
 use crate::envelope::RunEnvelope;
 use crate::fsm::FsmError;
 use crate::fsm::{EventBody, EventKind, HitlDecision, RunError, RunEvent, RunOutcome};
-use crate::ids::RunId;
+use crate::ids::{IdError, IdKind, RunId, check_id};
 use crate::planner::Planner;
 use crate::policy::PolicyError;
 use crate::store::{Committer, HitlRecord, HitlStatus, RunHead, RunStatus, Store, StoreError};
@@ -71,7 +71,8 @@ use idempotency::{Claims, PendingRequest};
 ///
 /// - the request is wrong — fix it: [`InvalidEnvelope`](Self::InvalidEnvelope),
 ///   [`InvalidPolicies`](Self::InvalidPolicies), [`Catalog`](Self::Catalog),
-///   [`CapabilityFacets`](Self::CapabilityFacets), [`ExecutorRefused`](Self::ExecutorRefused);
+///   [`CapabilityFacets`](Self::CapabilityFacets), [`ExecutorRefused`](Self::ExecutorRefused),
+///   [`InvalidId`](Self::InvalidId);
 /// - the run is not where the request needs it — look again, maybe retry later:
 ///   [`RunNotFound`](Self::RunNotFound), [`RunEnded`](Self::RunEnded),
 ///   [`RunActive`](Self::RunActive),
@@ -121,6 +122,10 @@ pub enum EngineError {
     /// nothing was deleted.
     #[error("run {0} is active: only an ended run can be deleted")]
     RunActive(RunId),
+    /// An identifier given to the engine breaks the grammar of [`crate::ids`] (a HITL
+    /// request id to answer); it can name nothing.
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
     /// A facet or capability registration was refused.
     #[error("invalid catalog entry: {0}")]
     Catalog(#[from] CatalogError),
@@ -487,16 +492,22 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Opens the engine over its store: loads the catalog and resumes every non-terminal run.
     ///
+    /// Facets and capabilities read back from the store are not held to the identifier
+    /// grammar (they may predate it); configured ones are.
+    ///
     /// # Errors
     /// Store errors, and [`EngineError::Catalog`] when a configured facet or capability is invalid.
     pub async fn open(config: EngineConfig) -> Result<Self, EngineError> {
         let store = config.store.clone();
         let mut catalog = CatalogState::default();
-        for facet in store.facets()?.into_iter().chain(config.facets) {
+        for facet in store.facets()? {
+            catalog.facets.restore(facet)?;
+        }
+        for facet in config.facets {
             catalog.facets.register(facet)?;
         }
         for cap in store.capabilities()? {
-            catalog.registry.register(cap)?;
+            catalog.registry.restore(cap)?;
         }
         for cap in config.capabilities {
             check_executor(&config.executors, &cap)?;
@@ -682,6 +693,9 @@ impl Engine {
         steer: Steer,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Steered, EngineError> {
+        if let Steer::Answer { request_id, .. } = &steer {
+            check_id(IdKind::HitlRequest, "requestId", request_id)?;
+        }
         let Some(key) = idempotency_key else {
             return self.control(run_id, steer, None).await;
         };
@@ -849,6 +863,12 @@ impl Engine {
             .catalog
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        crate::catalog::check_capability_ids(
+            &capability.capability_id,
+            &capability.input_facets,
+            &capability.output_facets,
+        )
+        .map_err(CatalogError::from)?;
         let mut next = (**guard).clone();
         let problems = crate::catalog::check_capability_facets(&capability, &next.facets);
         if crate::diagnostics::has_errors(&problems) {
@@ -918,24 +938,20 @@ impl Engine {
     /// Answers a pending HITL request.
     ///
     /// # Errors
-    /// [`EngineError::UnknownHitlRequest`] when the request is unknown or already resolved;
-    /// [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
+    /// [`EngineError::InvalidId`] (field `requestId`) when `request_id` breaks the identifier
+    /// grammar; [`EngineError::UnknownHitlRequest`] when the request is unknown or already
+    /// resolved; [`EngineError::RunNotFound`] / [`EngineError::RunEnded`].
     pub async fn answer_hitl(
         &self,
         run_id: RunId,
         request_id: &str,
         answer: HitlAnswer,
     ) -> Result<(), EngineError> {
-        self.control(
-            run_id,
-            Steer::Answer {
-                request_id: request_id.to_owned(),
-                answer,
-            },
-            None,
-        )
-        .await
-        .map(drop)
+        let answer = Steer::Answer {
+            request_id: request_id.to_owned(),
+            answer,
+        };
+        self.steer(run_id, answer, None).await.map(drop)
     }
 
     /// Sends an external signal; `manual` policies may fire on it.

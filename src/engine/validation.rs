@@ -12,7 +12,7 @@ use crate::diagnostics::{Diagnostic, DiagnosticCode, Severity, has_errors};
 use crate::envelope::{OutputContract, RunEnvelope};
 use crate::fsm::{PlannerOutput, Purpose};
 use crate::graph::{DeltaOp, NodeState, PlanGraph, PlanNode, PlanSnapshot};
-use crate::ids::RunId;
+use crate::ids::{IdKind, MAX_ID_LEN, RunId, check_id};
 use crate::policy::{Condition, NormalizedPolicies};
 use crate::validate::{PlanLimits, ValidationContext, check_plan, kind_mismatch};
 
@@ -268,6 +268,12 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> EngineError 
     }
 }
 
+/// An `InvalidEnvelope` for a facet name that breaks the identifier grammar (checked before
+/// the catalog is asked, so a refusal never quotes more than a short excerpt of it).
+fn facet_name(field: String, name: &str) -> Result<(), EngineError> {
+    check_id(IdKind::Facet, &field, name).map_err(|e| invalid(field, e.reason()))
+}
+
 /// Checks an envelope at submission and normalizes its policies.
 pub(crate) fn check_envelope(
     envelope: &RunEnvelope,
@@ -275,6 +281,27 @@ pub(crate) fn check_envelope(
 ) -> Result<NormalizedPolicies, EngineError> {
     if envelope.objective.trim().is_empty() {
         return Err(invalid("objective", "must not be empty"));
+    }
+    for name in envelope.inputs.keys() {
+        let field = if name.len() <= MAX_ID_LEN {
+            format!("inputs.{name}")
+        } else {
+            "inputs".to_owned()
+        };
+        facet_name(field, name)?;
+    }
+    match &envelope.output_contract {
+        OutputContract::Facets { facets } => {
+            for (i, facet) in facets.iter().enumerate() {
+                facet_name(format!("outputContract.facets[{i}]"), facet)?;
+            }
+        }
+        OutputContract::JsonSchema { .. } => {
+            for facet in envelope.output_contract.required_facets() {
+                facet_name("outputContract.schema.required".to_owned(), &facet)?;
+            }
+        }
+        OutputContract::Freeform { .. } => {}
     }
     match &envelope.output_contract {
         OutputContract::Facets { facets } => {

@@ -40,7 +40,7 @@ impl PlanGraph {
 /// change" answer: it yields the next version with the same content. Otherwise every
 /// operation is checked and the diagnostics of all rejected ones are returned (a rejected
 /// operation is skipped, so later ones are checked against the plan without it):
-/// `INVALID_NODE_ID` and `DUPLICATE_NODE_ID` for `addNode`; `UNKNOWN_NODE`,
+/// `INVALID_NODE_ID` (pointer `/operations/<i>/node/id`) and `DUPLICATE_NODE_ID` for `addNode`; `UNKNOWN_NODE`,
 /// `COMPLETED_NODE_MODIFIED` and `RUNNING_NODE_MODIFIED` for `replaceNode` and `removeNode`;
 /// `DANGLING_EDGE`, `DUPLICATE_EDGE`, `CYCLE` and the two `*_NODE_MODIFIED` codes for
 /// `addEdge`; `UNKNOWN_EDGE` and the two `*_NODE_MODIFIED` codes for `removeEdge`. Each
@@ -78,9 +78,11 @@ pub fn apply_delta(
         next,
         state,
         diagnostics: Vec::new(),
+        position: 0,
     };
     for (position, op) in delta.operations.iter().enumerate() {
         let found = editor.diagnostics.len();
+        editor.position = position;
         editor.apply(op);
         for diagnostic in &mut editor.diagnostics[found..] {
             diagnostic.message = format!("operation {}: {}", position + 1, diagnostic.message);
@@ -118,6 +120,8 @@ struct Editor<'a> {
     next: PlanGraph,
     state: &'a dyn Fn(&str) -> NodeState,
     diagnostics: Vec<Diagnostic>,
+    /// The 0-based position of the operation being applied.
+    position: usize,
 }
 
 impl Editor<'_> {
@@ -168,7 +172,8 @@ impl Editor<'_> {
     }
 
     fn add_node(&mut self, node: &PlanNode) {
-        if let Some(diagnostic) = check_node_id(&node.id) {
+        let pointer = format!("/operations/{}/node/id", self.position);
+        if let Some(diagnostic) = check_node_id(&node.id, pointer) {
             self.diagnostics.push(diagnostic);
         } else if self.next.contains(&node.id) {
             self.diagnostics.push(duplicate_node_id(&node.id));
@@ -410,8 +415,32 @@ mod tests {
 
     #[test]
     fn add_node_with_invalid_id() {
-        let err = rejected(&running_plan(), vec![DeltaOp::AddNode { node: node(" ") }]);
-        assert_eq!(codes(&err), [(DiagnosticCode::InvalidNodeId, Some(" "))]);
+        let err = rejected(
+            &running_plan(),
+            vec![
+                DeltaOp::AddNode { node: node("fine") },
+                DeltaOp::AddNode { node: node(" ") },
+                DeltaOp::AddNode {
+                    node: node("qa/../x"),
+                },
+            ],
+        );
+        assert_eq!(
+            codes(&err),
+            [
+                (DiagnosticCode::InvalidNodeId, Some(" ")),
+                (DiagnosticCode::InvalidNodeId, Some("qa/../x"))
+            ]
+        );
+        assert_eq!(err[0].pointer.as_deref(), Some("/operations/1/node/id"));
+        assert_eq!(err[1].pointer.as_deref(), Some("/operations/2/node/id"));
+        assert!(
+            err[1]
+                .message
+                .starts_with("operation 3: node id \"qa/../x\" is invalid"),
+            "{}",
+            err[1].message
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod render;
 pub use delta::apply_delta;
 pub use error::GraphError;
 pub use model::{DeltaOp, PlanDelta, PlanDiff, PlanDraft, PlanEdge, PlanNode, PlanSnapshot};
-pub use plan::{MAX_NODE_ID_CHARS, NodeState, PlanGraph};
+pub use plan::{NodeState, PlanGraph};
 
 #[cfg(test)]
 mod proptests;

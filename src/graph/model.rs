@@ -11,7 +11,9 @@ use crate::catalog::{Capability, CapabilityKind};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanNode {
-    /// Stable id, unique within a run, independent of position.
+    /// Stable id, unique within a run, independent of position; an identifier (see
+    /// [`crate::ids`]) of at most [`MAX_PREFIX_ID_LEN`](crate::ids::MAX_PREFIX_ID_LEN) bytes,
+    /// checked when the draft or delta is validated.
     pub id: String,
     /// Free-form stage label (e.g. `generation`, `qa`).
     #[serde(default)]

@@ -11,9 +11,7 @@ use petgraph::visit::{EdgeRef, IntoEdgeReferences, NodeIndexable};
 use super::error::GraphError;
 use super::model::{PlanDraft, PlanEdge, PlanNode, PlanSnapshot};
 use crate::diagnostics::{Diagnostic, DiagnosticCode};
-
-/// The longest accepted node id, in characters.
-pub const MAX_NODE_ID_CHARS: usize = 128;
+use crate::ids::{IdKind, MAX_ID_LEN, check_id};
 
 /// At most this many node ids are listed in a cycle diagnostic's message.
 const CYCLE_MESSAGE_IDS: usize = 8;
@@ -75,9 +73,9 @@ impl PlanGraph {
     /// # Errors
     ///
     /// Returns every structural problem found, not just the first: `EMPTY_PLAN`,
-    /// `INVALID_NODE_ID` (empty, leading or trailing whitespace, control characters, or more
-    /// than [`MAX_NODE_ID_CHARS`] characters), `DUPLICATE_NODE_ID`, `DANGLING_EDGE`,
-    /// `DUPLICATE_EDGE` and `CYCLE` (one per cycle, naming a node on it).
+    /// `INVALID_NODE_ID` (an id that breaks the identifier grammar of [`crate::ids`], with
+    /// the pointer `/nodes/<i>/id`), `DUPLICATE_NODE_ID`, `DANGLING_EDGE`, `DUPLICATE_EDGE` and
+    /// `CYCLE` (one per cycle, naming a node on it).
     pub fn from_draft(draft: &PlanDraft) -> Result<Self, Vec<Diagnostic>> {
         let mut diagnostics = Vec::new();
         if draft.nodes.is_empty() {
@@ -91,8 +89,8 @@ impl PlanGraph {
             draft.system_instructions.clone(),
             draft.rationale.clone(),
         );
-        for node in &draft.nodes {
-            if let Some(diagnostic) = check_node_id(&node.id) {
+        for (i, node) in draft.nodes.iter().enumerate() {
+            if let Some(diagnostic) = check_node_id(&node.id, format!("/nodes/{i}/id")) {
                 diagnostics.push(diagnostic);
             }
             if plan.contains(&node.id) {
@@ -132,6 +130,10 @@ impl PlanGraph {
 
     /// Rebuilds a plan from its persisted form, keeping its version and node order.
     ///
+    /// Node ids are held to what was accepted when plans may have been written (non-empty, no
+    /// surrounding whitespace or control characters), not to the identifier grammar, which
+    /// stored plans may predate.
+    ///
     /// # Errors
     ///
     /// Returns a [`GraphError`] when the snapshot has an invalid or duplicate node id, an
@@ -143,7 +145,7 @@ impl PlanGraph {
             snapshot.rationale.clone(),
         );
         for node in &snapshot.nodes {
-            if check_node_id(&node.id).is_some() {
+            if !stored_node_id_ok(&node.id) {
                 return Err(GraphError::InvalidNodeId {
                     id: node.id.clone(),
                 });
@@ -411,27 +413,27 @@ impl PlanGraph {
     }
 }
 
-/// An `INVALID_NODE_ID` diagnostic when `id` is not acceptable as a node id.
-pub(super) fn check_node_id(id: &str) -> Option<Diagnostic> {
-    let problem = if id.is_empty() {
-        "is empty".to_owned()
-    } else if id.trim() != id {
-        "has leading or trailing whitespace".to_owned()
-    } else if id.chars().any(char::is_control) {
-        "contains control characters".to_owned()
-    } else if id.chars().count() > MAX_NODE_ID_CHARS {
-        format!("is longer than {MAX_NODE_ID_CHARS} characters")
-    } else {
-        return None;
-    };
-    Some(
-        Diagnostic::error(
-            DiagnosticCode::InvalidNodeId,
-            format!("node id `{id}` {problem}"),
-        )
-        .node(id)
-        .hint("use a short, non-empty id without surrounding whitespace"),
+/// An `INVALID_NODE_ID` diagnostic at `pointer` (the id's place in the draft or delta) when
+/// `id` breaks the identifier grammar.
+pub(super) fn check_node_id(id: &str, pointer: String) -> Option<Diagnostic> {
+    let error = check_id(IdKind::Node, &pointer, id).err()?;
+    let mut diagnostic = Diagnostic::error(
+        DiagnosticCode::InvalidNodeId,
+        format!("node id {} is invalid: {}", error.found(), error.problem()),
     )
+    .at(pointer)
+    .expected_found(IdKind::Node.expected(), error.found())
+    .hint("rename the node, e.g. `write-copy` or `qa.check`, and use the new id in its edges");
+    if id.len() <= MAX_ID_LEN {
+        diagnostic = diagnostic.node(id);
+    }
+    Some(diagnostic)
+}
+
+/// What node ids were held to before the identifier grammar: non-empty, no surrounding
+/// whitespace, no control characters.
+fn stored_node_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.trim() == id && !id.chars().any(char::is_control)
 }
 
 pub(super) fn duplicate_node_id(id: &str) -> Diagnostic {
@@ -522,19 +524,65 @@ mod tests {
     }
 
     #[test]
-    fn invalid_ids_are_reported_with_their_id() {
-        let long = "x".repeat(MAX_NODE_ID_CHARS + 1);
-        let ok_long = "y".repeat(MAX_NODE_ID_CHARS);
-        let bad = ["", "   ", " padded", "line\nbreak", long.as_str()];
+    fn invalid_ids_are_reported_with_their_place() {
+        let long = "x".repeat(IdKind::Node.max_len() + 1);
+        let ok_long = "y".repeat(IdKind::Node.max_len());
+        let bad = [
+            "",
+            "   ",
+            " padded",
+            "line\nbreak",
+            long.as_str(),
+            "a/b",
+            "../up",
+            "odd \"id\"",
+        ];
         let mut all: Vec<&str> = bad.to_vec();
         all.push(&ok_long);
-        all.push("odd \"id\" - with spaces");
+        all.push("ns:write@2.qa-1_x");
         let err = PlanGraph::from_draft(&draft(&all, &[])).unwrap_err();
         let expected: Vec<_> = bad
             .iter()
             .map(|id| (DiagnosticCode::InvalidNodeId, Some(*id)))
             .collect();
         assert_eq!(codes(&err), expected);
+        for (i, d) in err.iter().enumerate() {
+            assert_eq!(
+                d.pointer.as_deref(),
+                Some(format!("/nodes/{i}/id").as_str())
+            );
+            assert_eq!(
+                d.expected.as_deref(),
+                Some(IdKind::Node.expected().as_str())
+            );
+            let found = d.found.as_deref().unwrap();
+            if bad[i].len() <= 48 {
+                assert_eq!(found, format!("{:?}", bad[i]));
+            } else {
+                assert!(
+                    found.starts_with("\"xxx") && found.ends_with('…'),
+                    "{found}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_id_is_quoted_short_and_not_echoed_as_the_node() {
+        let huge = "z".repeat(1_000_000);
+        let err = PlanGraph::from_draft(&draft(&[huge.as_str()], &[])).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert_eq!(err[0].node_id, None);
+        assert!(err[0].message.len() < 200, "{}", err[0].message);
+        assert!(err[0].found.as_ref().unwrap().ends_with('…'));
+    }
+
+    #[test]
+    fn stored_snapshots_keep_the_ids_they_were_written_with() {
+        let mut snapshot = plan(&["a"], &[]).snapshot();
+        snapshot.nodes[0].id = "old id/with slash".into();
+        let restored = PlanGraph::from_snapshot(&snapshot).unwrap();
+        assert!(restored.contains("old id/with slash"));
     }
 
     #[test]

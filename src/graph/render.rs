@@ -100,7 +100,7 @@ fn mermaid_escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::graph::testing::plan;
+    use crate::graph::testing::{plan, stored_plan};
 
     #[test]
     fn dot_of_a_small_plan() {
@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn odd_ids_are_escaped() {
-        let g = plan(
+        let g = stored_plan(
             &["say \"hi\"", "x-y z", "a\\b", "end"],
             &[("say \"hi\"", "x-y z")],
         );
@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn mermaid_markup_characters_become_entities() {
-        let g = plan(&["<b>#1 & `x`"], &[]);
+        let g = stored_plan(&["<b>#1 & `x`"], &[]);
         assert_eq!(
             g.to_mermaid(),
             "flowchart TD\n    n0[\"#60;b#62;#35;1 #38; #96;x#96;<br/>cap.#60;b#62;#35;1 #38; #96;x#96;\"]\n"

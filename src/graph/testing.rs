@@ -1,6 +1,8 @@
 //! Builders shared by the graph module's tests.
 
-use super::{DeltaOp, NodeState, PlanDelta, PlanDraft, PlanEdge, PlanGraph, PlanNode};
+use super::{
+    DeltaOp, NodeState, PlanDelta, PlanDraft, PlanEdge, PlanGraph, PlanNode, PlanSnapshot,
+};
 use crate::catalog::CapabilityKind;
 use crate::diagnostics::{Diagnostic, DiagnosticCode};
 
@@ -29,6 +31,19 @@ pub(super) fn draft(ids: &[&str], edges: &[(&str, &str)]) -> PlanDraft {
 
 pub(super) fn plan(ids: &[&str], edges: &[(&str, &str)]) -> PlanGraph {
     PlanGraph::from_draft(&draft(ids, edges)).expect("valid test draft")
+}
+
+/// A plan read back from a snapshot, so its ids need not follow the identifier grammar (as
+/// plans stored before it).
+pub(super) fn stored_plan(ids: &[&str], edges: &[(&str, &str)]) -> PlanGraph {
+    let snapshot = PlanSnapshot {
+        version: 1,
+        nodes: ids.iter().map(|id| node(id)).collect(),
+        edges: edges.iter().map(|(a, b)| PlanEdge::new(*a, *b)).collect(),
+        system_instructions: String::new(),
+        rationale: String::new(),
+    };
+    PlanGraph::from_snapshot(&snapshot).expect("valid stored plan")
 }
 
 pub(super) fn delta(base_version: u32, operations: Vec<DeltaOp>) -> PlanDelta {

@@ -1,5 +1,7 @@
 //! `PolicyError`: why a raw policy document could not be normalized.
 
+use crate::ids::IdError;
+
 /// Why a raw policy document was refused.
 ///
 /// Every variant names the JSON path of the offending field
@@ -84,6 +86,10 @@ pub enum PolicyError {
         /// The compiler's explanation.
         message: String,
     },
+    /// A policy id, or a capability or node id a policy names, breaks the identifier grammar
+    /// (see [`crate::ids`]); its field is the path.
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
     /// A value has the right type but is not allowed (zero attempts, empty question, …).
     #[error("{path}: {message}")]
     InvalidValue {
@@ -107,6 +113,7 @@ impl PolicyError {
             | Self::Conflict { path, .. }
             | Self::InvalidCondition { path, .. }
             | Self::InvalidValue { path, .. } => path,
+            Self::InvalidId(e) => e.field(),
         }
     }
 }

@@ -84,7 +84,9 @@ impl Default for PlannerPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimePolicy {
-    /// Unique within the run; named by events and signals.
+    /// Unique within the run; named by events and signals. An identifier (see
+    /// [`crate::ids`]) of at most [`MAX_PREFIX_ID_LEN`](crate::ids::MAX_PREFIX_ID_LEN) bytes,
+    /// so the HITL requests named after it (`{id}-{n}`) are identifiers too.
     pub id: String,
     /// Disabled policies never fire.
     pub enabled: bool,

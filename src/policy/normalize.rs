@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::catalog::CapabilityKind;
 use crate::fsm::{FollowUp, HitlKind};
+use crate::ids::{IdKind, check_id};
 
 use super::condition::Condition;
 use super::error::PolicyError;
@@ -36,7 +37,10 @@ const ROOT: &str = "policies";
 /// # Errors
 ///
 /// A [`PolicyError`] naming the JSON path of the first offending field: wrong types, unknown
-/// keys or variants, missing required fields, duplicate policy ids, zero `maxAttempts`,
+/// keys or variants, missing required fields, duplicate policy ids, policy ids and the
+/// capability and node ids policies name that break the identifier grammar of [`crate::ids`]
+/// (policy ids, generated legacy ones included, are at most
+/// [`MAX_PREFIX_ID_LEN`](crate::ids::MAX_PREFIX_ID_LEN) bytes), zero `maxAttempts`,
 /// `maxNodes` or `maxConcurrency`, `maxFires` outside 1..=100, an invalid JSON-Logic condition,
 /// an empty HITL question, a capability or kind both required and forbidden, and the `goto` and
 /// `emit` actions, which this engine does not execute.
@@ -71,8 +75,10 @@ pub fn normalize(raw: &Value) -> Result<NormalizedPolicies, PolicyError> {
     }
     for legacy in [Legacy::ReplanAfter, Legacy::HitlAfter] {
         if let Some(field) = root.get(legacy.key(), &[])? {
-            for (path, capability_id) in string_list(&field)? {
-                push(legacy.policy(capability_id), path)?;
+            for (path, capability_id) in id_list(&field, IdKind::Capability)? {
+                let policy = legacy.policy(capability_id);
+                check_id(IdKind::Policy, &path, &policy.id)?;
+                push(policy, path)?;
             }
         }
     }
@@ -318,6 +324,22 @@ fn non_empty(field: Field<'_>) -> Result<String, PolicyError> {
     Ok(s)
 }
 
+/// A string that must be an identifier of `kind` (see [`crate::ids`]).
+fn id(field: Field<'_>, kind: IdKind) -> Result<String, PolicyError> {
+    let s = string(field)?;
+    check_id(kind, field.path, &s)?;
+    Ok(s)
+}
+
+/// A list of identifiers of `kind`, as [`string_list`] reads it.
+fn id_list(found: &Found<'_>, kind: IdKind) -> Result<Vec<(String, String)>, PolicyError> {
+    let list = string_list(found)?;
+    for (path, s) in &list {
+        check_id(kind, path, s)?;
+    }
+    Ok(list)
+}
+
 /// A list of non-empty strings; duplicates are dropped (first occurrence kept). Returns each
 /// kept entry with its path.
 fn string_list(found: &Found<'_>) -> Result<Vec<(String, String)>, PolicyError> {
@@ -454,9 +476,9 @@ fn planner_policy(root: &mut Obj<'_>) -> Result<PlannerPolicy, PolicyError> {
     let max_nodes = limit("maxNodes", 1, defaults.max_nodes)?;
     let max_concurrency = limit("maxConcurrency", 1, defaults.max_concurrency)?;
 
-    let forbidden_capabilities = optional_strings(&mut planner, "forbiddenCapabilities")?;
+    let forbidden_capabilities = optional_capabilities(&mut planner, "forbiddenCapabilities")?;
     let forbidden_kinds = optional_kinds(&mut planner, "forbiddenKinds")?;
-    let required_capabilities = optional_strings(&mut planner, "requiredCapabilities")?;
+    let required_capabilities = optional_capabilities(&mut planner, "requiredCapabilities")?;
     let required_kinds = optional_kinds(&mut planner, "requiredKinds")?;
     planner.finish()?;
 
@@ -492,12 +514,12 @@ fn values<T>(entries: Vec<(String, T)>) -> Vec<T> {
     entries.into_iter().map(|(_, v)| v).collect()
 }
 
-fn optional_strings(
+fn optional_capabilities(
     obj: &mut Obj<'_>,
     name: &'static str,
 ) -> Result<Vec<(String, String)>, PolicyError> {
     match obj.get(name, &[])? {
-        Some(found) => string_list(&found),
+        Some(found) => id_list(&found, IdKind::Capability),
         None => Ok(Vec::new()),
     }
 }
@@ -536,7 +558,7 @@ fn runtime_policy(value: &Value, path: &str) -> Result<RuntimePolicy, PolicyErro
         return Err(invalid_type(path, "a runtime policy object", value));
     }
     let mut obj = Obj::new(value, path)?;
-    let id = non_empty(obj.require("id", &[])?.field())?;
+    let id = id(obj.require("id", &[])?.field(), IdKind::Policy)?;
     let enabled = match obj.get("enabled", &[])? {
         Some(found) => boolean(found.field())?,
         None => true,
@@ -618,14 +640,18 @@ fn selector(parent: &mut Obj<'_>) -> Result<Option<NodeSelector>, PolicyError> {
         return Ok(None);
     };
     let mut obj = require_object(&found, "a selector object")?;
-    let mut text = |name: &'static str| -> Result<Option<String>, PolicyError> {
-        obj.get(name, &[])?
-            .map(|found| non_empty(found.field()))
-            .transpose()
-    };
-    let node_id = text("nodeId")?;
-    let capability_id = text("capabilityId")?;
-    let stage = text("stage")?;
+    let mut text =
+        |name: &'static str, kind: Option<IdKind>| -> Result<Option<String>, PolicyError> {
+            obj.get(name, &[])?
+                .map(|found| match kind {
+                    Some(kind) => id(found.field(), kind),
+                    None => non_empty(found.field()),
+                })
+                .transpose()
+        };
+    let node_id = text("nodeId", Some(IdKind::Node))?;
+    let capability_id = text("capabilityId", Some(IdKind::Capability))?;
+    let stage = text("stage", None)?;
     let kind = obj
         .get("kind", &[])?
         .map(|found| variant(found.field(), "capability kind", CAPABILITY_KINDS))
@@ -1083,6 +1109,75 @@ mod tests {
     }
 
     #[test]
+    fn ids_follow_the_identifier_grammar() {
+        let id_error = |raw: Value| match err(raw) {
+            PolicyError::InvalidId(e) => (e.field().to_owned(), e.kind()),
+            other => panic!("{other:?}"),
+        };
+        let runtime = |id: &str| json!({"runtime": [{"id": id, "trigger": node_complete(), "action": replan()}]});
+        for bad in ["", "qa gate", "../x", "a..b", "ok/no"] {
+            assert_eq!(
+                id_error(runtime(bad)),
+                ("runtime[0].id".to_owned(), IdKind::Policy),
+                "{bad:?}"
+            );
+        }
+        let longest = "p".repeat(IdKind::Policy.max_len());
+        normalize(&runtime(&longest)).unwrap();
+        assert_eq!(
+            id_error(runtime(&format!("{longest}q"))),
+            ("runtime[0].id".to_owned(), IdKind::Policy)
+        );
+        let selector = |key: &str| {
+            json!({"runtime": [{"id": "p", "trigger": {"kind": "onNodeComplete",
+                "selector": {key: "a b"}}, "action": replan()}]})
+        };
+        assert_eq!(
+            id_error(selector("nodeId")),
+            (
+                "runtime[0].trigger.selector.nodeId".to_owned(),
+                IdKind::Node
+            )
+        );
+        assert_eq!(
+            id_error(selector("capabilityId")),
+            (
+                "runtime[0].trigger.selector.capabilityId".to_owned(),
+                IdKind::Capability
+            )
+        );
+        assert_eq!(
+            id_error(json!({"planner": {"forbiddenCapabilities": ["ok", "not/ok"]}})),
+            (
+                "planner.forbiddenCapabilities[1]".to_owned(),
+                IdKind::Capability
+            )
+        );
+        assert_eq!(
+            id_error(json!({"hitlAfter": ["bad id"]})),
+            ("hitlAfter[0]".to_owned(), IdKind::Capability)
+        );
+    }
+
+    #[test]
+    fn legacy_policy_ids_must_leave_room_for_hitl_request_ids() {
+        let fits = "c".repeat(IdKind::Policy.max_len() - "hitl-after-".len());
+        let policies = normalize(&json!({"hitlAfter": [fits]})).unwrap();
+        assert_eq!(policies.runtime[0].id.len(), IdKind::Policy.max_len());
+        match err(json!({"hitlAfter": [format!("{fits}c")]})) {
+            PolicyError::InvalidId(e) => {
+                assert_eq!((e.field(), e.kind()), ("hitlAfter[0]", IdKind::Policy));
+                assert!(
+                    e.to_string()
+                        .contains("118 bytes long, at most 117 allowed"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn snapshot_duplicate_policy_id() {
         let raw = json!({"runtime": [
             {"id": "p", "trigger": node_complete(), "action": replan()},
@@ -1363,8 +1458,9 @@ mod tests {
         ]
     }
 
+    /// Identifiers (policy, capability and node ids), some of them dotted.
     fn name() -> impl Strategy<Value = String> {
-        "[a-z][a-z0-9.-]{0,8}"
+        "[a-z][a-z0-9-]{0,6}(\\.[a-z0-9-]{1,3})?"
     }
 
     fn planner() -> impl Strategy<Value = PlannerPolicy> {

@@ -264,6 +264,18 @@ pub const CASES: &[Case] = &[
         &["INVALID_NODE_ID"],
         &[],
     ),
+    initial(
+        "node id with a path and a dot-dot segment",
+        r#"{"nodes":[{"id":"steps/../brief","capabilityId":"brief.structurer","kind":"structuring","inputFacets":["objectiveBrief"],"outputFacets":["writerBrief"]},{"id":"write","capabilityId":"writer.en","kind":"execution","inputFacets":["writerBrief"],"outputFacets":["copyVariants"]},{"id":"sum","capabilityId":"copy.summarizer","kind":"transformation","inputFacets":["copyVariants"],"outputFacets":["summary"]}],"edges":[{"from":"steps/../brief","to":"write"},{"from":"write","to":"sum"}]}"#,
+        &["INVALID_NODE_ID"],
+        &[],
+    ),
+    replan(
+        "delta adding a node whose id has a space",
+        r#"{"baseVersion":1,"rationale":"add QA","operations":[{"op":"addNode","node":{"id":"qa pass","capabilityId":"qa.copy","kind":"validation","inputFacets":["copyVariants","writerBrief"],"outputFacets":["qaReport"]}},{"op":"addEdge","from":"write","to":"qa pass"}]}"#,
+        &["INVALID_NODE_ID", "DANGLING_EDGE"],
+        &[],
+    ),
     replan(
         "delta on a stale base version",
         r#"{"baseVersion":2,"rationale":"add QA","operations":[{"op":"addNode","node":{"id":"qa","capabilityId":"qa.copy","kind":"validation","inputFacets":["copyVariants","writerBrief"],"outputFacets":["qaReport"]}},{"op":"addEdge","from":"write","to":"qa"}]}"#,

@@ -257,7 +257,7 @@ impl Work<'_> {
                 }
             }
             DiagnosticCode::InvalidNodeId => {
-                let clean: String = node.trim().to_owned();
+                let clean = id_from(&node);
                 for n in self.nodes() {
                     if n["id"] == *node {
                         n.insert("id".into(), json!(clean));
@@ -404,6 +404,27 @@ impl Work<'_> {
 
 /// The next reply: the previous one with every named problem fixed. A reply that was not
 /// a JSON object is started again from an empty skeleton of the asked shape.
+/// What a model makes of `expected` on an `INVALID_NODE_ID`: every character outside the
+/// grammar becomes `-`, empty dotted segments go.
+fn id_from(bad: &str) -> String {
+    let dashed: String = bad
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-:@.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    dashed
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 fn fix(previous: Option<Value>, request: &PlanRequest) -> Value {
     let skeleton = match request.purpose {
         Purpose::Initial => json!({"nodes": [], "edges": []}),

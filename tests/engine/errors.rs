@@ -16,7 +16,7 @@ async fn catalog_refusals_carry_the_catalog_error_or_the_diagnostics() {
     let mut facet = flexrun::demo::facets().remove(0);
     facet.name = String::new();
     match env.engine.register_facet(facet).unwrap_err() {
-        EngineError::Catalog(CatalogError::EmptyFacetName) => {}
+        EngineError::Catalog(CatalogError::InvalidId(e)) => assert_eq!(e.field(), "name"),
         other => panic!("{other:?}"),
     }
     let mut capability = flexrun::demo::capabilities().remove(0);

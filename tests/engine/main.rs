@@ -16,6 +16,7 @@ mod execution;
 mod executors;
 mod hitl;
 mod idempotency;
+mod ids;
 mod observe;
 mod planning;
 mod policies;

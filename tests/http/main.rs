@@ -16,6 +16,7 @@ mod corpus_replies;
 mod errors;
 mod hitl;
 mod idempotency;
+mod ids;
 mod kill;
 mod restart;
 mod retention;

@@ -1,0 +1,174 @@
+//! The `flexrun` binary itself: `--data` names a directory or a store file the same way for
+//! every subcommand, and a failure is one line on stderr.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use flexrun::{Durability, RedbStore, Store};
+
+fn flexrun() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flexrun"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("FLEXRUN_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run_tagline(data: &Path) -> Output {
+    flexrun()
+        .args([
+            "run",
+            "examples/tagline.json",
+            "--answer",
+            "approve",
+            "--data",
+        ])
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// How many completed runs the store file holds, read by reopening it.
+fn completed_runs(store: &Path) -> usize {
+    let store = RedbStore::open(store, Durability::Fsync).unwrap();
+    store
+        .list_runs(Some(flexrun::store::RunStatus::Completed))
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn run_takes_a_directory_or_a_file_and_both_name_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run_tagline(&data);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = data.join("flexrun.redb");
+    assert!(
+        stderr(&out).contains(&format!("(store {})", file.display())),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(completed_runs(&file), 1);
+
+    let out = run_tagline(&file);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_tagline(&data);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(completed_runs(&file), 3, "one store, reopened each time");
+
+    let named = dir.path().join("elsewhere/other.redb");
+    let out = run_tagline(&named);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(completed_runs(&named), 1);
+    assert_eq!(completed_runs(&file), 3);
+}
+
+#[test]
+fn serve_reads_the_store_run_wrote_through_either_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flexrun.redb");
+    assert!(run_tagline(dir.path()).status.success());
+    for data in [dir.path().to_path_buf(), file.clone()] {
+        let mut child = flexrun()
+            .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let banner = lines
+            .find_map(|l| l.ok().filter(|l| l.starts_with("flexrun serving")))
+            .expect("the server announces itself");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            banner.contains(&format!("(store {},", file.display())),
+            "{}: {banner}",
+            data.display()
+        );
+    }
+    assert_eq!(completed_runs(&file), 1);
+}
+
+/// `(args, start of the message)` of commands that fail before anything runs.
+fn failing(dir: &Path) -> Vec<(Vec<String>, String)> {
+    let plain = dir.join("plain.txt");
+    std::fs::write(&plain, "not a store").unwrap();
+    let under = plain.join("sub");
+    let path = |p: &PathBuf| p.display().to_string();
+    let run = |data: &PathBuf| {
+        vec![
+            "run".to_owned(),
+            "examples/tagline.json".to_owned(),
+            "--data".to_owned(),
+            path(data),
+        ]
+    };
+    vec![
+        (run(&under), format!("error: looking up {}: ", path(&under))),
+        (run(&plain), format!("error: opening {}: ", path(&plain))),
+        (
+            vec!["run".to_owned(), path(&dir.join("missing.json"))],
+            format!("error: reading {}: ", path(&dir.join("missing.json"))),
+        ),
+        (
+            vec![
+                "serve".to_owned(),
+                "--addr".to_owned(),
+                "127.0.0.1:0".to_owned(),
+                "--data".to_owned(),
+                path(&under),
+            ],
+            format!("error: looking up {}: ", path(&under)),
+        ),
+    ]
+}
+
+#[test]
+fn a_failing_command_says_why_in_one_line_even_with_rust_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, start) in failing(dir.path()) {
+        let out = flexrun().args(&args).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with(&start), "{args:?}: {err}");
+        for word in ["backtrace", "Backtrace", "Stack", "Caused by"] {
+            assert!(!err.contains(word), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("plain.txt")).unwrap(),
+        "not a store",
+        "a file that is no store is left alone"
+    );
+}
+
+#[test]
+fn verbose_or_flexrun_log_print_the_whole_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (args, start) = failing(dir.path()).swap_remove(1);
+    let verbose = flexrun().arg("-v").args(&args).output().unwrap();
+    let logged = flexrun()
+        .args(&args)
+        .env("FLEXRUN_LOG", "error")
+        .output()
+        .unwrap();
+    for out in [verbose, logged] {
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("Caused by:"), "{err}");
+        assert!(
+            err.starts_with(start.trim_end_matches(": ")),
+            "{start}: {err}"
+        );
+    }
+}
