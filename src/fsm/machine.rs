@@ -1402,7 +1402,12 @@ impl RunMachine {
         })
     }
 
-    fn replay(&mut self, event: &RunEvent) -> Result<(), FsmError> {
+    /// Replays one committed event onto the machine: the event must be the next seq of this
+    /// run and follow from the current state. No entry action runs, no command is produced.
+    ///
+    /// # Errors
+    /// [`FsmError::Replay`] naming the event's seq and why it cannot follow.
+    pub fn replay(&mut self, event: &RunEvent) -> Result<(), FsmError> {
         let core = self.sm.inner();
         if event.run_id != core.run_id || event.seq != core.seq + 1 {
             return Err(FsmError::Replay {
