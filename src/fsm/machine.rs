@@ -1249,6 +1249,7 @@ fn to_run_state(state: &State) -> RunState {
 }
 
 /// One run's state machine.
+#[derive(Clone)]
 pub struct RunMachine {
     sm: StateMachine<RunCore>,
 }
