@@ -83,6 +83,8 @@ pub mod ids;
 pub mod planner;
 pub mod policy;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod validate;
 #[cfg(feature = "webhook")]
 pub mod webhook;
