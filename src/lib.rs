@@ -10,7 +10,8 @@
 //! A service brings its facets, capabilities, executors and planner; the engine plans,
 //! validates, runs and records. Depend on `flexrun` with `default-features = false` for the
 //! engine alone (features `client`, `server`, `demo`, `bench`, `cli` add the rest; `webhook`
-//! alone gives a receiver of the engine's webhook calls `flexrun::webhook::verify`).
+//! alone gives a receiver of the engine's webhook calls `flexrun::webhook::verify`; `testing`
+//! adds property-test strategies and a steering harness, `flexrun::testing`).
 //!
 //! ```
 //! use std::sync::Arc;

@@ -57,3 +57,8 @@ pub use stream::{StreamRule, StreamViolation, check_stream};
 
 pub use proptest;
 pub use proptest_state_machine;
+
+/// The code samples of `docs/TESTING.md`, compiled as doctests so the guide cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/TESTING.md")]
+pub struct Guide;
