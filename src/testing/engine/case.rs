@@ -10,19 +10,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde_json::json;
 use tokio::time::timeout;
 
 use super::report::{CaseReport, Rule, StepOutcome, StepRecord};
-use super::{Answer, CaseOptions, Op, STALE_REQUEST_ID, SteerOp};
+use super::{Answer, CaseOptions, Op, SteerOp};
 use crate::catalog::ExecutorSpec;
-use crate::engine::{Engine, EngineError, EventStream, HitlAnswer, Steer, Steered};
+use crate::engine::{Engine, EventStream};
 use crate::envelope::RunEnvelope;
-use crate::fsm::{
-    EventBody, FsmError, HitlDecision, Limits, RunEvent, RunInput, RunOutcome, RunState,
-};
-use crate::ids::{RunId, Timestamp};
-use crate::store::RunStatus;
+use crate::fsm::{EventBody, Limits, RunEvent, RunOutcome, RunState};
+use crate::ids::RunId;
 use crate::testing::{ReferenceRun, check_stream};
 
 /// Submits `envelope` to `engine`, applies `ops`, ends the run and checks everything it
@@ -91,7 +87,7 @@ pub async fn run_case(
 
 /// What an accepted request must show in the stream.
 #[derive(Debug)]
-enum Expect {
+pub(super) enum Expect {
     Paused,
     Resumed,
     Resolved(String),
@@ -99,7 +95,7 @@ enum Expect {
 }
 
 impl Expect {
-    fn matches(&self, e: &RunEvent) -> bool {
+    pub(super) fn matches(&self, e: &RunEvent) -> bool {
         match (self, &e.body) {
             (Self::Paused, EventBody::RunPaused { .. })
             | (Self::Resumed, EventBody::RunResumed { .. }) => true,
@@ -125,45 +121,37 @@ impl Expect {
 
 /// An accepted request: its event has a seq in `(after, upto]`.
 #[derive(Debug)]
-struct Claim {
-    step: usize,
-    expect: Expect,
-    after: u64,
-    upto: u64,
+pub(super) struct Claim {
+    pub(super) step: usize,
+    pub(super) expect: Expect,
+    pub(super) after: u64,
+    pub(super) upto: u64,
     /// The event the reference automaton emits for it, when the run was quiescent.
-    predicted: Option<Box<RunEvent>>,
+    pub(super) predicted: Option<Box<RunEvent>>,
 }
 
-/// What the reference automaton says a request does, asked when the run is quiescent.
-#[derive(Debug)]
-enum Expected {
-    Accept(Option<Box<RunEvent>>),
-    Refuse,
-    Ended,
-}
-
-struct Case<'a> {
-    engine: &'a Engine,
-    options: &'a CaseOptions,
-    run: RunId,
-    stream: EventStream,
-    stream_done: bool,
-    mirror: ReferenceRun,
+pub(super) struct Case<'a> {
+    pub(super) engine: &'a Engine,
+    pub(super) options: &'a CaseOptions,
+    pub(super) run: RunId,
+    pub(super) stream: EventStream,
+    pub(super) stream_done: bool,
+    pub(super) mirror: ReferenceRun,
     /// Capability of each node's last `node_start`.
-    capabilities: BTreeMap<String, String>,
-    claims: Vec<Claim>,
+    pub(super) capabilities: BTreeMap<String, String>,
+    pub(super) claims: Vec<Claim>,
     /// The mirror cannot follow any more, or the run stalled: no more operations.
-    broken: bool,
-    report: CaseReport,
+    pub(super) broken: bool,
+    pub(super) report: CaseReport,
 }
 
 impl Case<'_> {
-    fn seen(&self) -> u64 {
+    pub(super) fn seen(&self) -> u64 {
         self.report.events.last().map_or(0, |e| e.seq)
     }
 
     /// Takes the next event of the stream (waiting at most `wait`); false when none came.
-    async fn pull(&mut self) -> bool {
+    pub(super) async fn pull(&mut self) -> bool {
         if self.stream_done {
             return false;
         }
@@ -199,7 +187,7 @@ impl Case<'_> {
         true
     }
 
-    fn committed(&mut self, step: Option<usize>) -> Option<u64> {
+    pub(super) fn committed(&mut self, step: Option<usize>) -> Option<u64> {
         match self.engine.head(self.run) {
             Ok(head) => Some(head.last_seq),
             Err(e) => {
@@ -211,7 +199,7 @@ impl Case<'_> {
     }
 
     /// Follows the stream up to what is committed now.
-    async fn sync(&mut self) {
+    pub(super) async fn sync(&mut self) {
         let Some(target) = self.committed(None) else {
             return;
         };
@@ -228,7 +216,7 @@ impl Case<'_> {
     }
 
     /// Done, or paused with nothing in flight but human nodes (which wait for answers).
-    fn quiescent(&self) -> bool {
+    pub(super) fn quiescent(&self) -> bool {
         match self.mirror.state() {
             RunState::Done => true,
             RunState::Paused => {
@@ -280,149 +268,6 @@ impl Case<'_> {
             n += 1;
         }
         n
-    }
-
-    async fn steer(&mut self, step: usize, op: &SteerOp, quiescent: bool) -> StepOutcome {
-        let pending = self.mirror.pending_hitl().map(|p| p.request_id.clone());
-        let (steer, input) = translate(op, pending);
-        let expected = quiescent.then(|| self.expected(input.as_ref()));
-        let after = self.seen();
-        let answer =
-            match timeout(self.options.wait, self.engine.steer(self.run, steer, None)).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    let detail = format!("{op:?} did not answer within {:?}", self.options.wait);
-                    self.report.violate(Some(step), Rule::Stalled, detail);
-                    self.broken = true;
-                    return StepOutcome::Refused("no answer".to_owned());
-                }
-            };
-        let upto = self.committed(Some(step)).unwrap_or(u64::MAX);
-        match answer {
-            Ok(steered) => {
-                self.accepted(step, op, input.as_ref(), &steered, expected, (after, upto));
-                StepOutcome::Accepted(steered.state)
-            }
-            Err(e) => {
-                self.refused(step, op, input.as_ref(), &e, expected);
-                StepOutcome::Refused(e.to_string())
-            }
-        }
-    }
-
-    fn expected(&self, input: Option<&RunInput>) -> Expected {
-        if self.mirror.state() == RunState::Done {
-            return Expected::Ended;
-        }
-        let Some(input) = input else {
-            return Expected::Accept(None);
-        };
-        match self.mirror.clone().apply(input, Timestamp::now()) {
-            Ok(step) if step.events.is_empty() => Expected::Ended,
-            Ok(step) => Expected::Accept(step.events.into_iter().next().map(Box::new)),
-            Err(_) => Expected::Refuse,
-        }
-    }
-
-    fn accepted(
-        &mut self,
-        step: usize,
-        op: &SteerOp,
-        input: Option<&RunInput>,
-        steered: &Steered,
-        expected: Option<Expected>,
-        (after, upto): (u64, u64),
-    ) {
-        let state = self.mirror.state();
-        let predicted = match expected {
-            Some(Expected::Accept(event)) => event,
-            Some(Expected::Refuse) => {
-                let detail =
-                    format!("the engine accepted {op:?}; the reference refuses it in {state}");
-                self.report.violate(Some(step), Rule::Acceptance, detail);
-                None
-            }
-            Some(Expected::Ended) => {
-                let detail = format!("the engine accepted {op:?} after the run ended");
-                self.report.violate(Some(step), Rule::Acceptance, detail);
-                None
-            }
-            None => None,
-        };
-        let expect = match op {
-            SteerOp::Pause => Expect::Paused,
-            SteerOp::Resume => Expect::Resumed,
-            SteerOp::Cancel => Expect::Cancelled,
-            SteerOp::Answer(_) | SteerOp::AnswerStale => {
-                Expect::Resolved(answered_id(input).unwrap_or_default().to_owned())
-            }
-            SteerOp::Signal(_) => return,
-        };
-        let lands = match op {
-            SteerOp::Pause => steered.state == RunState::Paused,
-            SteerOp::Cancel => {
-                steered.state == RunState::Done && steered.status == RunStatus::Cancelled
-            }
-            SteerOp::Resume | SteerOp::Answer(_) | SteerOp::AnswerStale | SteerOp::Signal(_) => {
-                true
-            }
-        };
-        if !lands {
-            let detail = format!(
-                "{op:?} was accepted but left the run {} ({:?})",
-                steered.state, steered.status
-            );
-            self.report.violate(Some(step), Rule::Acceptance, detail);
-        }
-        self.claims.push(Claim {
-            step,
-            expect,
-            after,
-            upto,
-            predicted,
-        });
-    }
-
-    fn refused(
-        &mut self,
-        step: usize,
-        op: &SteerOp,
-        input: Option<&RunInput>,
-        e: &EngineError,
-        expected: Option<Expected>,
-    ) {
-        let ended = matches!(e, EngineError::RunEnded(_));
-        let fits = match (e, op) {
-            (EngineError::RunEnded(_), _) => match self.engine.head(self.run) {
-                Ok(head) => head.status.is_terminal(),
-                Err(_) => false,
-            },
-            (
-                EngineError::IllegalTransition(FsmError::IllegalTransition { input: kind, .. }),
-                SteerOp::Pause | SteerOp::Resume | SteerOp::Cancel,
-            ) => Some(*kind) == input.map(RunInput::kind),
-            (
-                EngineError::UnknownHitlRequest { request_id, .. },
-                SteerOp::Answer(_) | SteerOp::AnswerStale,
-            ) => Some(request_id.as_str()) == answered_id(input),
-            (_, _) => false,
-        };
-        if !fits {
-            let detail = format!("{op:?} failed with an error that is not its refusal: {e}");
-            self.report
-                .violate(Some(step), Rule::UnexpectedError, detail);
-        }
-        let state = self.mirror.state();
-        let wrong = match expected {
-            Some(Expected::Accept(_)) => Some("the reference accepts it"),
-            Some(Expected::Ended) if !ended => Some("the run has ended"),
-            Some(Expected::Refuse) if ended => Some("the run has not ended"),
-            Some(Expected::Ended | Expected::Refuse) | None => None,
-        };
-        if let Some(why) = wrong {
-            let detail = format!("the engine refused {op:?} in {state} ({e}) but {why}");
-            self.report.violate(Some(step), Rule::Acceptance, detail);
-        }
     }
 
     /// Answers and resumes until the run ends, cancelling after the last round.
@@ -558,101 +403,4 @@ impl Case<'_> {
 
 fn same_log(a: &[Arc<RunEvent>], b: &[Arc<RunEvent>]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
-}
-
-const REASON: &str = "steered by the test harness";
-
-/// The request id an answer goes to: the pending one, else one that is not pending.
-fn answer_id(op: &SteerOp, pending: Option<&String>) -> String {
-    match (op, pending) {
-        (SteerOp::Answer(_), Some(id)) => id.clone(),
-        _ => STALE_REQUEST_ID.to_owned(),
-    }
-}
-
-fn answered_id(input: Option<&RunInput>) -> Option<&str> {
-    match input {
-        Some(RunInput::HitlAnswered { request_id, .. }) => Some(request_id),
-        _ => None,
-    }
-}
-
-/// The engine request for `op`, and the machine input it becomes (none for a signal).
-fn translate(op: &SteerOp, pending: Option<String>) -> (Steer, Option<RunInput>) {
-    let reason = REASON.to_owned();
-    match op {
-        SteerOp::Pause => (
-            Steer::Pause {
-                reason: reason.clone(),
-            },
-            Some(RunInput::OperatorPause { reason }),
-        ),
-        SteerOp::Resume => (
-            Steer::Resume {
-                reason: reason.clone(),
-            },
-            Some(RunInput::Resume { reason }),
-        ),
-        SteerOp::Cancel => (
-            Steer::Cancel {
-                reason: reason.clone(),
-            },
-            Some(RunInput::Cancel { reason }),
-        ),
-        SteerOp::Answer(_) | SteerOp::AnswerStale => {
-            let request_id = answer_id(op, pending.as_ref());
-            let (decision, text) = match op {
-                SteerOp::Answer(Answer::Reject) => (HitlDecision::Reject, None),
-                SteerOp::Answer(Answer::Text(t)) => (HitlDecision::Freeform, Some(t.clone())),
-                _ => (HitlDecision::Approve, None),
-            };
-            let mut answer = HitlAnswer::new(decision);
-            answer.text = text.clone();
-            let input = RunInput::HitlAnswered {
-                request_id: request_id.clone(),
-                decision,
-                text,
-                responder: None,
-            };
-            (Steer::Answer { request_id, answer }, Some(input))
-        }
-        SteerOp::Signal(name) => (
-            Steer::Signal {
-                name: name.clone(),
-                payload: json!({}),
-            },
-            None,
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fsm::InputKind;
-
-    #[test]
-    fn requests_become_the_inputs_the_driver_feeds() {
-        let (steer, input) = translate(
-            &SteerOp::Answer(Answer::Text("ok".into())),
-            Some("h".into()),
-        );
-        assert_eq!(steer.operation(), "answer");
-        assert_eq!(
-            input,
-            Some(RunInput::HitlAnswered {
-                request_id: "h".into(),
-                decision: HitlDecision::Freeform,
-                text: Some("ok".into()),
-                responder: None
-            })
-        );
-        let (_, stale) = translate(&SteerOp::Answer(Answer::Approve), None);
-        assert_eq!(answered_id(stale.as_ref()), Some(STALE_REQUEST_ID));
-        let (_, pause) = translate(&SteerOp::Pause, None);
-        assert_eq!(pause.map(|i| i.kind()), Some(InputKind::OperatorPause));
-        let (signal, none) = translate(&SteerOp::Signal("go".into()), None);
-        assert_eq!(signal.operation(), "signal");
-        assert_eq!(none, None);
-    }
 }

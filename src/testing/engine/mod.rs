@@ -27,6 +27,7 @@
 
 mod case;
 mod report;
+mod steer;
 
 use std::time::Duration;
 
