@@ -96,25 +96,26 @@ pub(super) enum Expect {
 
 impl Expect {
     pub(super) fn matches(&self, e: &RunEvent) -> bool {
-        match (self, &e.body) {
-            (Self::Paused, EventBody::RunPaused { .. })
-            | (Self::Resumed, EventBody::RunResumed { .. }) => true,
-            (Self::Resolved(id), EventBody::HitlResolved { request_id, .. }) => request_id == id,
-            (
-                Self::Resolved(_),
-                EventBody::Complete {
-                    status: RunOutcome::Failed,
-                    ..
-                },
-            )
-            | (
-                Self::Cancelled,
+        match self {
+            Self::Paused => matches!(e.body, EventBody::RunPaused { .. }),
+            Self::Resumed => matches!(e.body, EventBody::RunResumed { .. }),
+            Self::Resolved(id) => {
+                matches!(&e.body, EventBody::HitlResolved { request_id, .. } if request_id == id)
+                    || matches!(
+                        e.body,
+                        EventBody::Complete {
+                            status: RunOutcome::Failed,
+                            ..
+                        }
+                    )
+            }
+            Self::Cancelled => matches!(
+                e.body,
                 EventBody::Complete {
                     status: RunOutcome::Cancelled,
                     ..
-                },
-            ) => true,
-            _ => false,
+                }
+            ),
         }
     }
 }

@@ -173,9 +173,10 @@ impl Case<'_> {
 const REASON: &str = "steered by the test harness";
 
 fn answered_id(input: Option<&RunInput>) -> Option<&str> {
-    match input {
-        Some(RunInput::HitlAnswered { request_id, .. }) => Some(request_id),
-        _ => None,
+    if let Some(RunInput::HitlAnswered { request_id, .. }) = input {
+        Some(request_id)
+    } else {
+        None
     }
 }
 
