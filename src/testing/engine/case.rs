@@ -15,7 +15,7 @@ use tokio::time::timeout;
 use super::report::{CaseReport, Rule, StepOutcome, StepRecord};
 use super::{Answer, CaseOptions, Op, SteerOp};
 use crate::catalog::ExecutorSpec;
-use crate::engine::{Engine, EventStream};
+use crate::engine::{Engine, EventStream, Steer};
 use crate::envelope::RunEnvelope;
 use crate::fsm::{EventBody, Limits, RunEvent, RunOutcome, RunState};
 use crate::ids::RunId;
@@ -294,7 +294,7 @@ impl Case<'_> {
     async fn conclude(&mut self) {
         let wait = self.options.wait;
         if self.broken {
-            let _ = timeout(wait, self.engine.cancel(self.run, "the case broke")).await;
+            self.cancel_broken().await;
         }
         let result = match timeout(wait, self.engine.wait(self.run)).await {
             Ok(Ok(result)) => result,
@@ -341,6 +341,38 @@ impl Case<'_> {
                 .violate(None, Rule::Stream(v.rule), v.to_string());
         }
         self.match_claims();
+    }
+
+    /// Cancels a run the harness can no longer follow, so that it ends; the cancel is a
+    /// finishing step like any other.
+    async fn cancel_broken(&mut self) {
+        let before_seq = self.engine.head(self.run).map_or(0, |h| h.last_seq);
+        let cancel = Steer::Cancel {
+            reason: "the case cannot go on".to_owned(),
+        };
+        let answer = timeout(self.options.wait, self.engine.steer(self.run, cancel, None)).await;
+        let outcome = match answer {
+            Ok(Ok(steered)) => {
+                let upto = self.engine.head(self.run).map_or(u64::MAX, |h| h.last_seq);
+                self.claims.push(Claim {
+                    step: self.report.steps.len(),
+                    expect: Expect::Cancelled,
+                    after: before_seq,
+                    upto,
+                    predicted: None,
+                });
+                StepOutcome::Accepted(steered.state)
+            }
+            Ok(Err(e)) => StepOutcome::Refused(e.to_string()),
+            Err(_) => StepOutcome::Refused("no answer".to_owned()),
+        };
+        self.report.steps.push(StepRecord {
+            op: Op::Steer(SteerOp::Cancel),
+            finishing: true,
+            before_seq,
+            quiescent: false,
+            outcome,
+        });
     }
 
     /// Pairs every accepted request with its event, and every steering event with a request.

@@ -28,6 +28,8 @@
 mod case;
 mod report;
 mod steer;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
