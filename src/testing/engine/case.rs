@@ -364,7 +364,7 @@ impl Case<'_> {
                 StepOutcome::Accepted(steered.state)
             }
             Ok(Err(e)) => StepOutcome::Refused(e.to_string()),
-            Err(_) => StepOutcome::Refused("no answer".to_owned()),
+            Err(_) => StepOutcome::NoAnswer,
         };
         self.report.steps.push(StepRecord {
             op: Op::Steer(SteerOp::Cancel),

@@ -55,6 +55,8 @@ pub enum StepOutcome {
     Accepted(RunState),
     /// The steering request was refused with this error.
     Refused(String),
+    /// The steering request got no answer within the wait.
+    NoAnswer,
     /// The run was followed until this many more events had arrived.
     Waited(usize),
 }

@@ -38,7 +38,7 @@ impl Case<'_> {
                     let detail = format!("{op:?} did not answer within {:?}", self.options.wait);
                     self.report.violate(Some(step), Rule::Stalled, detail);
                     self.broken = true;
-                    return StepOutcome::Refused("no answer".to_owned());
+                    return StepOutcome::NoAnswer;
                 }
             };
         let upto = self.committed(Some(step)).unwrap_or(u64::MAX);
