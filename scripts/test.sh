@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
 # The project's test command: installs the real-model test dependencies (idempotent, see
 # scripts/setup-llm.sh), then runs every test. Extra arguments go to `cargo test`.
+#
+# Every run the tests drive records which rows of the state table it took (see
+# `flexrun::engine::coverage`); afterwards the rows are added up into
+# target/transition-coverage.md, and a full run (no arguments) fails if a row was never taken.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup-llm.sh
-cargo test "$@"
+coverage="$PWD/target/transition-coverage"
+rm -rf "$coverage"
+mkdir -p "$coverage"
+FLEXRUN_TRANSITION_COVERAGE="$coverage" cargo test "$@"
+require=()
+if [ "$#" -eq 0 ]; then
+    require=(--require-all)
+fi
+cargo run -q -- docs coverage --from "$coverage" "${require[@]}" | tee target/transition-coverage.md | head -1
