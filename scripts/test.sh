@@ -3,7 +3,19 @@
 # scripts/setup-llm.sh), then runs every test. Extra arguments go to `cargo test`.
 # `--features testing` adds the targets that need `flexrun::testing` (the qa_steering
 # example); the default features already include everything else (see docs/TESTING.md).
+#
+# Every run the tests drive records which rows of the state table it took (see
+# `flexrun::engine::coverage`); afterwards the rows are added up into
+# target/transition-coverage.md, and a full run (no arguments) fails if a row was never taken.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup-llm.sh
-cargo test --features testing "$@"
+coverage="$PWD/target/transition-coverage"
+rm -rf "$coverage"
+mkdir -p "$coverage"
+FLEXRUN_TRANSITION_COVERAGE="$coverage" cargo test --features testing "$@"
+require=()
+if [ "$#" -eq 0 ]; then
+    require=(--require-all)
+fi
+cargo run -q --features testing -- docs coverage --from "$coverage" "${require[@]}" | tee target/transition-coverage.md | head -1

@@ -78,6 +78,7 @@ mod envelope;
 pub mod executors;
 pub mod fsm;
 pub mod graph;
+pub mod hitl;
 #[cfg(feature = "client")]
 pub mod http_client;
 pub mod ids;

@@ -190,8 +190,15 @@ enum Cmd {
     },
     /// Print documentation generated from the code.
     Docs {
-        /// states: the state table and diagram.
+        /// states: the state table and diagram; coverage: which rows of the state table the
+        /// runs recorded in `--from` took (see `FLEXRUN_TRANSITION_COVERAGE`).
         what: DocsArg,
+        /// For `coverage`: the directory the runs recorded their rows in.
+        #[arg(long, required_if_eq("what", "coverage"))]
+        from: Option<PathBuf>,
+        /// For `coverage`: exit 1 when a row was never taken.
+        #[arg(long)]
+        require_all: bool,
     },
 }
 
@@ -281,6 +288,21 @@ impl ModelArgs {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum DocsArg {
     States,
+    Coverage,
+}
+
+/// Prints the transition coverage collected in `dir`; with `require_all`, fails naming the
+/// rows never taken.
+fn coverage(dir: PathBuf, require_all: bool) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let coverage = flexrun::engine::coverage::Coverage::read(&dir)
+        .with_context(|| format!("cannot read transition coverage from {}", dir.display()))?;
+    print!("{}", coverage.markdown());
+    let missed = coverage.missed();
+    if require_all && !missed.is_empty() {
+        anyhow::bail!("rows never taken: {}", missed.join(", "));
+    }
+    Ok(())
 }
 
 /// Runs the command. A failure is one line on stderr, `error: ` and the error's causes joined
@@ -428,10 +450,16 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
         Cmd::Compact { data } => compact(data),
         Cmd::Docs {
             what: DocsArg::States,
+            ..
         } => {
             print!("{}", flexrun::fsm::table::docs_section());
             Ok(())
         }
+        Cmd::Docs {
+            what: DocsArg::Coverage,
+            from,
+            require_all,
+        } => coverage(from.unwrap_or_default(), require_all),
     }
 }
 

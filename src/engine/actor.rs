@@ -15,8 +15,8 @@ use super::{EngineError, HitlAnswer, Inner, Steered};
 use crate::catalog::{Capability, CompiledContract, ExecutorSpec};
 use crate::envelope::RunEnvelope;
 use crate::fsm::{
-    Command, EventBody, FollowUp, FsmError, HitlKind, Limits, PendingOutput, PlanCall, Purpose,
-    RunError, RunEvent, RunInput, RunMachine, RunState, Trigger, TriggerSource,
+    self, Command, EventBody, FollowUp, FsmError, HitlKind, Limits, Next, PendingOutput, PlanCall,
+    Purpose, RunError, RunEvent, RunInput, RunMachine, RunState, Trigger, TriggerSource,
 };
 use crate::graph::{NodeState, PlanGraph, PlanNode};
 use crate::ids::{RunId, Timestamp};
@@ -479,6 +479,7 @@ impl RunActor {
     fn feed_input(&mut self, input: &RunInput) -> Result<(), FsmError> {
         let from = self.machine.state();
         let step = self.machine.apply(input, Timestamp::now())?;
+        super::coverage::record(step.row);
         tracing::debug!(run_id = %self.run_id, from = %from, input = %input.kind(), to = %self.machine.state(), "transition");
         for event in &step.events {
             if let Err(e) = self.observe(event, false) {
@@ -490,7 +491,6 @@ impl RunActor {
             match command {
                 Command::CallPlanner(call) => self.after.push(After::CallPlanner(call)),
                 Command::Validate(output) => self.validate(output),
-                Command::Dispatch | Command::AwaitDrain | Command::AwaitHuman => {}
                 Command::Finish(_) => self.finished = true,
             }
         }
@@ -1018,46 +1018,25 @@ impl RunActor {
                         self.ask_human(node_id, attempt);
                         continue;
                     }
-                    if let Some(failed) = self.failed.first().cloned() {
-                        if self.machine.in_flight().is_empty() {
-                            let error = RunError::new(
-                                "NODE_FAILED",
-                                format!("node `{failed}` failed after its last attempt"),
-                            );
-                            self.feed_or_log(RunInput::Fail { error });
-                            continue;
-                        }
-                        return;
-                    }
-                    if self.dispatch() {
-                        continue;
-                    }
-                    if self.machine.in_flight().is_empty() && self.ready.is_empty() {
-                        self.finish_or_fail();
+                    if self.proceed() {
                         continue;
                     }
                     return;
                 }
-                RunState::Replanning => {
-                    if self.machine.in_flight().is_empty() {
-                        self.feed_or_log(RunInput::Drained);
-                        continue;
-                    }
-                    return;
-                }
+                RunState::Replanning if self.proceed() => {}
                 RunState::New
                 | RunState::Requesting
                 | RunState::Validating
+                | RunState::Replanning
                 | RunState::Paused
                 | RunState::Done => return,
             }
         }
     }
 
-    /// Dispatches ready nodes up to the concurrency bound; true if any was dispatched.
-    fn dispatch(&mut self) -> bool {
+    /// Dispatches ready nodes up to the concurrency bound.
+    fn dispatch(&mut self) {
         let limit = self.policies.planner.max_concurrency.max(1) as usize;
-        let mut any = false;
         while self.machine.in_flight().len() < limit {
             let Some(node_id) = self.ready.pop_front() else {
                 break;
@@ -1073,32 +1052,43 @@ impl RunActor {
                 attempt,
             });
             self.after.push(After::Execute { node_id, attempt });
-            any = true;
         }
-        any
     }
 
-    fn finish_or_fail(&mut self) {
-        let all_done = self.completed_count == self.progress.len();
-        if !all_done {
-            let error = RunError::new("PLAN_STUCK", "no node is ready and some never ran");
-            self.feed_or_log(RunInput::Fail { error });
-            return;
-        }
-        let mut output = Map::new();
-        for facet in &self.required_outputs {
-            if let Some(v) = self.facets.get(facet) {
-                output.insert(facet.clone(), v.clone());
+    /// Asks [`fsm::next`] what follows from the scheduler's facts and does it; true when
+    /// something changed (nodes dispatched or an input fed).
+    fn proceed(&mut self) -> bool {
+        let limit = self.policies.planner.max_concurrency.max(1) as usize;
+        let in_flight = self.machine.in_flight().len();
+        let progress = fsm::Progress {
+            in_flight,
+            ready: self.ready.len(),
+            slots: limit.saturating_sub(in_flight),
+            nodes: self.progress.len(),
+            completed: self.completed_count,
+            exhausted: self.failed.first().map(String::as_str),
+        };
+        let goal = || {
+            let mut output = Map::new();
+            for facet in &self.required_outputs {
+                if let Some(v) = self.facets.get(facet) {
+                    output.insert(facet.clone(), v.clone());
+                }
+            }
+            let output = Value::Object(output);
+            validation::check_goal(&self.envelope, &self.facets, &output).map(|()| output)
+        };
+        match fsm::next(self.machine.state(), &progress, goal) {
+            Next::Wait => false,
+            Next::Dispatch => {
+                self.dispatch();
+                true
+            }
+            Next::Feed(input) => {
+                self.feed_or_log(input);
+                true
             }
         }
-        let output = Value::Object(output);
-        if let Err(message) = validation::check_goal(&self.envelope, &self.facets, &output) {
-            self.feed_or_log(RunInput::Fail {
-                error: RunError::new("GOAL_CONDITIONS_UNMET", message),
-            });
-            return;
-        }
-        self.feed_or_log(RunInput::AllDone { output });
     }
 
     fn fire(&mut self, firing: QueuedFiring) {

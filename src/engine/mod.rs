@@ -9,6 +9,7 @@
 mod actor;
 mod catalog_state;
 mod clock;
+pub mod coverage;
 mod executor;
 pub(crate) mod follow;
 mod idempotency;

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::diagnostics::Diagnostic;
 use crate::graph::{PlanDelta, PlanDiff, PlanDraft};
+pub use crate::hitl::{FollowUp, HitlDecision, HitlKind};
 use crate::ids::{RunId, Timestamp};
 
 /// One committed transition of a run.
@@ -167,42 +168,6 @@ impl RunError {
             message: message.into(),
         }
     }
-}
-
-/// The kind of a HITL request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HitlKind {
-    /// Approve or reject.
-    Approval,
-    /// Answer a question.
-    Clarify,
-}
-
-/// A human's decision on a HITL request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HitlDecision {
-    /// Go ahead.
-    Approve,
-    /// Do not go ahead; the request's `onReject` action follows.
-    Reject,
-    /// One of the offered options.
-    Option,
-    /// Free text.
-    Freeform,
-}
-
-/// What the run does after a HITL answer or a policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FollowUp {
-    /// Continue dispatching.
-    Continue,
-    /// Ask the planner for a delta.
-    Replan,
-    /// End the run as failed.
-    Fail,
 }
 
 /// The type-specific part of an event. `type` on the wire, with the fields in `payload`.

@@ -1,18 +1,36 @@
 //! The run state machine (sans-IO) and its event vocabulary.
 //!
 //! `src/fsm` imports no tokio, axum or redb: [`RunMachine::apply`] is synchronous and pure.
+//!
+//! - `table.rs` — every transition, one row each ([`table::EDGES`]), and the flat
+//!   reference interpreter [`table::Automaton`];
+//! - `guard.rs`, `act.rs` — the guard predicates and actions the rows name, one function each;
+//! - `data.rs` — the run's data they read and change;
+//! - `machine.rs` — the statig states (hierarchical, under `Live`) dispatching through the rows;
+//! - `replay.rs` — rebuilding a machine from committed events;
+//! - `next.rs` — what an executing or draining run does next (dispatch, wait, finish);
+//! - `vocab.rs`, `event.rs` — states, inputs, commands and events.
 
+mod act;
+mod data;
 mod event;
+mod guard;
 mod machine;
+mod next;
+mod replay;
 pub mod table;
+mod vocab;
 
+pub use data::{Ctx, RunCore};
 pub use event::{
     EventBody, EventKind, FollowUp, HitlDecision, HitlKind, PlanPhase, PlannerOutput, RunError,
     RunEvent, RunOutcome, TokenUsage, Trigger, TriggerSource, UnparsedReply,
 };
-pub use machine::{
-    Command, InputKind, Limits, PendingHitl, PendingOutput, PlanCall, Purpose, RunInput,
-    RunMachine, RunState, Step,
+pub use machine::RunMachine;
+pub use next::{Next, Progress, next};
+pub use vocab::{
+    Command, InputKind, Limits, PendingHitl, PendingOutput, PlanCall, Purpose, RunInput, RunState,
+    Step,
 };
 
 /// Errors of the run machine.

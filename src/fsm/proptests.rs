@@ -1,10 +1,11 @@
 //! Property test: random input sequences, the statig machine against the reference model
-//! of `crate::testing::machine`.
+//! of `crate::testing::machine` (the flat table automaton).
 //!
 //! After every step: the machine accepts, absorbs or refuses exactly as the reference
-//! automaton does and emits the same events; an accepted step is a row of the listed edge
-//! table; a refusal changes nothing. After every sequence: the log passes
-//! `crate::testing::check_stream` and replaying it rebuilds the same machine.
+//! automaton does, takes the same row, emits the same events and commands and ends with the
+//! same data; the row is one for that state, input and target; a refusal changes nothing.
+//! After every sequence: the log passes `crate::testing::check_stream` and replaying it
+//! rebuilds the same machine.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 
-use super::table::{To, rows};
+use super::table::{EDGES, From};
 use super::*;
 use crate::graph::PlanDraft;
 use crate::testing::machine::{MODEL_NOW, REQUEST_ID, model_run, plan_returned};
@@ -27,25 +28,21 @@ pub struct Sut {
     log: Vec<RunEvent>,
 }
 
-/// The listed edge table has a row from `from` on `input` to where the machine went,
-/// emitting what it emitted.
-fn on_the_table(from: RunState, input: &RunInput, to: RunState, events: &[RunEvent]) {
-    let [event] = events else {
-        panic!("{input:?} in {from}: one event per edge, got {events:?}");
+/// The row the machine took leads from `from` on `input` to where it went, emitting what it
+/// emitted.
+fn on_the_table(from: RunState, input: &RunInput, to: RunState, step: &Step) {
+    let Some(row) = step.row else {
+        panic!("{input:?} in {from}: accepted without a row");
     };
-    let listed = rows(from, input.kind()).into_iter().any(|edge| {
-        let target = match edge.to {
-            To::State(s) => s,
-            To::Same => from,
-        };
-        target == to && edge.event == event.kind()
-    });
+    let edge = &EDGES[row];
+    let kinds: Vec<EventKind> = step.events.iter().map(RunEvent::kind).collect();
+    assert_eq!(kinds, [edge.event], "{edge:?}: one event per edge");
+    assert_eq!(edge.input, input.kind(), "{edge:?}");
     assert!(
-        listed,
-        "{from} --{}--> {to} emitting `{}` is not a row of the table",
-        input.kind(),
-        event.kind()
+        matches!(edge.from, From::Live if from.is_live()) || edge.from == From::State(from),
+        "{edge:?} taken in {from}"
     );
+    assert_eq!(edge.target(from), to, "{edge:?}");
 }
 
 impl StateMachineTest for Sut {
@@ -67,8 +64,8 @@ impl StateMachineTest for Sut {
         let verdict = model.verdict().expect("the model applied the input");
         match (sut.machine.apply(&input, MODEL_NOW), verdict) {
             (Ok(step), Verdict::Accepted(expected)) => {
-                assert_eq!(&step.events, expected, "{input:?} in {from}");
-                on_the_table(from, &input, sut.machine.state(), &step.events);
+                assert_eq!(&step, expected, "{input:?} in {from}");
+                on_the_table(from, &input, sut.machine.state(), &step);
                 sut.log.extend(step.events);
             }
             (Ok(step), Verdict::Absorbed) => {
@@ -83,10 +80,7 @@ impl StateMachineTest for Sut {
         }
         let reference = model.run();
         assert_eq!(sut.machine.state(), reference.state(), "after {input:?}");
-        assert_eq!(sut.machine.seq(), reference.seq());
-        assert_eq!(sut.machine.plan_version(), reference.plan_version());
-        assert_eq!(sut.machine.in_flight(), reference.in_flight());
-        assert_eq!(sut.machine.pending_hitl(), reference.pending_hitl());
+        assert_eq!(sut.machine.core(), reference.core(), "after {input:?}");
         sut
     }
 
@@ -97,10 +91,11 @@ impl StateMachineTest for Sut {
         let replayed = RunMachine::restore(sut.machine.run_id(), sut.limits, &sut.log)
             .expect("the log replays");
         assert_eq!(replayed.state(), sut.machine.state());
-        assert_eq!(replayed.seq(), sut.machine.seq());
-        assert_eq!(replayed.plan_version(), sut.machine.plan_version());
-        assert_eq!(replayed.in_flight(), sut.machine.in_flight());
-        assert_eq!(replayed.pending_hitl(), sut.machine.pending_hitl());
+        assert_eq!(
+            replayed.core(),
+            sut.machine.core(),
+            "replaying the log rebuilds the machine"
+        );
     }
 }
 
@@ -171,7 +166,7 @@ fn the_model_reaches_every_state() {
     for input in &script {
         let verdict = m.step(input);
         assert!(
-            matches!(verdict, Verdict::Accepted(events) if events.len() == 1),
+            matches!(verdict, Verdict::Accepted(step) if step.events.len() == 1),
             "{input:?}: {verdict:?}"
         );
         seen.insert(m.run().state());

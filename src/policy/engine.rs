@@ -686,7 +686,7 @@ mod tests {
         assert!(matches!(
             firings[0].action,
             PolicyAction::Hitl {
-                on_reject: crate::fsm::FollowUp::Replan,
+                on_reject: crate::hitl::FollowUp::Replan,
                 ..
             }
         ));

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::CapabilityKind;
-use crate::fsm::{FollowUp, HitlKind};
+use crate::hitl::{FollowUp, HitlKind};
 
 use super::condition::Condition;
 use super::error::PolicyError;

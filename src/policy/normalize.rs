@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 
 use crate::catalog::CapabilityKind;
-use crate::fsm::{FollowUp, HitlKind};
+use crate::hitl::{FollowUp, HitlKind};
 use crate::ids::{IdKind, check_id};
 
 use super::condition::Condition;

@@ -4,7 +4,8 @@
 //! [`ReferenceRun`]: applying an input applies it to the reference automaton and keeps its
 //! [`Verdict`]. A `StateMachineTest` over your own wrapper of the run machine compares each
 //! of its steps with [`ModelState::verdict`] and checks its log with
-//! [`check_stream`](super::check_stream).
+//! [`check_stream`](super::check_stream). The reference is the flat table interpreter
+//! ([`Automaton`](super::Automaton)), so the statig machine is checked against it too.
 //!
 //! Inputs name nodes from [`NODES`] and HITL requests [`REQUEST_ID`] (or a stale id).
 
@@ -18,8 +19,8 @@ use serde_json::{Map, Value};
 use super::reference::ReferenceRun;
 use crate::diagnostics::{Diagnostic, DiagnosticCode};
 use crate::fsm::{
-    FollowUp, FsmError, HitlDecision, HitlKind, Limits, PlannerOutput, Purpose, RunError, RunEvent,
-    RunInput, RunState, Trigger, TriggerSource,
+    FollowUp, FsmError, HitlDecision, HitlKind, Limits, PlannerOutput, Purpose, RunError, RunInput,
+    RunState, Step, Trigger, TriggerSource,
 };
 use crate::graph::{PlanDelta, PlanDiff, PlanDraft};
 use crate::ids::{RunId, Timestamp};
@@ -42,8 +43,8 @@ pub fn model_run() -> RunId {
 /// What the reference automaton did with the last input.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Accepted, emitting these events (exactly one per edge).
-    Accepted(Vec<RunEvent>),
+    /// Accepted: the row taken, its one event and the commands for the driver.
+    Accepted(Step),
     /// Taken without effect (`Done` absorbs every input).
     Absorbed,
     /// Refused: the state does not accept it, and nothing changed.
@@ -79,8 +80,8 @@ impl ModelState {
     /// Applies `input` at [`MODEL_NOW`] and keeps the verdict.
     pub fn step(&mut self, input: &RunInput) -> &Verdict {
         let verdict = match self.run.apply(input, MODEL_NOW) {
-            Ok(step) if step.events.is_empty() => Verdict::Absorbed,
-            Ok(step) => Verdict::Accepted(step.events),
+            Ok(step) if step.row.is_none() => Verdict::Absorbed,
+            Ok(step) => Verdict::Accepted(step),
             Err(e) => Verdict::Refused(e),
         };
         self.verdict.insert(verdict)

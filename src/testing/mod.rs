@@ -3,13 +3,14 @@
 //! Two levels:
 //!
 //! - [`machine`]: strategies for [`RunInput`](crate::fsm::RunInput)s and [`RunModel`], a
-//!   `proptest_state_machine::ReferenceStateMachine` whose state is a reference automaton
-//!   ([`ReferenceRun`]). Drive your own wrapper of the run machine against it.
+//!   `proptest_state_machine::ReferenceStateMachine` whose state is the reference automaton
+//!   ([`ReferenceRun`] over [`Automaton`], the flat table interpreter). Drive your own
+//!   wrapper of the run machine against it.
 //! - [`engine`]: strategies for steering a run from outside (pause, resume, cancel, HITL
 //!   answers, signals, interleaved with waiting for the run) and [`run_case`], which submits
 //!   an envelope to an [`Engine`](crate::Engine) you built (your planner, executors, catalog
 //!   and store), applies the operations through the public API and checks what the engine
-//!   answered and streamed against the reference automaton.
+//!   answered and streamed against the run machine, rebuilt from the stream.
 //!
 //! Both check streams with [`check_stream`]: gap-free seqs, nothing after `complete`, no
 //! `node_start` while paused or between a replan trigger and the next `plan_updated`, plan

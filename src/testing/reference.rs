@@ -1,23 +1,23 @@
-//! The reference automaton behind both models, in one place.
+//! The reference automaton behind the machine model, in one place.
 //!
-//! [`Automaton`] names the type that decides what a run accepts; [`ReferenceRun`] is the
-//! small surface the strategies and the engine harness read. Changing the automaton is
-//! changing the alias.
+//! [`Automaton`] names the type that decides what a run accepts: the flat interpreter of the
+//! transition table ([`crate::fsm::table::Automaton`]), which shares the rows — guards and
+//! actions — with the statig machine but not its hierarchy or dispatch. [`ReferenceRun`] is
+//! the small surface the strategies read.
 
 use std::collections::BTreeMap;
 
-use crate::fsm::{FsmError, Limits, PendingHitl, Purpose, RunEvent, RunInput, RunMachine};
-use crate::fsm::{RunOutcome, RunState, Step};
+use crate::fsm::{FsmError, Limits, PendingHitl, Purpose, RunCore, RunInput, RunOutcome};
+use crate::fsm::{RunState, Step};
 use crate::ids::{RunId, Timestamp};
 
 /// The automaton that says what a run accepts and what it emits.
-pub type Automaton = RunMachine;
+pub type Automaton = crate::fsm::table::Automaton;
 
-/// A run as the reference automaton sees it: the automaton and the limits it enforces.
+/// A run as the reference automaton sees it.
 #[derive(Debug, Clone)]
 pub struct ReferenceRun {
     automaton: Automaton,
-    limits: Limits,
 }
 
 impl ReferenceRun {
@@ -25,7 +25,6 @@ impl ReferenceRun {
     pub fn new(run_id: RunId, limits: Limits) -> Self {
         Self {
             automaton: Automaton::new(run_id, limits),
-            limits,
         }
     }
 
@@ -37,61 +36,58 @@ impl ReferenceRun {
         self.automaton.apply(input, now)
     }
 
-    /// Follows one committed event (the next seq of this run).
-    ///
-    /// # Errors
-    /// [`FsmError::Replay`] when the event cannot follow from the current state.
-    pub fn replay(&mut self, event: &RunEvent) -> Result<(), FsmError> {
-        self.automaton.replay(event)
-    }
-
     /// The current state.
     pub fn state(&self) -> RunState {
         self.automaton.state()
     }
 
+    /// The run's data, to compare whole with a machine's.
+    pub fn core(&self) -> &RunCore {
+        self.automaton.core()
+    }
+
     /// The limits the run enforces.
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.core().limits()
     }
 
     /// The run's id.
     pub fn run_id(&self) -> RunId {
-        self.automaton.run_id()
+        self.core().run_id()
     }
 
-    /// The last seq produced or followed.
+    /// The last seq produced.
     pub fn seq(&self) -> u64 {
-        self.automaton.seq()
+        self.core().seq()
     }
 
     /// The current plan version.
     pub fn plan_version(&self) -> u32 {
-        self.automaton.plan_version()
+        self.core().plan_version()
     }
 
     /// Replans used.
     pub fn replans(&self) -> u32 {
-        self.automaton.replans()
+        self.core().replans()
     }
 
     /// Why the planner is (or was last) asked.
     pub fn purpose(&self) -> Purpose {
-        self.automaton.purpose()
+        self.core().purpose()
     }
 
     /// Nodes in flight with their attempt numbers.
     pub fn in_flight(&self) -> &BTreeMap<String, u32> {
-        self.automaton.in_flight()
+        self.core().in_flight()
     }
 
     /// How the run ended, once done.
     pub fn outcome(&self) -> Option<RunOutcome> {
-        self.automaton.outcome()
+        self.core().outcome()
     }
 
     /// The HITL request the run waits on.
     pub fn pending_hitl(&self) -> Option<&PendingHitl> {
-        self.automaton.pending_hitl()
+        self.core().pending_hitl()
     }
 }

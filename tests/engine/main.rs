@@ -17,6 +17,7 @@ mod executors;
 mod hitl;
 mod idempotency;
 mod ids;
+mod modules;
 mod observe;
 mod planning;
 mod policies;

@@ -196,3 +196,42 @@ async fn bad_envelopes_are_refused_naming_the_field_and_store_nothing() {
     }
     assert!(env.engine.store().list_runs(None).unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_planner_failure_is_asked_again_with_the_error() {
+    use flexrun::planner::PlannerError;
+    let planner = ScriptedPlanner::new([
+        ScriptStep::Error(PlannerError::Retryable("rate limited".into())),
+        ScriptStep::Draft(draft("writer.en")),
+    ]);
+    let mut env = TestEnv::start(Some(Arc::new(planner.clone()))).await;
+    let run = env
+        .engine
+        .submit(copy_envelope(&["copyVariants"], json!(null)))
+        .await
+        .unwrap();
+    let events = env.until_complete(run).await;
+    assert_eq!(
+        labels(&events)[..4],
+        [
+            "plan_requested",
+            "plan_requested",
+            "plan_generated",
+            "plan_accepted"
+        ]
+    );
+    let EventBody::PlanRequested {
+        phase,
+        attempt,
+        error,
+        ..
+    } = &events[1].body
+    else {
+        panic!("{:?}", events[1])
+    };
+    assert_eq!((*phase, *attempt), (PlanPhase::Revision, 2));
+    assert!(error.as_deref().unwrap().contains("rate limited"));
+    assert_eq!(complete_status(&events).as_deref(), Some("completed"));
+    let requests = planner.requests();
+    assert_eq!(requests.len(), 2, "asked once more");
+}

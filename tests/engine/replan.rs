@@ -152,3 +152,29 @@ async fn external_signal_fires_a_manual_policy() {
     assert!(ks.contains(&"plan_updated"));
     assert_eq!(complete_status(&events).as_deref(), Some("completed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replan_with_none_left_fails_the_run() {
+    let mut env = TestEnv::start(None).await;
+    let mut policies = qa_gate();
+    policies["planner"] = json!({"maxReplans": 0});
+    let run = env
+        .engine
+        .submit(copy_envelope(&["copyVariants", "summary"], policies))
+        .await
+        .unwrap();
+    let events = env.until_complete(run).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.kind() != EventKind::PolicyTriggered),
+        "the replan is refused, not started"
+    );
+    let Some(EventBody::Complete { error, .. }) = events.last().map(|e| &e.body) else {
+        panic!("{:?}", labels(&events))
+    };
+    let error = error.as_ref().unwrap();
+    assert_eq!(error.code, "REPLANS_EXHAUSTED");
+    assert!(error.message.contains("qa-gate"), "{}", error.message);
+    assert_eq!(complete_status(&events).as_deref(), Some("failed"));
+}

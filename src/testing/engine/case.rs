@@ -1,10 +1,11 @@
 //! The harness: one run, the operations applied to it, and the checks.
 //!
-//! The harness follows the run's stream and replays every event on a [`ReferenceRun`]
-//! (the *mirror*). Before each steering request it catches the mirror up with the committed
-//! log; when the mirror is then quiescent — done, or paused with nothing running but human
-//! nodes — the engine cannot move on its own, so the mirror's state is the engine's and the
-//! reference automaton can be asked what the request must do.
+//! The harness follows the run's stream and replays every event on a [`RunMachine`] (the
+//! *mirror*: replay is how the engine itself recovers runs, and the machine-level model holds
+//! the machine to the table automaton). Before each steering request it catches the mirror
+//! up with the committed log; when the mirror is then quiescent — done, or paused with
+//! nothing running but human nodes — the engine cannot move on its own, so the mirror's state
+//! is the engine's and a clone of the mirror can be asked what the request must do.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,9 +18,9 @@ use super::{Answer, CaseOptions, Op, SteerOp};
 use crate::catalog::ExecutorSpec;
 use crate::engine::{Engine, EventStream, Steer};
 use crate::envelope::RunEnvelope;
-use crate::fsm::{EventBody, Limits, RunEvent, RunOutcome, RunState};
+use crate::fsm::{EventBody, Limits, RunEvent, RunMachine, RunOutcome, RunState};
 use crate::ids::RunId;
-use crate::testing::{ReferenceRun, check_stream};
+use crate::testing::check_stream;
 
 /// Submits `envelope` to `engine`, applies `ops`, ends the run and checks everything it
 /// saw (see the [module docs](super)). The harness must be the only one steering the run.
@@ -68,7 +69,7 @@ pub async fn run_case(
         run,
         stream,
         stream_done: false,
-        mirror: ReferenceRun::new(run, limits),
+        mirror: RunMachine::new(run, limits),
         capabilities: BTreeMap::new(),
         claims: Vec::new(),
         broken: false,
@@ -137,7 +138,7 @@ pub(super) struct Case<'a> {
     pub(super) run: RunId,
     pub(super) stream: EventStream,
     pub(super) stream_done: bool,
-    pub(super) mirror: ReferenceRun,
+    pub(super) mirror: RunMachine,
     /// Capability of each node's last `node_start`.
     pub(super) capabilities: BTreeMap<String, String>,
     pub(super) claims: Vec<Claim>,

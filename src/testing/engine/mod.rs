@@ -13,9 +13,10 @@
 //!   cancel) or [`EngineError::UnknownHitlRequest`] (answers), or [`EngineError::RunEnded`]
 //!   once the run has ended — never another error;
 //! - when the run was quiescent (paused with nothing running, or done), acceptance matches
-//!   what the reference automaton says for that state, and an accepted operation's event is
-//!   the one the automaton emits;
-//! - the stream replays on the reference automaton, equals the stored log and passes
+//!   what the run machine rebuilt from the stream says for that state, and an accepted
+//!   operation's event is the one it emits (the [`machine`](super::machine) model holds that
+//!   machine to the table automaton);
+//! - the stream replays on the run machine, equals the stored log and passes
 //!   [`check_stream`](super::check_stream);
 //! - the run ends: after the operations the harness answers every HITL request with
 //!   approval and resumes every pause (cancelling after [`CaseOptions::finish_rounds`]), and
