@@ -19,7 +19,9 @@ use flexrun::fsm::{EventBody, HitlDecision, RunOutcome};
 use flexrun::planner::{OpenAiConfig, OpenAiPlanner, Planner, ResponseFormat};
 use flexrun::webhook::WebhookSecret;
 use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
-use tokio::sync::broadcast::error::RecvError;
+use futures::StreamExt as _;
+
+mod verify;
 
 /// The binary's allocator. The engine allocates small, short-lived values on one thread and
 /// frees many of them on another (events reach subscribers on other workers); mimalloc's
@@ -102,8 +104,9 @@ enum Format {
     Pretty,
     /// SSE frames, as the server streams them.
     Sse,
-    /// One JSON object per line.
-    Json,
+    /// One JSON event per line (JSON lines; `json` is accepted too).
+    #[value(alias = "json")]
+    Jsonl,
 }
 
 #[derive(Subcommand, Debug)]
@@ -188,9 +191,13 @@ enum Cmd {
         #[arg(long, default_value = "flexrun.redb")]
         data: PathBuf,
     },
+    /// Check a run's event stream (a saved JSONL or SSE file, `-` for stdin, or a live
+    /// `--url`) against the event contract; exit 0 when it conforms, 1 on violations, 2 when
+    /// it cannot be read, 3 when a followed stream times out before `complete`.
+    Verify(verify::VerifyArgs),
     /// Print documentation generated from the code.
     Docs {
-        /// states: the state table and diagram.
+        /// states: the state table and diagram; conformance: the rules `verify` checks.
         what: DocsArg,
     },
 }
@@ -281,6 +288,7 @@ impl ModelArgs {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum DocsArg {
     States,
+    Conformance,
 }
 
 /// Runs the command. A failure is one line on stderr, `error: ` and the error's causes joined
@@ -432,6 +440,17 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
             print!("{}", flexrun::fsm::table::docs_section());
             Ok(())
         }
+        Cmd::Docs {
+            what: DocsArg::Conformance,
+        } => {
+            print!("{}", flexrun::conformance::rules_markdown());
+            Ok(())
+        }
+        Cmd::Verify(args) => {
+            let code = verify::run(args).await;
+            std::io::stdout().flush()?;
+            std::process::exit(code.into())
+        }
     }
 }
 
@@ -446,22 +465,18 @@ async fn run(path: PathBuf, data: DataArg, answer: Answer, format: Format) -> an
     let engine = Engine::open(flexrun::demo::config(Arc::new(store)))
         .await
         .with_context(|| format!("opening the engine over {}", data.display()))?;
-    let mut rx = engine.subscribe();
     let started = Instant::now();
     let run_id = engine
         .submit(envelope)
         .await
         .with_context(|| format!("submitting {}", path.display()))?;
     eprintln!("run {run_id} (store {})", data.display());
+    // The gap-free follower (store replay, then live): a slow terminal never loses events.
+    let mut events = engine.events(run_id, 0)?;
     let outcome = loop {
-        let ev = match rx.recv().await {
-            Ok(ev) => ev,
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => bail!("the engine stopped"),
+        let Some(ev) = events.next().await else {
+            bail!("the engine stopped");
         };
-        if ev.run_id != run_id {
-            continue;
-        }
         match format {
             Format::Pretty => println!(
                 "{:>4}  {:<17} {}",
@@ -470,7 +485,7 @@ async fn run(path: PathBuf, data: DataArg, answer: Answer, format: Format) -> an
                 flexrun::api::summary(&ev)
             ),
             Format::Sse => print!("{}", flexrun::api::sse_frame(&ev)),
-            Format::Json => println!("{}", serde_json::to_string(&*ev)?),
+            Format::Jsonl => println!("{}", serde_json::to_string(&*ev)?),
         }
         match &ev.body {
             EventBody::HitlRequest {
