@@ -44,8 +44,8 @@ pub(crate) struct VerifyArgs {
     /// Give up following `--url` after this long (`30s`, `5m`, …).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Reconnects allowed while following `--url`.
-    #[arg(long, default_value_t = 10)]
+    /// Reconnects in a row that may bring no new event before `--url` gives up.
+    #[arg(long, default_value_t = 5)]
     max_reconnects: u32,
     /// The run the stream is of: events of other runs break `run-id`. For `--url` it is the
     /// run the URL names.
@@ -190,7 +190,8 @@ fn run_of(url: &str) -> Option<RunId> {
 }
 
 /// Reads the SSE stream at `url` into `stream` until `complete`, reconnecting with
-/// `Last-Event-ID` up to `max_reconnects` times.
+/// `Last-Event-ID`. A reconnect that brings no new event counts against `max_reconnects`
+/// and the next one waits longer; one that does starts the count again.
 async fn follow(
     client: &reqwest::Client,
     url: &str,
@@ -198,7 +199,7 @@ async fn follow(
     max_reconnects: u32,
     stream: &mut Stream,
 ) -> Result<(), Failure> {
-    let mut reconnects = 0;
+    let mut idle = 0;
     let mut last_id: Option<String> = None;
     loop {
         let mut request = client.get(url).header(ACCEPT, "text/event-stream");
@@ -208,6 +209,7 @@ async fn follow(
         if let Some(id) = &last_id {
             request = request.header("last-event-id", id);
         }
+        let before = last_id.clone();
         let dropped = match request.send().await {
             Ok(response) if response.status() == StatusCode::OK => {
                 match read(response, stream, &mut last_id).await? {
@@ -221,13 +223,13 @@ async fn follow(
             }
             Err(e) => error_chain(&e),
         };
-        if reconnects >= max_reconnects {
+        idle = if last_id == before { idle + 1 } else { 0 };
+        if idle > max_reconnects {
             return Err(format!(
-                "GET {url}: the stream ended before `complete` after {reconnects} reconnect(s): {dropped}"
+                "GET {url}: the stream stopped before `complete` and {idle} reconnects in a row brought no new event: {dropped}"
             ));
         }
-        reconnects += 1;
-        let backoff = Duration::from_millis(100 << reconnects.min(5));
+        let backoff = Duration::from_millis(50 << idle.min(5));
         eprintln!(
             "the stream stopped ({dropped}); reconnecting after seq {} in {} ms",
             last_id.as_deref().unwrap_or("0"),
