@@ -7,7 +7,7 @@
 //! was read conforms).
 
 use std::io::Read as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flexrun::RunId;
@@ -97,7 +97,7 @@ pub(crate) async fn run(args: VerifyArgs) -> u8 {
     }
 }
 
-fn verify_file(file: &PathBuf, run: Option<RunId>, mut opts: Options) -> Result<u8, Failure> {
+fn verify_file(file: &Path, run: Option<RunId>, mut opts: Options) -> Result<u8, Failure> {
     let text = if file.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -155,7 +155,7 @@ async fn verify_url(url: &str, args: &VerifyArgs, mut opts: Options) -> Result<u
         Err(_) => Ok(Followed::TimedOut),
     };
     let complete = matches!(followed, Ok(Followed::Complete));
-    let report = conformance::check_stream(&stream, &opts.clone().require_complete(complete));
+    let report = conformance::check_stream(&stream, &opts.require_complete(complete));
     if !stream.events().is_empty() {
         print_report(&report, None);
     }

@@ -36,7 +36,10 @@ impl TestEnv {
         let events = self.until(run, |e| e.kind() == EventKind::Complete).await;
         if events.first().is_some_and(|e| e.seq == 1) {
             let report = flexrun::conformance::check(&events);
-            assert!(report.is_ok(), "the run breaks the event contract:\n{report}");
+            assert!(
+                report.is_ok(),
+                "the run breaks the event contract:\n{report}"
+            );
         }
         events
     }
