@@ -69,6 +69,7 @@ pub mod api;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod catalog;
+pub mod conformance;
 #[cfg(any(test, feature = "demo"))]
 pub mod demo;
 pub mod diagnostics;

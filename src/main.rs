@@ -19,7 +19,9 @@ use flexrun::fsm::{EventBody, HitlDecision, RunOutcome};
 use flexrun::planner::{OpenAiConfig, OpenAiPlanner, Planner, ResponseFormat};
 use flexrun::webhook::WebhookSecret;
 use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
-use tokio::sync::broadcast::error::RecvError;
+use futures::StreamExt as _;
+
+mod verify;
 
 /// The binary's allocator. The engine allocates small, short-lived values on one thread and
 /// frees many of them on another (events reach subscribers on other workers); mimalloc's
@@ -102,8 +104,9 @@ enum Format {
     Pretty,
     /// SSE frames, as the server streams them.
     Sse,
-    /// One JSON object per line.
-    Json,
+    /// One JSON event per line (JSON lines; `json` is accepted too).
+    #[value(alias = "json")]
+    Jsonl,
 }
 
 #[derive(Subcommand, Debug)]
@@ -188,10 +191,15 @@ enum Cmd {
         #[arg(long, default_value = "flexrun.redb")]
         data: PathBuf,
     },
+    /// Check a run's event stream (a saved JSONL or SSE file, `-` for stdin, or a live
+    /// `--url`) against the event contract; exit 0 when it conforms, 1 on violations, 2 when
+    /// it cannot be read, 3 when a followed stream times out before `complete`.
+    Verify(verify::VerifyArgs),
     /// Print documentation generated from the code.
     Docs {
-        /// states: the state table and diagram; coverage: which rows of the state table the
-        /// runs recorded in `--from` took (see `FLEXRUN_TRANSITION_COVERAGE`).
+        /// states: the state table and diagram; conformance: the rules `verify` checks;
+        /// coverage: which rows of the state table the runs recorded in `--from` took (see
+        /// `FLEXRUN_TRANSITION_COVERAGE`).
         what: DocsArg,
         /// For `coverage`: the directory the runs recorded their rows in.
         #[arg(long, required_if_eq("what", "coverage"))]
@@ -288,6 +296,7 @@ impl ModelArgs {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum DocsArg {
     States,
+    Conformance,
     Coverage,
 }
 
@@ -460,6 +469,18 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
             from,
             require_all,
         } => coverage(from.unwrap_or_default(), require_all),
+        Cmd::Docs {
+            what: DocsArg::Conformance,
+            ..
+        } => {
+            print!("{}", flexrun::conformance::rules_markdown());
+            Ok(())
+        }
+        Cmd::Verify(args) => {
+            let code = verify::run(args).await;
+            std::io::stdout().flush()?;
+            std::process::exit(code.into())
+        }
     }
 }
 
@@ -474,22 +495,18 @@ async fn run(path: PathBuf, data: DataArg, answer: Answer, format: Format) -> an
     let engine = Engine::open(flexrun::demo::config(Arc::new(store)))
         .await
         .with_context(|| format!("opening the engine over {}", data.display()))?;
-    let mut rx = engine.subscribe();
     let started = Instant::now();
     let run_id = engine
         .submit(envelope)
         .await
         .with_context(|| format!("submitting {}", path.display()))?;
     eprintln!("run {run_id} (store {})", data.display());
+    // The gap-free follower (store replay, then live): a slow terminal never loses events.
+    let mut events = engine.events(run_id, 0)?;
     let outcome = loop {
-        let ev = match rx.recv().await {
-            Ok(ev) => ev,
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => bail!("the engine stopped"),
+        let Some(ev) = events.next().await else {
+            bail!("the engine stopped");
         };
-        if ev.run_id != run_id {
-            continue;
-        }
         match format {
             Format::Pretty => println!(
                 "{:>4}  {:<17} {}",
@@ -498,7 +515,7 @@ async fn run(path: PathBuf, data: DataArg, answer: Answer, format: Format) -> an
                 flexrun::api::summary(&ev)
             ),
             Format::Sse => print!("{}", flexrun::api::sse_frame(&ev)),
-            Format::Json => println!("{}", serde_json::to_string(&*ev)?),
+            Format::Jsonl => println!("{}", serde_json::to_string(&*ev)?),
         }
         match &ev.body {
             EventBody::HitlRequest {

@@ -4,8 +4,8 @@
 //! After every step: the machine accepts, absorbs or refuses exactly as the reference
 //! automaton does, takes the same row, emits the same events and commands and ends with the
 //! same data; the row is one for that state, input and target; a refusal changes nothing.
-//! After every sequence: the log passes `crate::testing::check_stream` and replaying it
-//! rebuilds the same machine.
+//! After every sequence: the log keeps the rules of the event contract the machine alone
+//! guarantees (`crate::testing::MACHINE_RULES`) and replaying it rebuilds the same machine.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,9 +17,10 @@ use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state
 
 use super::table::{EDGES, From};
 use super::*;
+use crate::conformance::Options;
 use crate::graph::PlanDraft;
-use crate::testing::machine::{MODEL_NOW, REQUEST_ID, model_run, plan_returned};
-use crate::testing::{ModelState, RunModel, Verdict, check_stream};
+use crate::testing::machine::{MODEL_NOW, REQUEST_ID, delta_valid, model_run, plan_returned};
+use crate::testing::{MACHINE_RULES, ModelState, RunModel, Verdict, check_stream};
 
 /// The system under test: the real machine plus the event log it produced.
 pub struct Sut {
@@ -85,8 +86,16 @@ impl StateMachineTest for Sut {
     }
 
     fn check_invariants(sut: &Self, _model: &ModelState) {
-        if let Err(violation) = check_stream(&sut.log) {
-            panic!("{violation}\n{:#?}", sut.log);
+        let contract = Options::live()
+            .with_limits(sut.limits)
+            .for_run(sut.machine.run_id());
+        if let Err(report) = check_stream(&sut.log, &contract) {
+            let broken: Vec<_> = report
+                .violations()
+                .iter()
+                .filter(|v| MACHINE_RULES.contains(&v.rule))
+                .collect();
+            assert!(broken.is_empty(), "{broken:#?}\n{:#?}", sut.log);
         }
         let replayed = RunMachine::restore(sut.machine.run_id(), sut.limits, &sut.log)
             .expect("the log replays");
@@ -154,10 +163,7 @@ fn the_model_reaches_every_state() {
         },
         RunInput::Drained,
         plan_returned(false, 1),
-        RunInput::DeltaValid {
-            diff: crate::graph::PlanDiff::default(),
-            warnings: vec![],
-        },
+        delta_valid(1),
         RunInput::AllDone {
             output: serde_json::Value::Null,
         },

@@ -102,7 +102,9 @@ impl ReferenceStateMachine for RunModel {
     }
 
     fn transitions(state: &ModelState) -> BoxedStrategy<RunInput> {
-        prop_oneof![9 => likely_input(state), 1 => any_input()].boxed()
+        let version = state.run().plan_version();
+        let any = any_input().prop_map(move |input| as_driver_fills(input, version));
+        prop_oneof![9 => likely_input(state), 1 => any].boxed()
     }
 
     fn apply(mut state: ModelState, input: &RunInput) -> ModelState {
@@ -198,10 +200,31 @@ fn draft_valid() -> RunInput {
     }
 }
 
-fn delta_valid() -> RunInput {
+/// A merged delta taking `version` to the next.
+pub fn delta_valid(version: u32) -> RunInput {
     RunInput::DeltaValid {
-        diff: PlanDiff::default(),
+        diff: diff_from(version),
         warnings: vec![],
+    }
+}
+
+fn diff_from(version: u32) -> PlanDiff {
+    PlanDiff {
+        from_version: version,
+        to_version: version + 1,
+        ..PlanDiff::default()
+    }
+}
+
+/// `input` with the fields a driver fills from the run's data rather than chooses: the
+/// versions of a merged delta's diff (from the current version to the next).
+pub fn as_driver_fills(input: RunInput, plan_version: u32) -> RunInput {
+    match input {
+        RunInput::DeltaValid { warnings, .. } => RunInput::DeltaValid {
+            diff: diff_from(plan_version),
+            warnings,
+        },
+        other => other,
     }
 }
 
@@ -284,7 +307,7 @@ pub fn any_input() -> BoxedStrategy<RunInput> {
         (any::<bool>(), 0..3u32).prop_map(|(draft, base)| plan_returned(draft, base)),
         planner_failed(),
         Just(draft_valid()),
-        Just(delta_valid()),
+        (0..3u32).prop_map(delta_valid),
         Just(plan_invalid()),
         node_id().prop_map(dispatched),
         node_result(node_id()),
@@ -333,7 +356,7 @@ pub fn likely_input(state: &ModelState) -> BoxedStrategy<RunInput> {
         RunState::Validating => {
             let valid = match run.purpose() {
                 Purpose::Initial => draft_valid(),
-                Purpose::Replan => delta_valid(),
+                Purpose::Replan => delta_valid(run.plan_version()),
             };
             options.push((3, Just(valid).boxed()));
             options.push((1, Just(plan_invalid()).boxed()));

@@ -12,9 +12,9 @@
 //!   and store), applies the operations through the public API and checks what the engine
 //!   answered and streamed against the run machine, rebuilt from the stream.
 //!
-//! Both check streams with [`check_stream`]: gap-free seqs, nothing after `complete`, no
-//! `node_start` while paused or between a replan trigger and the next `plan_updated`, plan
-//! versions rising by one.
+//! Both check streams with [`check_stream`], the event contract of [`crate::conformance`]:
+//! gap-free seqs, nothing after `complete`, no `node_start` while paused or between a replan
+//! trigger and the next `plan_updated`, plan versions rising by one, and the rest.
 //!
 //! proptest and proptest-state-machine are re-exported ([`proptest`],
 //! [`proptest_state_machine`]) so a suite uses the versions these strategies are built with.
@@ -54,7 +54,7 @@ mod stream;
 pub use engine::{CaseOptions, CaseReport, Op, SteerOp, run_case};
 pub use machine::{ModelState, RunModel, Verdict};
 pub use reference::{Automaton, ReferenceRun};
-pub use stream::{StreamRule, StreamViolation, check_stream};
+pub use stream::{MACHINE_RULES, check_stream};
 
 pub use proptest;
 pub use proptest_state_machine;

@@ -30,9 +30,18 @@ impl TestEnv {
         Self { dir, engine, rx }
     }
 
-    /// Collects this run's published events up to and including `complete`.
+    /// Collects this run's published events up to and including `complete`; a run followed
+    /// from its first event is held to the event contract (`flexrun::conformance`).
     pub async fn until_complete(&mut self, run: RunId) -> Vec<RunEvent> {
-        self.until(run, |e| e.kind() == EventKind::Complete).await
+        let events = self.until(run, |e| e.kind() == EventKind::Complete).await;
+        if events.first().is_some_and(|e| e.seq == 1) {
+            let report = flexrun::conformance::check(&events);
+            assert!(
+                report.is_ok(),
+                "the run breaks the event contract:\n{report}"
+            );
+        }
+        events
     }
 
     /// Collects this run's published events up to and including the first matching one.

@@ -23,4 +23,5 @@ mod retention;
 mod scenarios;
 mod signing;
 mod streams;
+mod verify;
 mod webhook;

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flexrun::api::{self, ApiConfig, AppState, Shutdown};
+use flexrun::conformance;
 use flexrun::executors::http::{HttpExecutor, HttpExecutorBuilder};
 use flexrun::fsm::RunEvent;
 use flexrun::planner::Planner;
@@ -195,11 +196,13 @@ impl Frame {
     }
 }
 
-/// Reads `text/event-stream` frames off a real HTTP response.
+/// Reads `text/event-stream` frames off a real HTTP response. A stream read from its first
+/// event to its end is held to the event contract (`flexrun::conformance`).
 pub struct SseReader {
     response: reqwest::Response,
     buf: String,
     pub status: StatusCode,
+    events: Vec<RunEvent>,
 }
 
 impl SseReader {
@@ -216,6 +219,7 @@ impl SseReader {
             response,
             buf: String::new(),
             status,
+            events: Vec::new(),
         }
     }
 
@@ -224,7 +228,12 @@ impl SseReader {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
-                return Some(parse_frame(&block));
+                let frame = parse_frame(&block);
+                if let Some(data) = &frame.data {
+                    let event = serde_json::from_value(data.clone()).expect("data is a RunEvent");
+                    self.events.push(event);
+                }
+                return Some(frame);
             }
             let chunk = tokio::time::timeout(GUARD, self.response.chunk())
                 .await
@@ -234,9 +243,22 @@ impl SseReader {
                 Some(bytes) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
                 None => {
                     assert!(self.buf.trim().is_empty(), "partial frame: {:?}", self.buf);
+                    self.assert_conforms();
                     return None;
                 }
             }
+        }
+    }
+
+    /// A stream read from seq 1 to its end keeps the contract (it may end before `complete`
+    /// when the server stops).
+    fn assert_conforms(&self) {
+        if self.events.first().is_some_and(|e| e.seq == 1) {
+            let report = conformance::check_with(&self.events, &conformance::Options::live());
+            assert!(
+                report.is_ok(),
+                "the stream breaks the event contract:\n{report}"
+            );
         }
     }
 
@@ -319,8 +341,13 @@ pub fn seqs(frames: &[Frame]) -> Vec<u64> {
     frames.iter().map(Frame::seq).collect()
 }
 
-/// The frames' data equal the stored events (same JSON).
+/// The frames' data equal the stored events (same JSON), which keep the event contract.
 pub fn assert_frames_are_stored(frames: &[Frame], stored: &[RunEvent]) {
+    let report = conformance::check_with(stored, &conformance::Options::live());
+    assert!(
+        report.is_ok(),
+        "the stored events break the contract:\n{report}"
+    );
     let stored: Vec<Value> = stored
         .iter()
         .map(|e| serde_json::to_value(e).unwrap())

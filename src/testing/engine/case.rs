@@ -16,6 +16,7 @@ use tokio::time::timeout;
 use super::report::{CaseReport, Rule, StepOutcome, StepRecord};
 use super::{Answer, CaseOptions, Op, SteerOp};
 use crate::catalog::ExecutorSpec;
+use crate::conformance::Options;
 use crate::engine::{Engine, EventStream, Steer};
 use crate::envelope::RunEnvelope;
 use crate::fsm::{EventBody, Limits, RunEvent, RunMachine, RunOutcome, RunState};
@@ -337,9 +338,14 @@ impl Case<'_> {
             let detail = format!("wait says {:?}, the log ends {last:?}", result.status);
             self.report.violate(None, Rule::Store, detail);
         }
-        if let Err(v) = check_stream(&self.report.events) {
-            self.report
-                .violate(None, Rule::Stream(v.rule), v.to_string());
+        let contract = Options::default()
+            .with_limits(self.mirror.core().limits())
+            .for_run(self.run);
+        if let Err(found) = check_stream(&self.report.events, &contract) {
+            for v in found.violations() {
+                self.report
+                    .violate(None, Rule::Stream(v.rule), v.to_string());
+            }
         }
         self.match_claims();
     }

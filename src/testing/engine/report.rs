@@ -4,9 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::Op;
+use crate::conformance;
 use crate::fsm::{RunEvent, RunOutcome, RunState};
 use crate::ids::RunId;
-use crate::testing::StreamRule;
 
 /// Which check a case failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +27,9 @@ pub enum Rule {
     EventMismatch,
     /// The stream does not replay on the reference automaton.
     Replay,
-    /// The stream breaks an invariant of [`check_stream`](crate::testing::check_stream).
-    Stream(StreamRule),
+    /// The stream breaks a rule of the event contract
+    /// ([`check_stream`](crate::testing::check_stream)).
+    Stream(conformance::Rule),
     /// The streamed events differ from the stored log, or `wait` from `complete`.
     Store,
     /// Nothing happened within [`CaseOptions::wait`](super::CaseOptions::wait).

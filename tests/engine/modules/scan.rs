@@ -391,14 +391,10 @@ pub fn scan(root: &Path, externals: &[&str]) -> Graph {
         tree(&child_file(&src.join("lib.rs"), module), false, &mut found);
         files.extend(found.into_iter().map(|f| (module.clone(), f)));
     }
-    files.push((
-        BINARY.to_owned(),
-        (
-            src.join("main.rs"),
-            false,
-            Scanned::new(&read(&src.join("main.rs"))),
-        ),
-    ));
+    // The binary: src/main.rs and the modules it declares (src/verify.rs, …).
+    let mut found = Vec::new();
+    tree(&src.join("main.rs"), false, &mut found);
+    files.extend(found.into_iter().map(|f| (BINARY.to_owned(), f)));
 
     for (module, (path, test_file, scanned)) in &files {
         let file = path
