@@ -10,6 +10,7 @@ mod actor;
 mod catalog_state;
 mod clock;
 pub mod coverage;
+mod driver;
 mod executor;
 pub(crate) mod follow;
 mod idempotency;

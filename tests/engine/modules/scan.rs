@@ -183,13 +183,20 @@ pub fn blank(text: &str) -> String {
     out
 }
 
-/// Which bytes of blanked `code` belong to an item under `#[cfg(test)]`: from the attribute
-/// to the item's first `;` or the `}` closing its first `{`.
+/// Which bytes of blanked `code` belong to an item under `#[cfg(test)]` (or
+/// `#[cfg(all(test, …))]`): from the attribute to the item's first `;` or the `}` closing its
+/// first `{`.
 pub fn test_mask(code: &str) -> Vec<bool> {
     let bytes = code.as_bytes();
     let mut mask = vec![false; bytes.len()];
     let mut from = 0;
-    while let Some(found) = code[from..].find("#[cfg(test)]") {
+    let next = |from: usize| {
+        ["#[cfg(test)]", "#[cfg(all(test,"]
+            .iter()
+            .filter_map(|p| code[from..].find(p))
+            .min()
+    };
+    while let Some(found) = next(from) {
         let start = from + found;
         let mut depth = 0usize;
         let mut end = bytes.len();

@@ -1,0 +1,212 @@
+//! The driver's inputs: what happened outside (a planner answer, a node result, an
+//! operator's request, a timer, a restart), turned into machine inputs and deferred firings.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::{Local, RunDriver};
+use crate::engine::EngineError;
+use crate::engine::executor::ExecError;
+use crate::engine::idempotency::Steer;
+use crate::fsm::{RunError, RunInput, RunState, TriggerSource};
+use crate::planner::{PlanResponse, PlannerError};
+use crate::policy::{Firing, NodeFacts};
+use crate::store::QueuedFiring;
+
+impl RunDriver {
+    /// Continues a restored run: re-issues its planner call or validation, and fails the
+    /// nodes that were running when the engine stopped so they are dispatched again.
+    pub(crate) fn resume_after_restart(&mut self) {
+        match self.machine.state() {
+            RunState::Requesting => {
+                let call = self.machine.plan_call();
+                self.call_planner(call);
+            }
+            RunState::Validating => {
+                if let Some(pending) = self.machine.pending_output().cloned() {
+                    self.validate(pending);
+                }
+            }
+            RunState::Executing | RunState::Replanning | RunState::Paused => {
+                let asked: BTreeSet<&String> =
+                    self.human_requests.values().map(|(n, _)| n).collect();
+                let interrupted: Vec<String> = self
+                    .machine
+                    .in_flight()
+                    .keys()
+                    .filter(|n| !asked.contains(n))
+                    .cloned()
+                    .collect();
+                for node_id in interrupted {
+                    let input = RunInput::NodeFailed {
+                        node_id,
+                        error: RunError::new(
+                            "INTERRUPTED",
+                            "the engine stopped while the node was running",
+                        ),
+                        will_retry: true,
+                    };
+                    self.feed_or_log(input);
+                }
+            }
+            RunState::New | RunState::Done => {}
+        }
+    }
+
+    pub(crate) fn on_timer(&mut self) {
+        let Some(elapsed) = self.clock.elapsed_ms(self.now) else {
+            return;
+        };
+        for firing in self.policy_engine.on_timeout(elapsed) {
+            self.defer(firing, TriggerSource::Policy, None);
+        }
+    }
+
+    /// Queues a firing; it is applied when the run executes, and stored until then.
+    pub(super) fn defer(&mut self, firing: Firing, source: TriggerSource, node_id: Option<String>) {
+        self.deferred.push_back(QueuedFiring {
+            policy_id: firing.policy_id,
+            action: firing.action,
+            reason: firing.reason,
+            source,
+            node_id,
+            queued_at: self.now,
+        });
+        self.deferred_changed = true;
+    }
+
+    pub(crate) fn on_planned(
+        &mut self,
+        call: u64,
+        result: Result<PlanResponse, PlannerError>,
+        latency_ms: u64,
+    ) {
+        if call != self.planner_call || self.machine.state() != RunState::Requesting {
+            return;
+        }
+        let input = match result {
+            Ok(response) => RunInput::PlanReturned {
+                output: Arc::new(response.output),
+                planner: self.planner_name.clone(),
+                latency_ms,
+                usage: response.usage,
+                diagnostics: response.diagnostics,
+            },
+            Err(e) => RunInput::PlannerFailed {
+                retryable: e.is_retryable(),
+                error: e.to_string(),
+            },
+        };
+        self.feed_or_log(input);
+    }
+
+    pub(crate) fn on_node_done(
+        &mut self,
+        node_id: String,
+        attempt: u32,
+        result: Result<Map<String, Value>, ExecError>,
+        duration_ms: u64,
+    ) {
+        if self.machine.in_flight().get(&node_id) != Some(&attempt) {
+            return;
+        }
+        let max_attempts = self.max_attempts(&node_id);
+        let may_retry = attempt < max_attempts;
+        match result {
+            Ok(output) => {
+                let value = Value::Object(output);
+                let verdict = match self.contracts.get(&node_id) {
+                    Some(contract) => contract.validate_value(&value),
+                    None => Ok(()),
+                };
+                let Value::Object(output) = value else {
+                    return;
+                };
+                match verdict {
+                    Ok(()) => {
+                        let input = RunInput::NodeSucceeded {
+                            node_id: node_id.clone(),
+                            output,
+                            duration_ms,
+                        };
+                        self.feed_ref(&input);
+                        if let RunInput::NodeSucceeded { output, .. } = &input {
+                            self.evaluate_node_policies(&node_id, output);
+                        }
+                    }
+                    Err(errors) => {
+                        self.feed_or_log(RunInput::OutputInvalid {
+                            node_id: node_id.clone(),
+                            errors,
+                            will_retry: may_retry,
+                        });
+                        if let Some(node) = self.plan_node(&node_id).cloned() {
+                            for firing in
+                                self.policy_engine.on_validation_fail(&NodeFacts::of(&node))
+                            {
+                                self.defer(firing, TriggerSource::Policy, Some(node_id.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let will_retry = e.retryable && may_retry;
+                self.feed_or_log(RunInput::NodeFailed {
+                    node_id,
+                    error: RunError::new(e.code, e.message),
+                    will_retry,
+                });
+            }
+        }
+    }
+
+    pub(crate) fn on_control(&mut self, control: Steer) -> Result<(), EngineError> {
+        let conflict = EngineError::IllegalTransition;
+        match control {
+            Steer::Cancel { reason } => self.feed(RunInput::Cancel { reason }).map_err(conflict),
+            Steer::Pause { reason } => self
+                .feed(RunInput::OperatorPause { reason })
+                .map_err(conflict),
+            Steer::Resume { reason } => self.feed(RunInput::Resume { reason }).map_err(conflict),
+            Steer::Answer { request_id, answer } => {
+                let pending = self.machine.pending_hitl().map(|p| p.request_id.as_str());
+                if pending != Some(request_id.as_str()) {
+                    return Err(EngineError::UnknownHitlRequest {
+                        run: self.run_id,
+                        request_id,
+                    });
+                }
+                let text = answer.text.clone().or(answer.option_id.clone());
+                self.feed(RunInput::HitlAnswered {
+                    request_id: request_id.clone(),
+                    decision: answer.decision,
+                    text,
+                    responder: answer.responder.clone(),
+                })
+                .map_err(conflict)?;
+                let human = self.human_requests.remove(&request_id);
+                if let (Some((node_id, attempt)), false) =
+                    (human, self.machine.state() == RunState::Done)
+                {
+                    let result = self.human_output(&node_id, &answer);
+                    self.local.push(Local::NodeDone {
+                        node_id,
+                        attempt,
+                        result,
+                        duration_ms: 0,
+                    });
+                }
+                Ok(())
+            }
+            Steer::Signal { name, payload } => {
+                for firing in self.policy_engine.on_signal(&name, &payload) {
+                    self.defer(firing, TriggerSource::Signal, None);
+                }
+                Ok(())
+            }
+        }
+    }
+}
