@@ -1,7 +1,9 @@
 //! The validation pipeline: structural checks (graph), semantic checks (catalog, policies),
 //! and compilation of every node's output contract. Also envelope checks at submission.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};

@@ -1,7 +1,9 @@
 //! The immutable, versioned plan DAG and its read-only queries.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashSet};
+
+use foldhash::{HashMap, HashMapExt};
 
 use petgraph::Direction;
 use petgraph::algo::tarjan_scc;

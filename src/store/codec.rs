@@ -31,6 +31,7 @@ use super::error::StoreError;
 use super::pack::{
     Malformed, Reader, pack_object, pack_value, put_str, put_varint, unpack_object, unpack_value,
 };
+use super::pack_ser::{pack_field, pack_serialize};
 use super::tables::VALUE_FORMAT;
 use super::types::{HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus};
 use crate::fsm::{EventBody, EventKind, RunEvent, RunState};
@@ -127,9 +128,8 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), StoreError> {
-    let value = serde_json::to_value(value)?;
     out.push(VALUE_FORMAT);
-    pack_value(out, &value);
+    pack_serialize(out, value)?;
     Ok(())
 }
 
@@ -365,11 +365,7 @@ pub(crate) fn encode_event(event: &RunEvent, out: &mut Vec<u8>) -> Result<(), St
         | EventBody::RunPaused { .. }
         | EventBody::RunResumed { .. }
         | EventBody::Complete { .. }) => {
-            let payload = match serde_json::to_value(body)? {
-                Value::Object(mut map) => map.remove("payload").unwrap_or(Value::Null),
-                other => other,
-            };
-            pack_value(out, &payload);
+            pack_field(out, body, "payload")?;
         }
     }
     Ok(())

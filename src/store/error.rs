@@ -75,6 +75,12 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
+impl From<super::pack_ser::PackError> for StoreError {
+    fn from(err: super::pack_ser::PackError) -> Self {
+        <serde_json::Error as serde::ser::Error>::custom(err).into()
+    }
+}
+
 impl From<redb::Error> for StoreError {
     fn from(err: redb::Error) -> Self {
         Self::Backend(Arc::new(err))

@@ -32,6 +32,7 @@ mod db;
 mod error;
 mod memory_store;
 mod pack;
+mod pack_ser;
 mod prepare;
 mod redb_store;
 mod tables;

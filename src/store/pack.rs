@@ -20,30 +20,32 @@
 //! stages and facet names, node ids referenced by edges) cost two or three bytes after their
 //! first use. The table is per packed value; nothing is shared between stored values.
 
-use std::collections::HashMap;
-
 use serde_json::{Map, Number, Value};
 
 /// Why bytes could not be read; the caller adds the table and key.
 pub(crate) type Malformed = &'static str;
 
-const NULL: u8 = 0;
-const FALSE: u8 = 1;
-const TRUE: u8 = 2;
-const UINT: u8 = 3;
-const NEG_INT: u8 = 4;
-const FLOAT: u8 = 5;
-const STRING: u8 = 6;
-const STRING_REF: u8 = 7;
-const ARRAY: u8 = 8;
-const OBJECT: u8 = 9;
+/// The tag bytes of packed JSON.
+pub(crate) mod tag {
+    pub(crate) const NULL: u8 = 0;
+    pub(crate) const FALSE: u8 = 1;
+    pub(crate) const TRUE: u8 = 2;
+    pub(crate) const UINT: u8 = 3;
+    pub(crate) const NEG_INT: u8 = 4;
+    pub(crate) const FLOAT: u8 = 5;
+    pub(crate) const STRING: u8 = 6;
+    pub(crate) const STRING_REF: u8 = 7;
+    pub(crate) const ARRAY: u8 = 8;
+    pub(crate) const OBJECT: u8 = 9;
+}
+use tag::{ARRAY, FALSE, FLOAT, NEG_INT, NULL, OBJECT, STRING, STRING_REF, TRUE, UINT};
 
 /// Deepest nesting a stored packed value may have; deeper input is reported as malformed
 /// instead of exhausting the stack.
 const MAX_DEPTH: usize = 128;
 
 /// Below this many distinct strings the table is searched linearly (no hashing, no map).
-const LINEAR_TABLE: usize = 16;
+pub(crate) const LINEAR_TABLE: usize = 16;
 
 /// Appends `value` as an LEB128 varint.
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -136,11 +138,12 @@ impl<'a> Reader<'a> {
 }
 
 /// The strings seen so far while packing one value: the first [`LINEAR_TABLE`] in an inline
-/// array searched linearly (small values allocate nothing), the rest in a map.
+/// array searched linearly (small values allocate nothing); past that, all of them in a map
+/// (seeded with the array's), so a large value costs one hash per string, not a scan and a hash.
 struct Strings<'v> {
     first: [&'v str; LINEAR_TABLE],
     len: usize,
-    index: Option<HashMap<&'v str, u32>>,
+    index: Option<foldhash::HashMap<&'v str, u32>>,
 }
 
 impl<'v> Strings<'v> {
@@ -154,20 +157,22 @@ impl<'v> Strings<'v> {
 
     /// The index of `text` if seen before; otherwise records it and returns `None`.
     fn intern(&mut self, text: &'v str) -> Option<u32> {
-        if let Some(found) = self.first[..self.len.min(LINEAR_TABLE)]
-            .iter()
-            .position(|seen| *seen == text)
-        {
-            return Some(found as u32);
-        }
-        if self.len < LINEAR_TABLE {
-            self.first[self.len] = text;
-        } else {
-            let index = self.index.get_or_insert_with(HashMap::new);
-            if let Some(&found) = index.get(text) {
+        if let Some(index) = &mut self.index {
+            let next = self.len as u32;
+            let found = *index.entry(text).or_insert(next);
+            if found != next {
                 return Some(found);
             }
+        } else if let Some(found) = self.first[..self.len].iter().position(|seen| *seen == text) {
+            return Some(found as u32);
+        } else if self.len < LINEAR_TABLE {
+            self.first[self.len] = text;
+        } else {
+            let mut index: foldhash::HashMap<&'v str, u32> =
+                foldhash::HashMap::with_capacity_and_hasher(4 * LINEAR_TABLE, Default::default());
+            index.extend(self.first.iter().enumerate().map(|(i, s)| (*s, i as u32)));
             index.insert(text, self.len as u32);
+            self.index = Some(index);
         }
         self.len += 1;
         None

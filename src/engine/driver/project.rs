@@ -246,11 +246,16 @@ impl RunDriver {
             .map(|(id, _)| id.clone())
             .collect();
         let catalog = self.catalog.clone();
-        self.caps = graph
-            .nodes()
-            .filter_map(|n| catalog.registry.get(&n.capability_id))
-            .map(|c| (c.capability_id.clone(), Arc::new(c.clone())))
-            .collect();
+        // One shared copy per capability the plan uses, however many nodes use it.
+        self.caps.clear();
+        for node in graph.nodes() {
+            if !self.caps.contains_key(&node.capability_id)
+                && let Some(cap) = catalog.registry.get(&node.capability_id)
+            {
+                self.caps
+                    .insert(cap.capability_id.clone(), Arc::new(cap.clone()));
+            }
+        }
         self.ready.clear();
         for id in graph.topo_order() {
             if self.progress.get(id) == Some(&NodeProgress::Pending) && self.preds_done(&graph, id)
