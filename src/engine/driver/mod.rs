@@ -9,6 +9,7 @@
 
 mod inputs;
 mod project;
+mod ready;
 mod schedule;
 #[cfg(all(test, feature = "demo"))]
 mod tests;
@@ -117,7 +118,7 @@ pub(crate) struct RunDriver {
     caps: HashMap<String, Arc<Capability>>,
     attempts: HashMap<String, u32>,
     started: HashMap<String, Timestamp>,
-    ready: VecDeque<String>,
+    ready: ready::ReadySet,
     facets: Map<String, Value>,
     completed: Vec<CompletedNode>,
     /// Acknowledged firings waiting for the run to execute, oldest first; stored with every
@@ -189,7 +190,7 @@ impl RunDriver {
             caps: HashMap::new(),
             attempts: HashMap::new(),
             started: HashMap::new(),
-            ready: VecDeque::new(),
+            ready: ready::ReadySet::new(),
             facets: envelope.inputs.clone(),
             completed: Vec::new(),
             deferred: VecDeque::new(),

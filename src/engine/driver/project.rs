@@ -49,7 +49,7 @@ impl RunDriver {
                 self.set_progress(&id, NodeProgress::Running);
                 self.attempts.insert(id.clone(), *attempt);
                 self.started.insert(id.clone(), now);
-                self.ready.retain(|r| *r != id);
+                self.ready.remove(&id);
                 if !replaying {
                     self.batch.nodes.push(NodeRecord {
                         node_id: id,
@@ -189,8 +189,8 @@ impl RunDriver {
             NodeProgress::Failed
         };
         self.set_progress(&id, status);
-        if will_retry && !self.ready.contains(&id) {
-            self.ready.push_front(id.clone());
+        if will_retry {
+            self.ready.push_front(&id);
         }
         if !replaying {
             self.batch.nodes.push(NodeRecord {
@@ -260,7 +260,7 @@ impl RunDriver {
         for id in graph.topo_order() {
             if self.progress.get(id) == Some(&NodeProgress::Pending) && self.preds_done(&graph, id)
             {
-                self.ready.push_back(id.to_owned());
+                self.ready.push_back(id);
             }
         }
         self.plan = Some(graph);
@@ -279,9 +279,8 @@ impl RunDriver {
         for succ in graph.successors(id) {
             if self.progress.get(succ) == Some(&NodeProgress::Pending)
                 && self.preds_done(&graph, succ)
-                && !self.ready.iter().any(|r| r == succ)
             {
-                self.ready.push_back(succ.to_owned());
+                self.ready.push_back(succ);
             }
         }
     }
