@@ -172,6 +172,14 @@ enum Cmd {
         /// (a missing file is created with the default cases).
         #[arg(long, requires = "guard")]
         update_thresholds: bool,
+        /// Repeat the workload over several plan sizes (`nodes`, at `--runs`) or concurrent
+        /// runs (`runs`: fanout at `--nodes`), each point in a fresh process; prints
+        /// `{"sweep", "points": [report, …]}`.
+        #[arg(long, value_enum, conflicts_with = "guard")]
+        sweep: Option<SweepArg>,
+        /// The sweep's points, comma-separated (default 10…10000 for nodes, 1…1000 for runs).
+        #[arg(long, value_delimiter = ',', requires = "sweep")]
+        points: Vec<usize>,
     },
     /// Serve the HTTP API (runs, SSE events, plans, HITL, catalog, metrics).
     Serve {
@@ -230,6 +238,12 @@ enum Cmd {
         #[arg(long)]
         require_all: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SweepArg {
+    Nodes,
+    Runs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -381,6 +395,14 @@ fn one_line(error: &anyhow::Error) -> String {
     line.replace(['\n', '\r'], " ")
 }
 
+/// The command-line spelling of a value-enum argument.
+fn value_name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
 /// `flexrun bench --guard FILE [--update-thresholds]`.
 async fn bench_guard(path: &Path, update: bool) -> anyhow::Result<()> {
     alloc_count::enable();
@@ -437,9 +459,50 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
             count_allocs,
             guard,
             update_thresholds,
+            sweep,
+            points,
         } => {
             if let Some(path) = guard {
                 return bench_guard(&path, update_thresholds).await;
+            }
+            if let Some(sweep) = sweep {
+                let sweep = match sweep {
+                    SweepArg::Nodes => bench::sweep::Sweep::Nodes,
+                    SweepArg::Runs => bench::sweep::Sweep::Runs,
+                };
+                let points = if points.is_empty() {
+                    sweep.default_points()
+                } else {
+                    points
+                };
+                let scenario = match (sweep, scenario) {
+                    (bench::sweep::Sweep::Runs, _) => ScenarioArg::Fanout,
+                    (bench::sweep::Sweep::Nodes, s) => s,
+                };
+                let mut args = vec![
+                    "--scenario".to_owned(),
+                    value_name(scenario),
+                    "--durability".to_owned(),
+                    value_name(durability),
+                    "--variant".to_owned(),
+                    value_name(variant),
+                    "--consumer".to_owned(),
+                    value_name(consumer),
+                    "--warmup".to_owned(),
+                    warmup.to_string(),
+                ];
+                args.extend(match sweep {
+                    bench::sweep::Sweep::Nodes => ["--runs".to_owned(), runs.to_string()],
+                    bench::sweep::Sweep::Runs => ["--nodes".to_owned(), nodes.to_string()],
+                });
+                if count_allocs {
+                    args.push("--count-allocs".to_owned());
+                }
+                let exe = std::env::current_exe().context("cannot find the flexrun binary")?;
+                let report = bench::sweep::run(&exe, sweep, &points, &args)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
             }
             if count_allocs {
                 alloc_count::enable();

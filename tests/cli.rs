@@ -243,3 +243,48 @@ fn bench_guard_update_records_counts_the_next_check_accepts() {
     assert_eq!(report["ok"], true);
     assert_eq!(report["checks"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn bench_sweep_prints_one_report_per_point_each_from_its_own_process() {
+    let out = flexrun()
+        .args([
+            "bench",
+            "--sweep",
+            "nodes",
+            "--points",
+            "10,40",
+            "--durability",
+            "memory",
+            "--count-allocs",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sweep"], "nodes");
+    let points = report["points"].as_array().unwrap();
+    let sizes: Vec<u64> = points.iter().map(|p| p["n"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, vec![10, 40]);
+    for p in points {
+        assert_eq!(p["steps"], p["n"], "{p}");
+        assert!(p["allocs_per_step"].as_f64().unwrap() > 1.0, "{p}");
+    }
+    let runs = flexrun()
+        .args([
+            "bench",
+            "--sweep",
+            "runs",
+            "--points",
+            "2",
+            "--nodes",
+            "5",
+            "--durability",
+            "memory",
+        ])
+        .output()
+        .unwrap();
+    assert!(runs.status.success(), "{}", stderr(&runs));
+    let report: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+    assert_eq!(report["points"][0]["scenario"], "fanout");
+    assert_eq!(report["points"][0]["steps"], 10);
+}

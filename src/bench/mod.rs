@@ -29,6 +29,7 @@ use crate::planner::{PlanRequest, PlanResponse, Planner, PlannerError, Purpose};
 use crate::store::{Durability, MemoryStore, RedbStore, Store};
 
 pub mod guard;
+pub mod sweep;
 
 /// Allocations and allocated bytes counted so far by the process's allocator.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
