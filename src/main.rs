@@ -25,9 +25,20 @@ mod verify;
 
 /// The binary's allocator. The engine allocates small, short-lived values on one thread and
 /// frees many of them on another (events reach subscribers on other workers); mimalloc's
-/// per-thread free lists avoid the arena lock contention glibc's allocator shows there.
+/// per-thread free lists avoid the arena lock contention glibc's allocator shows there. The
+/// counting wrapper adds one relaxed atomic load per call until `bench --count-allocs` or
+/// `--guard` switches counting on.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc_count::Counting<mimalloc::MiMalloc> =
+    alloc_count::Counting::new(mimalloc::MiMalloc);
+
+fn alloc_totals() -> bench::AllocTotals {
+    let t = alloc_count::totals();
+    bench::AllocTotals {
+        allocs: t.allocs,
+        bytes: t.bytes,
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "flexrun", version, about = "Hybrid plan/execute engine")]
@@ -150,6 +161,25 @@ enum Cmd {
         /// park: the client awaits events (a wake-up per step); poll: it polls and yields.
         #[arg(long, value_enum, default_value = "park")]
         consumer: ConsumerArg,
+        /// Count allocations over the timed region (`allocs_per_step`, `alloc_bytes_per_step`).
+        #[arg(long)]
+        count_allocs: bool,
+        /// Run the counted regression guard against this thresholds file instead (exits
+        /// non-zero naming each metric past its limit); the other workload flags are ignored.
+        #[arg(long, value_name = "THRESHOLDS")]
+        guard: Option<PathBuf>,
+        /// With `--guard`: measure and rewrite the file's baselines instead of checking them
+        /// (a missing file is created with the default cases).
+        #[arg(long, requires = "guard")]
+        update_thresholds: bool,
+        /// Repeat the workload over several plan sizes (`nodes`, at `--runs`) or concurrent
+        /// runs (`runs`: fanout at `--nodes`), each point in a fresh process; prints
+        /// `{"sweep", "points": [report, …]}`.
+        #[arg(long, value_enum, conflicts_with = "guard")]
+        sweep: Option<SweepArg>,
+        /// The sweep's points, comma-separated (default 10…10000 for nodes, 1…1000 for runs).
+        #[arg(long, value_delimiter = ',', requires = "sweep")]
+        points: Vec<usize>,
     },
     /// Serve the HTTP API (runs, SSE events, plans, HITL, catalog, metrics).
     Serve {
@@ -208,6 +238,12 @@ enum Cmd {
         #[arg(long)]
         require_all: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SweepArg {
+    Nodes,
+    Runs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -359,6 +395,50 @@ fn one_line(error: &anyhow::Error) -> String {
     line.replace(['\n', '\r'], " ")
 }
 
+/// The command-line spelling of a value-enum argument.
+fn value_name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+/// `flexrun bench --guard FILE [--update-thresholds]`.
+async fn bench_guard(path: &Path, update: bool) -> anyhow::Result<()> {
+    alloc_count::enable();
+    let thresholds = match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("invalid thresholds file {}", path.display()))?,
+        Err(e) if update && e.kind() == std::io::ErrorKind::NotFound => {
+            bench::guard::default_thresholds()
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read thresholds {}", path.display()));
+        }
+    };
+    let measured = bench::guard::measure(&thresholds, alloc_totals)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if update {
+        let next = bench::guard::updated(&thresholds, &measured);
+        let text = serde_json::to_string_pretty(&next)? + "\n";
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write thresholds {}", path.display()))?;
+        println!("{}", serde_json::to_string_pretty(&next)?);
+        return Ok(());
+    }
+    let report = bench::guard::check(&thresholds, &measured);
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !report.ok {
+        bail!(
+            "per-step work regressed past {}: {}",
+            path.display(),
+            report.regressions.join(", ")
+        );
+    }
+    Ok(())
+}
+
 async fn command(command: Cmd) -> anyhow::Result<()> {
     match command {
         Cmd::Run {
@@ -376,7 +456,57 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
             warmup,
             dir,
             consumer,
+            count_allocs,
+            guard,
+            update_thresholds,
+            sweep,
+            points,
         } => {
+            if let Some(path) = guard {
+                return bench_guard(&path, update_thresholds).await;
+            }
+            if let Some(sweep) = sweep {
+                let sweep = match sweep {
+                    SweepArg::Nodes => bench::sweep::Sweep::Nodes,
+                    SweepArg::Runs => bench::sweep::Sweep::Runs,
+                };
+                let points = if points.is_empty() {
+                    sweep.default_points()
+                } else {
+                    points
+                };
+                let scenario = match (sweep, scenario) {
+                    (bench::sweep::Sweep::Runs, _) => ScenarioArg::Fanout,
+                    (bench::sweep::Sweep::Nodes, s) => s,
+                };
+                let mut args = vec![
+                    "--scenario".to_owned(),
+                    value_name(scenario),
+                    "--durability".to_owned(),
+                    value_name(durability),
+                    "--variant".to_owned(),
+                    value_name(variant),
+                    "--consumer".to_owned(),
+                    value_name(consumer),
+                    "--warmup".to_owned(),
+                    warmup.to_string(),
+                ];
+                args.extend(match sweep {
+                    bench::sweep::Sweep::Nodes => ["--runs".to_owned(), runs.to_string()],
+                    bench::sweep::Sweep::Runs => ["--nodes".to_owned(), nodes.to_string()],
+                });
+                if count_allocs {
+                    args.push("--count-allocs".to_owned());
+                }
+                let exe = std::env::current_exe().context("cannot find the flexrun binary")?;
+                let report = bench::sweep::run(&exe, sweep, &points, &args)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            if count_allocs {
+                alloc_count::enable();
+            }
             let opts = BenchOptions {
                 scenario: match scenario {
                     ScenarioArg::Linear => Scenario::Linear,
@@ -400,6 +530,7 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
                     ConsumerArg::Park => Consumer::Park,
                     ConsumerArg::Poll => Consumer::Poll,
                 },
+                alloc_counter: count_allocs.then_some(alloc_totals as bench::AllocCounter),
             };
             let report = bench::run(&opts)
                 .await

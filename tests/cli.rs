@@ -172,3 +172,119 @@ fn verbose_or_flexrun_log_print_the_whole_chain() {
         );
     }
 }
+
+/// A thresholds file with one in-memory linear case and the given baselines.
+fn thresholds(dir: &Path, allocs: f64, commits: f64, bytes: f64) -> PathBuf {
+    let file = serde_json::json!({
+        "margin": 0.1,
+        "cases": [{
+            "name": "linear-n50-memory", "scenario": "linear", "nodes": 50, "runs": 1,
+            "durability": "memory",
+            "baseline": {"allocs_per_step": allocs, "commits_per_step": commits, "bytes_per_step": bytes}
+        }]
+    });
+    let path = dir.join("thresholds.json");
+    std::fs::write(&path, file.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn bench_guard_fails_naming_the_metric_past_its_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let tight = thresholds(dir.path(), 1e9, 0.5, 1e9);
+    let out = flexrun()
+        .args(["bench", "--guard"])
+        .arg(&tight)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("linear-n50-memory commits_per_step"), "{err}");
+    assert!(!err.contains("allocs_per_step"), "{err}");
+    assert!(!err.contains("bytes_per_step"), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(
+        report["regressions"],
+        serde_json::json!(["linear-n50-memory commits_per_step"])
+    );
+    let commits = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["metric"] == "commits_per_step")
+        .unwrap();
+    assert!(commits["measured"].as_f64().unwrap() >= 1.0, "{commits}");
+    assert!((commits["limit"].as_f64().unwrap() - 0.55).abs() < 1e-9);
+}
+
+#[test]
+fn bench_guard_update_records_counts_the_next_check_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = thresholds(dir.path(), 0.0, 0.0, 0.0);
+    let update = flexrun()
+        .args(["bench", "--update-thresholds", "--guard"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(update.status.success(), "{}", stderr(&update));
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let base = &written["cases"][0]["baseline"];
+    assert!(base["allocs_per_step"].as_f64().unwrap() > 1.0, "{base}");
+    assert!(base["bytes_per_step"].as_f64().unwrap() > 1.0, "{base}");
+    let check = flexrun()
+        .args(["bench", "--guard"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", stderr(&check));
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["checks"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn bench_sweep_prints_one_report_per_point_each_from_its_own_process() {
+    let out = flexrun()
+        .args([
+            "bench",
+            "--sweep",
+            "nodes",
+            "--points",
+            "10,40",
+            "--durability",
+            "memory",
+            "--count-allocs",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sweep"], "nodes");
+    let points = report["points"].as_array().unwrap();
+    let sizes: Vec<u64> = points.iter().map(|p| p["n"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, vec![10, 40]);
+    for p in points {
+        assert_eq!(p["steps"], p["n"], "{p}");
+        assert!(p["allocs_per_step"].as_f64().unwrap() > 1.0, "{p}");
+    }
+    let runs = flexrun()
+        .args([
+            "bench",
+            "--sweep",
+            "runs",
+            "--points",
+            "2",
+            "--nodes",
+            "5",
+            "--durability",
+            "memory",
+        ])
+        .output()
+        .unwrap();
+    assert!(runs.status.success(), "{}", stderr(&runs));
+    let report: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+    assert_eq!(report["points"][0]["scenario"], "fanout");
+    assert_eq!(report["points"][0]["steps"], 10);
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, json};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -28,8 +28,24 @@ use crate::graph::{DeltaOp, PlanDelta, PlanDraft, PlanEdge, PlanNode};
 use crate::planner::{PlanRequest, PlanResponse, Planner, PlannerError, Purpose};
 use crate::store::{Durability, MemoryStore, RedbStore, Store};
 
+pub mod guard;
+pub mod sweep;
+
+/// Allocations and allocated bytes counted so far by the process's allocator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllocTotals {
+    /// Allocation calls (reallocations included).
+    pub allocs: u64,
+    /// Bytes those calls asked for.
+    pub bytes: u64,
+}
+
+/// Reads the allocator's running totals; the benchmark takes the difference over its timed
+/// region. The binary supplies it from its counting allocator.
+pub type AllocCounter = fn() -> AllocTotals;
+
 /// Which scenario to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scenario {
     /// Plan, then N steps.
@@ -51,7 +67,7 @@ pub enum Variant {
 }
 
 /// Store durability level of the workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     /// D0: the in-memory store (`MemoryStore`).
@@ -81,6 +97,8 @@ pub struct BenchOptions {
     pub dir: Option<PathBuf>,
     /// How the client waits for events.
     pub consumer: Consumer,
+    /// Counts allocations over the timed region when given (`allocs_per_step`).
+    pub alloc_counter: Option<AllocCounter>,
 }
 
 /// How the benchmark's client waits for events.
@@ -300,6 +318,10 @@ pub struct BenchReport {
     pub store_commits: u64,
     /// `store_commits` per step.
     pub commits_per_step: f64,
+    /// Allocations in the timed region per step, all threads (with `--count-allocs`).
+    pub allocs_per_step: Option<f64>,
+    /// Bytes those allocations asked for, per step.
+    pub alloc_bytes_per_step: Option<f64>,
     /// Median of 32 × (append 4 KiB + fdatasync) in the store directory.
     pub fsync_probe_us_p50: f64,
     /// Peak resident set (VmHWM).
@@ -539,9 +561,20 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
     let stats_before = store.stats();
     let rss_before = proc_kib("VmRSS:");
     let cpu_before = cpu_seconds();
+    let allocs_before = opts.alloc_counter.map(|totals| totals());
     let start = Instant::now();
     let obs = drive(&engine, opts, opts.nodes, runs).await?;
     let wall = obs.end.duration_since(start);
+    let allocs = opts
+        .alloc_counter
+        .zip(allocs_before)
+        .map(|(totals, before)| {
+            let now = totals();
+            AllocTotals {
+                allocs: now.allocs - before.allocs,
+                bytes: now.bytes - before.bytes,
+            }
+        });
     let cpu = cpu_seconds() - cpu_before;
     let stats = store.stats();
     engine.shutdown().await;
@@ -585,6 +618,8 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
         db_bytes,
         store_commits: commits,
         commits_per_step: commits as f64 / steps as f64,
+        allocs_per_step: allocs.map(|a| a.allocs as f64 / steps as f64),
+        alloc_bytes_per_step: allocs.map(|a| a.bytes as f64 / steps as f64),
         fsync_probe_us_p50: fsync_us,
         peak_rss_kib: proc_kib("VmHWM:"),
         rss_before_kib: rss_before,
