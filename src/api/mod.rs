@@ -70,12 +70,7 @@ use crate::fsm::{EventBody, PlannerOutput, RunEvent};
 
 /// The SSE frame of an event: `event: <type>`, `id: <seq>`, `data: <json>`, blank line.
 pub fn sse_frame(event: &RunEvent) -> String {
-    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
-    format!(
-        "event: {}\nid: {}\ndata: {data}\n\n",
-        event.kind(),
-        event.seq
-    )
+    crate::engine::fanout::sse_frame(event)
 }
 
 /// A one-line human summary of an event, for terminals and logs.

@@ -317,11 +317,9 @@ impl RunActor {
         let Some(commit) = commit else {
             return Ok(());
         };
-        let events = commit.events.clone();
+        let (run, events) = (commit.run_id, commit.events.clone());
         self.inner.committer.commit(commit).await?;
-        for event in events {
-            self.inner.publish(event);
-        }
+        self.inner.publish(run, &events);
         Ok(())
     }
 

@@ -1,10 +1,10 @@
-//! Following a run: replay its log from the store after a given seq, then follow the live
-//! broadcast without a gap or a duplicate at the seam.
+//! Following a run: replay its log from the store after a given seq, then follow the run's
+//! live channel without a gap or a duplicate at the seam.
 //!
-//! The order matters: subscribe to the broadcast *first*, then read the store. An event
+//! The order matters: subscribe to the run's channel *first*, then read the store. An event
 //! committed before the subscription is in the store; one committed after reaches the
 //! receiver (it is published only after its commit). Events seen on both paths are dropped
-//! by seq. A receiver that lags behind the bounded broadcast (a slow client) falls back to
+//! by seq. A receiver that lags behind the bounded channel (a slow client) falls back to
 //! reading the missed range from the store, so the run never waits for a client and the
 //! client never misses an event.
 
@@ -12,9 +12,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures::stream::{self, Stream};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 
-use crate::fsm::{EventKind, RunEvent};
+use super::fanout::{Frame, RunSubscription};
+use crate::fsm::EventKind;
 use crate::ids::RunId;
 use crate::store::Store;
 
@@ -29,17 +30,18 @@ enum Phase {
 
 struct Follow {
     store: Arc<dyn Store>,
-    rx: broadcast::Receiver<Arc<RunEvent>>,
+    rx: RunSubscription,
     run: RunId,
     high: u64,
-    buf: VecDeque<Arc<RunEvent>>,
+    buf: VecDeque<Arc<Frame>>,
     phase: Phase,
 }
 
 impl Follow {
-    async fn next(&mut self) -> Option<Arc<RunEvent>> {
+    async fn next(&mut self) -> Option<Arc<Frame>> {
         loop {
-            if let Some(ev) = self.buf.pop_front() {
+            if let Some(frame) = self.buf.pop_front() {
+                let ev = &frame.event;
                 if ev.seq <= self.high {
                     continue;
                 }
@@ -48,18 +50,35 @@ impl Follow {
                     self.phase = Phase::Done;
                     self.buf.clear();
                 }
-                return Some(ev);
+                return Some(frame);
             }
             match self.phase {
                 Phase::Done => return None,
                 Phase::Replay => self.replay_page().await?,
                 Phase::Live => match self.rx.recv().await {
-                    Ok(ev) if ev.run_id != self.run || ev.seq <= self.high => {}
-                    Ok(ev) if ev.seq == self.high + 1 => self.buf.push_back(ev),
-                    Ok(_) | Err(RecvError::Lagged(_)) => self.phase = Phase::Replay,
+                    Ok(batch) => self.take(&batch),
+                    Err(RecvError::Lagged(_)) => self.phase = Phase::Replay,
                     Err(RecvError::Closed) => return None,
                 },
             }
+        }
+    }
+
+    /// Queues the frames of a live commit that continue `high` without a gap; on a gap (the
+    /// store has events the channel did not bring), reads from the store after them.
+    fn take(&mut self, batch: &[Arc<Frame>]) {
+        let mut next = self.high + 1;
+        for frame in batch {
+            let seq = frame.event.seq;
+            if seq < next {
+                continue;
+            }
+            if seq > next {
+                self.phase = Phase::Replay;
+                return;
+            }
+            self.buf.push_back(frame.clone());
+            next += 1;
         }
     }
 
@@ -96,20 +115,21 @@ impl Follow {
         } else if page.len() < PAGE {
             self.phase = Phase::Live;
         }
-        self.buf.extend(page.into_iter().map(Arc::new));
+        self.buf
+            .extend(page.into_iter().map(|e| Arc::new(Frame::new(Arc::new(e)))));
         Some(())
     }
 }
 
 /// The run's events with a seq greater than `after`, from the store and then live, ending
-/// after `complete`. `rx` must have been subscribed before this is called (it is, when it
-/// comes straight from [`Engine::subscribe`](crate::Engine::subscribe)).
+/// after `complete`. `rx`, the subscription to `run`'s channel, must have been taken before
+/// this is called.
 pub(crate) fn follow(
     store: Arc<dyn Store>,
-    rx: broadcast::Receiver<Arc<RunEvent>>,
+    rx: RunSubscription,
     run: RunId,
     after: u64,
-) -> impl Stream<Item = Arc<RunEvent>> + Send + 'static {
+) -> impl Stream<Item = Arc<Frame>> + Send + 'static {
     let state = Follow {
         store,
         rx,
@@ -131,6 +151,8 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
+    use crate::engine::fanout::{Fanout, RUN_BATCHES};
+    use crate::fsm::RunEvent;
     use crate::fsm::{EventBody, RunOutcome, RunState};
     use crate::ids::Timestamp;
     use crate::store::{CommitBatch, RedbStore, RunHead, RunStatus};
@@ -188,32 +210,45 @@ mod tests {
         batch.events.iter().map(|e| (**e).clone()).collect()
     }
 
-    fn seqs(events: &[Arc<RunEvent>]) -> Vec<u64> {
-        events.iter().map(|e| e.seq).collect()
+    fn seqs(frames: &[Arc<Frame>]) -> Vec<u64> {
+        frames.iter().map(|f| f.event.seq).collect()
+    }
+
+    /// Publishes each event as its own commit.
+    fn publish(fanout: &Fanout, events: Vec<RunEvent>) {
+        for ev in events {
+            fanout.publish(ev.run_id, &[Arc::new(ev)]);
+        }
     }
 
     #[tokio::test]
     async fn a_lagging_receiver_reads_the_missed_range_from_the_store() {
         let store = Arc::new(RedbStore::in_memory().unwrap());
         let run = RunId::new();
-        let (tx, rx) = broadcast::channel(4);
-        let stream = follow(store.clone(), rx, run, 0);
-        for ev in commit(&store, run, 1, 40, false) {
-            let _ = tx.send(Arc::new(ev));
-        }
+        let fanout = Fanout::new(16);
+        let stream = follow(store.clone(), fanout.subscribe(run), run, 0);
         let mut stream = Box::pin(stream);
+        let first = commit(&store, run, 1, 1, false);
+        publish(&fanout, first);
+        assert_eq!(stream.next().await.unwrap().event.seq, 1, "live");
+        let n = 2 * RUN_BATCHES as u64;
+        for seq in 2..=n {
+            publish(&fanout, commit(&store, run, seq, seq, false));
+        }
         let mut got = Vec::new();
-        for _ in 0..40 {
+        for _ in 2..=n {
             got.push(stream.next().await.unwrap());
         }
-        assert_eq!(seqs(&got), (1..=40).collect::<Vec<_>>());
-        for ev in commit(&store, run, 41, 42, true) {
-            let _ = tx.send(Arc::new(ev));
-        }
+        assert_eq!(
+            seqs(&got),
+            (2..=n).collect::<Vec<_>>(),
+            "no gap, no duplicate"
+        );
+        publish(&fanout, commit(&store, run, n + 1, n + 2, true));
         let rest: Vec<_> = stream.collect().await;
         assert_eq!(
             seqs(&rest),
-            [41, 42],
+            [n + 1, n + 2],
             "the rest after the lag, then the end"
         );
     }
@@ -222,20 +257,18 @@ mod tests {
     async fn events_seen_in_the_store_and_live_are_sent_once() {
         let store = Arc::new(RedbStore::in_memory().unwrap());
         let run = RunId::new();
-        let (tx, rx) = broadcast::channel(64);
+        let fanout = Fanout::new(16);
         let first = commit(&store, run, 1, 3, false);
-        let stream = follow(store.clone(), rx, run, 1);
-        for ev in first {
-            let _ = tx.send(Arc::new(ev));
-        }
+        let stream = follow(store.clone(), fanout.subscribe(run), run, 1);
         let other = RunId::new();
-        let _ = tx.send(Arc::new(event(other, 4, false)));
-        for ev in commit(&store, run, 4, 5, true) {
-            let _ = tx.send(Arc::new(ev));
-        }
+        let _other_sub = fanout.subscribe(other);
+        publish(&fanout, first);
+        publish(&fanout, vec![event(other, 4, false)]);
+        let batch = commit(&store, run, 4, 5, true);
+        fanout.publish(run, &batch.into_iter().map(Arc::new).collect::<Vec<_>>());
         let got: Vec<_> = stream.collect().await;
         assert_eq!(seqs(&got), [2, 3, 4, 5]);
-        assert!(got.iter().all(|e| e.run_id == run));
+        assert!(got.iter().all(|f| f.event.run_id == run));
     }
 
     #[tokio::test]
@@ -243,14 +276,15 @@ mod tests {
         let store = Arc::new(RedbStore::in_memory().unwrap());
         let run = RunId::new();
         commit(&store, run, 1, 600, true);
-        let (_tx, rx) = broadcast::channel(4);
-        let mut stream = Box::pin(follow(store.clone(), rx, run, 0));
-        assert_eq!(stream.next().await.unwrap().seq, 1);
+        let fanout = Fanout::new(16);
+        let mut stream = Box::pin(follow(store.clone(), fanout.subscribe(run), run, 0));
+        assert_eq!(stream.next().await.unwrap().event.seq, 1);
         assert!(store.delete_run(run).unwrap());
         let rest: Vec<_> = stream.collect().await;
         assert_eq!(seqs(&rest), (2..=PAGE as u64).collect::<Vec<_>>());
-        let (_tx, rx) = broadcast::channel(4);
-        let got: Vec<_> = follow(store.clone(), rx, run, 0).collect().await;
+        let got: Vec<_> = follow(store.clone(), fanout.subscribe(run), run, 0)
+            .collect()
+            .await;
         assert!(got.is_empty(), "a follower of a deleted run ends at once");
     }
 
@@ -259,11 +293,14 @@ mod tests {
         let store = Arc::new(RedbStore::in_memory().unwrap());
         let run = RunId::new();
         commit(&store, run, 1, 600, true);
-        let (_tx, rx) = broadcast::channel(4);
-        let got: Vec<_> = follow(store.clone(), rx, run, 0).collect().await;
+        let fanout = Fanout::new(16);
+        let got: Vec<_> = follow(store.clone(), fanout.subscribe(run), run, 0)
+            .collect()
+            .await;
         assert_eq!(seqs(&got), (1..=600).collect::<Vec<_>>(), "paged replay");
-        let (_tx, rx) = broadcast::channel(4);
-        let got: Vec<_> = follow(store.clone(), rx, run, 600).collect().await;
+        let got: Vec<_> = follow(store.clone(), fanout.subscribe(run), run, 600)
+            .collect()
+            .await;
         assert!(got.is_empty());
     }
 }

@@ -12,6 +12,7 @@ mod clock;
 pub mod coverage;
 mod driver;
 mod executor;
+pub(crate) mod fanout;
 pub(crate) mod follow;
 mod idempotency;
 #[cfg(feature = "client")]
@@ -395,7 +396,7 @@ pub(crate) struct Inner {
     planners: HashMap<String, Arc<dyn Planner>>,
     executors: Executors,
     catalog: RwLock<Arc<CatalogState>>,
-    events: broadcast::Sender<Arc<RunEvent>>,
+    fanout: fanout::Fanout,
     runs: Mutex<HashMap<RunId, RunSlot>>,
     /// Runs whose driver stopped without ending them, with the reason.
     stranded: Mutex<HashMap<RunId, String>>,
@@ -433,7 +434,16 @@ impl Inner {
             .clone()
     }
 
-    fn publish(&self, event: Arc<RunEvent>) {
+    /// Publishes one commit of `run` (its events in seq order) after it is durable.
+    fn publish(&self, run: RunId, events: &[Arc<RunEvent>]) {
+        for event in events {
+            self.record(event);
+        }
+        self.fanout.publish(run, events);
+    }
+
+    /// Counts and traces a committed event.
+    fn record(&self, event: &RunEvent) {
         self.metrics.count(event.kind());
         if let EventBody::PlanGenerated {
             latency_ms, usage, ..
@@ -457,7 +467,6 @@ impl Inner {
             plan_version = event.plan_version,
             "run event"
         );
-        let _ = self.events.send(event);
     }
 }
 
@@ -515,7 +524,6 @@ impl Engine {
             check_executor(&config.executors, &cap)?;
             catalog.registry.register(cap)?;
         }
-        let (events, _) = broadcast::channel(config.event_buffer.max(16));
         let inner = Arc::new(Inner {
             committer: Committer::new(store.clone()),
             store,
@@ -528,7 +536,7 @@ impl Engine {
             planner: config.planner,
             executors: config.executors,
             catalog: RwLock::new(Arc::new(catalog)),
-            events,
+            fanout: fanout::Fanout::new(config.event_buffer),
             runs: Mutex::new(HashMap::new()),
             stranded: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -817,7 +825,7 @@ impl Engine {
 
     /// Live events of every run, published after commit.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RunEvent>> {
-        self.inner.events.subscribe()
+        self.inner.fanout.subscribe_all()
     }
 
     /// The store.
@@ -1046,9 +1054,25 @@ impl Engine {
     /// # Errors
     /// [`EngineError::RunNotFound`]; store errors.
     pub fn events(&self, run_id: RunId, after_seq: u64) -> Result<EventStream, EngineError> {
-        let rx = self.subscribe();
+        let rx = self.inner.fanout.subscribe(run_id);
         self.head(run_id)?;
-        Ok(follow::follow(self.inner.store.clone(), rx, run_id, after_seq).boxed())
+        Ok(
+            follow::follow(self.inner.store.clone(), rx, run_id, after_seq)
+                .map(|f| f.event.clone())
+                .boxed(),
+        )
+    }
+
+    /// [`Engine::events`] as shared frames, for a caller that checked the run exists: each
+    /// live event's SSE frame is encoded once for all of the run's followers.
+    #[cfg(feature = "server")]
+    pub(crate) fn follow_frames(
+        &self,
+        run_id: RunId,
+        after_seq: u64,
+    ) -> impl futures::Stream<Item = Arc<fanout::Frame>> + Send + 'static {
+        let rx = self.inner.fanout.subscribe(run_id);
+        follow::follow(self.inner.store.clone(), rx, run_id, after_seq)
     }
 
     /// Waits until the run ends and returns how, with its output or error.

@@ -213,3 +213,63 @@ async fn heartbeats_keep_an_idle_stream_open_and_shutdown_closes_it() {
     }
     tokio::time::timeout(GUARD, stop).await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_clients_of_one_run_get_exactly_its_events_beside_other_runs_traffic() {
+    let (_dir, path) = temp_store();
+    let server = Server::start(path, Options::default()).await;
+    let run = server
+        .submit(copy_envelope(
+            &["copyVariants", "summary"],
+            approval("fail"),
+        ))
+        .await;
+    let other = server
+        .submit(copy_envelope(
+            &["copyVariants", "summary"],
+            approval("fail"),
+        ))
+        .await;
+    let mut clients = Vec::new();
+    let mut request_id = String::new();
+    for _ in 0..50 {
+        let mut c = server.events(run, None).await;
+        let head = c.until("hitl_request").await;
+        request_id = head.last().unwrap().payload()["requestId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        clients.push((c, head));
+    }
+    let mut watcher = server.events(other, None).await;
+    watcher.until("hitl_request").await;
+    let (status, body) = server
+        .post(
+            &format!("/v1/runs/{run}/hitl/{request_id}"),
+            json!({"decision": "approve"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for _ in 0..5 {
+        server
+            .submit(copy_envelope(&["copyVariants"], json!(null)))
+            .await;
+    }
+    tokio::time::timeout(GUARD, server.engine.wait(run))
+        .await
+        .unwrap()
+        .unwrap();
+    let stored = server.stored(run);
+    for (mut c, mut frames) in clients {
+        frames.extend(c.rest().await);
+        assert!(
+            frames
+                .iter()
+                .all(|f| f.data.as_ref().unwrap()["runId"] == json!(run)),
+            "only the run's events"
+        );
+        assert_frames_are_stored(&frames, &stored);
+    }
+    drop(watcher);
+    server.stop().await;
+}
