@@ -212,4 +212,28 @@ mod tests {
         assert_eq!(fanout.channels(), 0);
         fanout.publish(a, &[event(a, 3)]);
     }
+
+    #[tokio::test]
+    async fn a_busy_run_does_not_make_a_quiet_runs_follower_lag() {
+        let fanout = Fanout::new(16);
+        let (quiet, busy) = (RunId::new(), RunId::new());
+        let mut sub_quiet = fanout.subscribe(quiet);
+        let mut sub_busy = fanout.subscribe(busy);
+        fanout.publish(quiet, &[event(quiet, 1)]);
+        for seq in 1..=2 * RUN_BATCHES as u64 {
+            fanout.publish(busy, &[event(busy, seq)]);
+        }
+        fanout.publish(quiet, &[event(quiet, 2)]);
+        for seq in [1, 2] {
+            let batch = sub_quiet
+                .recv()
+                .await
+                .expect("the quiet run's follower is not lagged");
+            assert_eq!(batch[0].event.seq, seq);
+        }
+        assert!(matches!(
+            sub_busy.recv().await,
+            Err(broadcast::error::RecvError::Lagged(_))
+        ));
+    }
 }
