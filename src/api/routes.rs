@@ -389,7 +389,12 @@ pub(crate) async fn run_events(
         ),
     };
     let after = last_event_id.or(q.after).unwrap_or(0);
-    if read(&st, move |s| s.run_head(run)).await?.is_none() {
+    let store = st.engine.store().clone();
+    let head = crate::engine::follow::bounded_read(move || store.run_head(run))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(ApiError::from)?;
+    if head.is_none() {
         return Err(run_not_found(run));
     }
     let mut response = sse::response(&st, run, after).into_response();

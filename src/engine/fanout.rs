@@ -10,8 +10,11 @@
 //! [`Engine::subscribe`]: crate::Engine::subscribe
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+#[cfg(feature = "server")]
+use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, PoisonError};
 
+#[cfg(feature = "server")]
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
@@ -24,6 +27,7 @@ use crate::ids::RunId;
 pub(crate) const RUN_BATCHES: usize = 256;
 
 /// The SSE frame of an event: `event: <type>`, `id: <seq>`, `data: <json>`, blank line.
+#[cfg(feature = "server")]
 pub fn sse_frame(event: &RunEvent) -> String {
     let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
     format!(
@@ -38,6 +42,7 @@ pub fn sse_frame(event: &RunEvent) -> String {
 pub struct Frame {
     /// The event.
     pub event: Arc<RunEvent>,
+    #[cfg(feature = "server")]
     sse: OnceLock<Bytes>,
 }
 
@@ -45,11 +50,13 @@ impl Frame {
     pub fn new(event: Arc<RunEvent>) -> Self {
         Self {
             event,
+            #[cfg(feature = "server")]
             sse: OnceLock::new(),
         }
     }
 
     /// The event's SSE frame ([`sse_frame`]), encoded once for every holder of this frame.
+    #[cfg(feature = "server")]
     pub fn sse(&self) -> Bytes {
         self.sse
             .get_or_init(|| Bytes::from(sse_frame(&self.event)))
@@ -193,13 +200,40 @@ mod tests {
         assert_eq!(got.iter().map(|f| f.event.seq).collect::<Vec<_>>(), [1, 2]);
         assert!(got.iter().all(|f| f.event.run_id == a));
         assert!(Arc::ptr_eq(&got[0], &got2[0]), "one frame shared by both");
-        let bytes = got[0].sse();
-        assert_eq!(bytes.as_ptr(), got2[0].sse().as_ptr(), "encoded once");
-        assert_eq!(&bytes[..], sse_frame(&got[0].event).as_bytes());
+        #[cfg(feature = "server")]
+        {
+            let bytes = got[0].sse();
+            assert_eq!(bytes.as_ptr(), got2[0].sse().as_ptr(), "encoded once");
+            assert_eq!(&bytes[..], sse_frame(&got[0].event).as_bytes());
+        }
         drop(sub_b);
         assert_eq!(fanout.channels(), 1);
         drop((sub_a, sub_a2));
         assert_eq!(fanout.channels(), 0);
         fanout.publish(a, &[event(a, 3)]);
+    }
+
+    #[tokio::test]
+    async fn a_busy_run_does_not_make_a_quiet_runs_follower_lag() {
+        let fanout = Fanout::new(16);
+        let (quiet, busy) = (RunId::new(), RunId::new());
+        let mut sub_quiet = fanout.subscribe(quiet);
+        let mut sub_busy = fanout.subscribe(busy);
+        fanout.publish(quiet, &[event(quiet, 1)]);
+        for seq in 1..=2 * RUN_BATCHES as u64 {
+            fanout.publish(busy, &[event(busy, seq)]);
+        }
+        fanout.publish(quiet, &[event(quiet, 2)]);
+        for seq in [1, 2] {
+            let batch = sub_quiet
+                .recv()
+                .await
+                .expect("the quiet run's follower is not lagged");
+            assert_eq!(batch[0].event.seq, seq);
+        }
+        assert!(matches!(
+            sub_busy.recv().await,
+            Err(broadcast::error::RecvError::Lagged(_))
+        ));
     }
 }

@@ -22,6 +22,23 @@ use crate::store::Store;
 /// Events read from the store per page.
 const PAGE: usize = 256;
 
+/// Most followers' store reads (replay pages, run checks) on blocking threads at once. A
+/// burst of connects then queues here instead of starting a blocking thread per client
+/// (each with its stack and its allocator arenas); the reads are short, so the queue drains
+/// fast.
+const READERS: usize = 4;
+
+static READ_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(READERS);
+
+/// Runs a follower's store read on a blocking thread, at most [`READERS`] at once.
+pub(crate) async fn bounded_read<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    // The semaphore is never closed, so acquiring only waits.
+    let _permit = READ_PERMITS.acquire().await;
+    tokio::task::spawn_blocking(f).await
+}
+
 enum Phase {
     Replay,
     Live,
@@ -87,7 +104,7 @@ impl Follow {
     /// on a store failure.
     async fn replay_page(&mut self) -> Option<()> {
         let (store, run, high) = (self.store.clone(), self.run, self.high);
-        let read = tokio::task::spawn_blocking(move || {
+        let read = bounded_read(move || {
             let page = store.events_after(run, high, PAGE)?;
             let ended = if page.is_empty() {
                 store
