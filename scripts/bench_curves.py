@@ -183,11 +183,19 @@ def main():
     ap.add_argument("--peer-timeout", type=float, default=60.0)
     ap.add_argument("--flexrun-timeout", type=float, default=300.0)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"))
+    ap.add_argument("--replot", action="store_true",
+                    help="redraw the plots from OUT/curves.json without measuring")
     args = ap.parse_args()
     nodes = [int(v) for v in args.nodes.split(",")]
     runs = [int(v) for v in args.runs.split(",")]
     os.makedirs(args.out, exist_ok=True)
 
+    if args.replot:
+        with open(os.path.join(args.out, "curves.json")) as fh:
+            data = json.load(fh)
+        args.peer_timeout = data["peer_timeout_s"]
+        draw(args, data)
+        return
     data = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "peer_timeout_s": args.peer_timeout,
@@ -202,6 +210,13 @@ def main():
     with open(os.path.join(args.out, "curves.json"), "w") as fh:
         json.dump(data, fh, indent=1)
         fh.write("\n")
+    draw(args, data)
+    print(json.dumps({"out": args.out, "points": sum(len(data[k]) for k in
+                                                     ("nodes_memory", "nodes_durable", "runs_memory"))}))
+
+
+def draw(args, data):
+    """Writes the four plots of `data` into args.out."""
 
     stamp = f"{data['date']}, fsync probe p50 {data['fsync_probe_us_p50_median']:.0f} µs, 2-core VM"
 
@@ -219,8 +234,7 @@ def main():
     plot(os.path.join(args.out, "bytes_vs_n.svg"), "serialized bytes stored vs N",
          "N (log)", "bytes stored per run (log)",
          [(e, points_of(nd, "n", e, "stored_bytes")) for e in both], True, True,
-         notes(nd, "N", "linear, R = 1, flexrun d1 (redb) / LangGraph SQLite synchronous=NORMAL;"
-                        " slope 1 = O(N), slope 2 = O(N²)"))
+         notes(nd, "N", "linear, R = 1, flexrun d1 / LangGraph SQLite NORMAL; slope 1 = O(N), 2 = O(N²)"))
     plot(os.path.join(args.out, "steps_per_s_vs_r.svg"), f"steps/s vs concurrent runs R (N = {args.runs_n})",
          "R (concurrent runs, log)", "steps per second",
          [(e, points_of(rm, "runs", e, "steps_per_s")) for e in both], True, False,
@@ -229,8 +243,6 @@ def main():
          "R (concurrent runs, log)", "peak RSS (MiB)",
          [(e, points_of(rm, "runs", e, "peak_rss_kib", 1 / 1024)) for e in both], True, False,
          notes(rm, "R", "fanout, in memory, peak resident set of the whole process"))
-    print(json.dumps({"out": args.out, "points": sum(len(data[k]) for k in
-                                                     ("nodes_memory", "nodes_durable", "runs_memory"))}))
 
 
 if __name__ == "__main__":
