@@ -21,6 +21,7 @@ use flexrun::webhook::WebhookSecret;
 use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
 use futures::StreamExt as _;
 
+mod bench_sse;
 mod verify;
 
 /// The binary's allocator. The engine allocates small, short-lived values on one thread and
@@ -225,6 +226,9 @@ enum Cmd {
     /// `--url`) against the event contract; exit 0 when it conforms, 1 on violations, 2 when
     /// it cannot be read, 3 when a followed stream times out before `complete`.
     Verify(verify::VerifyArgs),
+    /// Measure SSE fan-out from outside: many clients on one run of a server process started
+    /// for the purpose; prints delivery latency, server CPU per frame and RSS as JSON.
+    BenchSse(bench_sse::SseArgs),
     /// Print documentation generated from the code.
     Docs {
         /// states: the state table and diagram; conformance: the rules `verify` checks;
@@ -607,6 +611,7 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
             print!("{}", flexrun::conformance::rules_markdown());
             Ok(())
         }
+        Cmd::BenchSse(args) => bench_sse::run(args).await,
         Cmd::Verify(args) => {
             let code = verify::run(args).await;
             std::io::stdout().flush()?;

@@ -288,3 +288,33 @@ fn bench_sweep_prints_one_report_per_point_each_from_its_own_process() {
     assert_eq!(report["points"][0]["scenario"], "fanout");
     assert_eq!(report["points"][0]["steps"], 10);
 }
+
+#[test]
+fn bench_sse_follows_one_run_of_a_server_process_with_many_clients() {
+    let out = flexrun()
+        .args([
+            "bench-sse",
+            "--clients",
+            "40",
+            "--steps",
+            "3",
+            "--gap-ms",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 6 events up to the first approval, 4 per further step, then the last answer and `complete`.
+    assert_eq!(report["events"], 6 + 4 * 2 + 2, "{report}");
+    assert_eq!(report["identical"], 40, "{report}");
+    assert_eq!(report["differing"], 0, "{report}");
+    // The probe and every follower got each of the 3 rounds' events.
+    assert_eq!(report["round_frames"], 41 * (4 * 2 + 2), "{report}");
+    assert_eq!(report["probe_latency"]["samples"], 4 * 2 + 2, "{report}");
+    assert!(report["rss_idle_kib"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["rss_burst_peak_kib"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+}

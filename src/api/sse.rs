@@ -38,20 +38,61 @@ pub(crate) fn response(state: &AppState, run: RunId, after: u64) -> Response {
     response
 }
 
-/// The frames' bytes, with a heartbeat whenever none came for `every`; ends with `frames`.
+/// Most frames joined into one body chunk.
+const MAX_COALESCED: usize = 64;
+
+/// The frames' bytes, with a heartbeat when none came over a whole `every` (so an idle stream
+/// gets one every `every` to 2 × `every`); ends with `frames`.
+///
+/// Frames that are ready together (a commit's events, a replay page) leave as one body chunk:
+/// one frame is passed on as its shared bytes, several are joined. The heartbeat is one timer
+/// per stream that ticks every `every`, not a timer per frame.
 fn with_heartbeats(
     frames: impl Stream<Item = std::sync::Arc<Frame>> + Send + 'static,
     every: Duration,
 ) -> impl Stream<Item = Bytes> + Send + 'static {
-    let frames = Box::pin(frames);
-    stream::unfold(frames, move |mut frames| async move {
-        // `next` is cancel-safe: a timed-out wait leaves the pending item in `frames`.
-        match tokio::time::timeout(every, frames.next()).await {
-            Ok(Some(frame)) => Some((frame.sse(), frames)),
-            Ok(None) => None,
-            Err(_) => Some((Bytes::from_static(HEARTBEAT), frames)),
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (Box::pin(frames), ticks, false);
+    stream::unfold(state, |(mut frames, mut ticks, mut sent)| async move {
+        loop {
+            tokio::select! {
+                biased;
+                frame = frames.next() => {
+                    let first = frame?;
+                    sent = true;
+                    let chunk = coalesce(first, &mut frames);
+                    return Some((chunk, (frames, ticks, sent)));
+                }
+                _ = ticks.tick() => {
+                    if !std::mem::take(&mut sent) {
+                        return Some((Bytes::from_static(HEARTBEAT), (frames, ticks, sent)));
+                    }
+                }
+            }
         }
     })
+}
+
+/// `first`'s bytes, followed by those of every frame `frames` has ready now (up to
+/// [`MAX_COALESCED`]).
+fn coalesce<S>(first: std::sync::Arc<Frame>, frames: &mut std::pin::Pin<Box<S>>) -> Bytes
+where
+    S: Stream<Item = std::sync::Arc<Frame>> + ?Sized,
+{
+    use futures::FutureExt as _;
+    let first = first.sse();
+    let mut joined: Option<Vec<u8>> = None;
+    for _ in 1..MAX_COALESCED {
+        // A pending `next` is dropped unpolled again: the follower's `next` is cancel-safe.
+        let Some(Some(frame)) = frames.next().now_or_never() else {
+            break;
+        };
+        joined
+            .get_or_insert_with(|| first.to_vec())
+            .extend_from_slice(&frame.sse());
+    }
+    joined.map_or(first, Bytes::from)
 }
 
 #[cfg(test)]
@@ -100,5 +141,31 @@ mod tests {
         drop(tx);
         let rest: Vec<_> = body.collect().await;
         assert!(rest.iter().all(|b| &b[..] == HEARTBEAT), "{rest:?}");
+    }
+
+    #[tokio::test]
+    async fn frames_ready_together_leave_as_one_chunk_and_a_busy_stream_gets_no_heartbeat() {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Arc<Frame>>();
+        let mut body = Box::pin(with_heartbeats(rx, Duration::from_millis(40)));
+        let events: Vec<_> = (1..=3).map(event).collect();
+        for ev in &events {
+            tx.unbounded_send(Arc::new(Frame::new(ev.clone()))).unwrap();
+        }
+        let chunk = body.next().await.unwrap();
+        let expected: Vec<u8> = events
+            .iter()
+            .flat_map(|ev| Frame::new(ev.clone()).sse().to_vec())
+            .collect();
+        assert_eq!(&chunk[..], &expected[..]);
+        // A frame every 10 ms keeps the stream busy: no heartbeat in between.
+        for seq in 4..=10 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.unbounded_send(Arc::new(Frame::new(event(seq)))).unwrap();
+            let got = body.next().await.unwrap();
+            assert!(
+                got.starts_with(format!("event: node_complete\nid: {seq}\n").as_bytes()),
+                "{got:?}"
+            );
+        }
     }
 }

@@ -113,7 +113,8 @@ pub enum Consumer {
     Poll,
 }
 
-const STEP_FACET: &str = "stepResult";
+/// The facet every step outputs.
+pub const STEP_FACET: &str = "stepResult";
 const STEP_CAP: &str = "bench.noop";
 
 /// The workload's fake planner: N chained steps for a plan, D = max(1, N/4) for a replan,
@@ -200,7 +201,9 @@ impl Planner for BenchPlanner {
     }
 }
 
-fn bench_config(store: Arc<dyn Store>, nodes: usize) -> EngineConfig {
+/// The engine configuration of the workload: the [`BenchPlanner`] for `nodes` steps, the
+/// no-op step capability and its facet, over `store`.
+pub fn bench_config(store: Arc<dyn Store>, nodes: usize) -> EngineConfig {
     let mut config = EngineConfig::new(store, Arc::new(BenchPlanner { nodes }));
     config.executors = crate::demo::executors();
     config.event_buffer = 1 << 18;
@@ -256,7 +259,11 @@ fn envelope(scenario: Scenario, variant: Variant, n: usize) -> RunEnvelope {
     env
 }
 
-fn open_store(
+/// Opens the store of `level` as file `name` in `dir` (nothing on disk for [`Level::Memory`]).
+///
+/// # Errors
+/// Store errors.
+pub fn open_store(
     level: Level,
     dir: &Path,
     name: &str,

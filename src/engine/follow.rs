@@ -9,7 +9,8 @@
 //! client never misses an event.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use futures::stream::{self, Stream};
 use tokio::sync::broadcast::error::RecvError;
@@ -22,21 +23,70 @@ use crate::store::Store;
 /// Events read from the store per page.
 const PAGE: usize = 256;
 
-/// Most followers' store reads (replay pages, run checks) on blocking threads at once. A
-/// burst of connects then queues here instead of starting a blocking thread per client
-/// (each with its stack and its allocator arenas); the reads are short, so the queue drains
-/// fast.
+/// Threads that run followers' store reads (replay pages, run checks). A burst of connects
+/// queues its reads here instead of starting a blocking thread per client (each with its
+/// stack and its allocator's thread heap); the reads are short, so the queue drains fast.
 const READERS: usize = 4;
 
-static READ_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(READERS);
+type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// Runs a follower's store read on a blocking thread, at most [`READERS`] at once.
+/// Why a follower's read gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadFailed {
+    /// The read panicked.
+    #[error("a follower's store read panicked")]
+    Panicked,
+    /// No reader thread could be started, or it is gone.
+    #[error("no reader thread to run a follower's store read")]
+    NoReader,
+}
+
+/// The queue of the reader threads, started on first use; `None` when none could be started.
+fn readers() -> Option<&'static Sender<Job>> {
+    static QUEUE: OnceLock<Option<Sender<Job>>> = OnceLock::new();
+    QUEUE
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let rx = Arc::new(Mutex::new(rx));
+            let started = (0..READERS)
+                .filter(|i| {
+                    let rx = rx.clone();
+                    std::thread::Builder::new()
+                        .name(format!("flexrun-reader-{i}"))
+                        .spawn(move || {
+                            loop {
+                                // The guard is dropped at the end of this statement, before
+                                // the job runs, so the other readers can take the next one.
+                                let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                                match next {
+                                    Ok(job) => job(),
+                                    Err(_) => return,
+                                }
+                            }
+                        })
+                        .is_ok()
+                })
+                .count();
+            (started > 0).then_some(tx)
+        })
+        .as_ref()
+}
+
+/// Runs a follower's store read on one of the [`READERS`] reader threads.
 pub(crate) async fn bounded_read<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    // The semaphore is never closed, so acquiring only waits.
-    let _permit = READ_PERMITS.acquire().await;
-    tokio::task::spawn_blocking(f).await
+) -> Result<T, ReadFailed> {
+    let queue = readers().ok_or(ReadFailed::NoReader)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    queue.send(job).map_err(|_| ReadFailed::NoReader)?;
+    match rx.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(ReadFailed::Panicked),
+        Err(_) => Err(ReadFailed::NoReader),
+    }
 }
 
 enum Phase {
@@ -173,6 +223,37 @@ mod tests {
     use crate::fsm::{EventBody, RunOutcome, RunState};
     use crate::ids::Timestamp;
     use crate::store::{CommitBatch, RedbStore, RunHead, RunStatus};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_run_on_a_few_reader_threads_and_a_panic_is_an_error() {
+        let reads: Vec<_> = (0..64)
+            .map(|_| {
+                tokio::spawn(bounded_read(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    std::thread::current().name().map(str::to_owned)
+                }))
+            })
+            .collect();
+        let mut names = std::collections::BTreeSet::new();
+        for read in reads {
+            names.insert(read.await.unwrap().unwrap().unwrap_or_default());
+        }
+        assert!(names.len() <= READERS, "{names:?}");
+        assert!(
+            names.iter().all(|n| n.starts_with("flexrun-reader-")),
+            "{names:?}"
+        );
+        let panicked = bounded_read(|| -> u8 { panic!("a read that fails") }).await;
+        assert!(
+            matches!(panicked, Err(ReadFailed::Panicked)),
+            "{panicked:?}"
+        );
+        assert_eq!(
+            bounded_read(|| 7).await.unwrap(),
+            7,
+            "the pool survives a panic"
+        );
+    }
 
     fn event(run: RunId, seq: u64, done: bool) -> RunEvent {
         RunEvent {
