@@ -199,6 +199,10 @@ enum Cmd {
         /// Largest accepted request body, in bytes.
         #[arg(long, default_value_t = 1024 * 1024)]
         body_limit: usize,
+        /// An origin whose browser pages may call the API (`http://host:port`, or `*`);
+        /// repeat for several. Preflight requests are answered without a token.
+        #[arg(long = "cors-origin", value_name = "ORIGIN")]
+        cors_origins: Vec<String>,
         /// Seconds between SSE heartbeat comments.
         #[arg(long, default_value_t = 15)]
         heartbeat_secs: u64,
@@ -548,11 +552,18 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
             planner,
             auth_token_env,
             body_limit,
+            cors_origins,
             heartbeat_secs,
             retain_terminal_runs,
             webhook_secret_env,
             model,
         } => {
+            let cors_origins = cors_origins
+                .iter()
+                .map(|o| {
+                    api::check_cors_origin(o).map_err(|e| anyhow::anyhow!("--cors-origin {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let auth_token = match auth_token_env {
                 None => None,
                 Some(var) => {
@@ -568,6 +579,7 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
                 auth_token,
                 heartbeat: Duration::from_secs(heartbeat_secs.max(1)),
                 body_limit,
+                cors_origins,
                 ..ApiConfig::default()
             };
             let webhook_secrets = match webhook_secret_env {

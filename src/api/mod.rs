@@ -34,7 +34,7 @@ pub use dto::{
 pub use error::ApiError;
 pub use extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 pub use openapi::ApiDoc;
-pub use routes::router;
+pub use routes::{check_cors_origin, router};
 pub use state::{ApiConfig, AppState, Shutdown};
 
 use std::future::Future;

@@ -6,11 +6,13 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::Method;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -67,14 +69,72 @@ pub fn router(state: AppState) -> Router {
     let protected = timed
         .route("/v1/runs/{id}/events", get(run_events))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+    let cors = cors(&state.config.cors_origins);
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .merge(protected)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .with_state(state)
+        .with_state(state);
+    // Outermost, so that a preflight is answered before authentication asks for a token.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// The CORS layer for `origins` (`None` when there are none). An origin that is not a valid
+/// header value is skipped; `flexrun serve` checks them first with [`check_cors_origin`].
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+                header::HeaderName::from_static("idempotency-key"),
+            ])
+            .expose_headers([header::LOCATION, header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
+/// Checks a `--cors-origin` value: `*`, or `http(s)://host[:port]` without a path.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn check_cors_origin(origin: &str) -> Result<String, String> {
+    if origin == "*" {
+        return Ok(origin.to_owned());
+    }
+    let origin = origin.trim_end_matches('/');
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .ok_or_else(|| format!("{origin:?}: an origin starts with http:// or https://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return Err(format!(
+            "{origin:?}: an origin is scheme://host[:port], without a path"
+        ));
+    }
+    HeaderValue::from_str(origin).map_err(|_| format!("{origin:?}: not a valid header value"))?;
+    Ok(origin.to_owned())
 }
 
 fn request_span(req: &Request<Body>) -> tracing::Span {
@@ -363,8 +423,9 @@ pub(crate) struct EventsQuery {
     params(("id" = String, Path, description = "Run id"), EventsQuery,
            ("last-event-id" = Option<u64>, Header, description = "Resume after this seq")),
     responses(
-        (status = 200, description = "`event: <type>`, `id: <seq>`, `data: <event JSON>` frames (schema `EventDoc`)",
+        (status = 200, description = "`retry: <ms>` first, then `event: <type>`, `id: <seq>`, `data: <event JSON>` frames (schema `EventDoc`)",
          content_type = "text/event-stream"),
+        (status = 204, description = "The run has ended and the client has every event: nothing will follow, do not reconnect"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn run_events(
     State(st): State<AppState>,
@@ -394,8 +455,12 @@ pub(crate) async fn run_events(
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(ApiError::from)?;
-    if head.is_none() {
+    let Some(head) = head else {
         return Err(run_not_found(run));
+    };
+    if head.status.is_terminal() && after >= head.last_seq {
+        // Nothing will ever follow: 204 tells an EventSource to stop reconnecting.
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let mut response = sse::response(&st, run, after).into_response();
     response

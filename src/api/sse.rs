@@ -20,14 +20,17 @@ use crate::ids::RunId;
 /// The heartbeat comment sent when a stream is idle for the heartbeat interval.
 const HEARTBEAT: &[u8] = b":heartbeat\n\n";
 
-/// The SSE response following `run` after `after`, with heartbeats, ending on `complete` or
-/// when the server shuts down.
+/// The SSE response following `run` after `after`: first the reconnection delay (`retry:`),
+/// then the frames with heartbeats, ending on `complete` or when the server shuts down.
 pub(crate) fn response(state: &AppState, run: RunId, after: u64) -> Response {
     let frames = state
         .engine
         .follow_frames(run, after)
         .take_until(state.shutdown.triggered());
-    let body = with_heartbeats(frames, state.config.heartbeat).map(Ok::<_, Infallible>);
+    let retry = Bytes::from(format!("retry: {}\n\n", state.config.sse_retry.as_millis()));
+    let body = stream::once(async move { retry })
+        .chain(with_heartbeats(frames, state.config.heartbeat))
+        .map(Ok::<_, Infallible>);
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
     headers.insert(

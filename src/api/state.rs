@@ -22,6 +22,11 @@ pub struct ApiConfig {
     /// Longest time a request may take to produce its response head (event streams are
     /// bounded only by their run).
     pub request_timeout: Duration,
+    /// The reconnection delay event streams announce to clients (SSE `retry:`).
+    pub sse_retry: Duration,
+    /// Origins (`scheme://host[:port]`, or `*` for any) whose browser pages may call the API
+    /// (CORS, preflight included); none by default, which leaves CORS off.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -31,6 +36,8 @@ impl Default for ApiConfig {
             heartbeat: Duration::from_secs(15),
             body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            sse_retry: Duration::from_secs(3),
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ mod support;
 
 mod catalog;
 mod corpus_replies;
+mod cors;
 mod errors;
 mod hitl;
 mod idempotency;

@@ -92,10 +92,19 @@ async fn after_query_and_last_event_id_select_the_replay_start() {
         .rest()
         .await;
     assert_eq!(seqs(&frames), [6, 7, 8], "Last-Event-ID wins over ?after");
-    let caught_up = server.events(run, Some(8)).await.rest().await;
-    assert!(
-        caught_up.is_empty(),
-        "a client that saw `complete` gets a closed stream"
+    let mut caught_up = server.events(run, Some(8)).await;
+    assert_eq!(
+        caught_up.status,
+        StatusCode::NO_CONTENT,
+        "a client that saw `complete` is told not to reconnect"
+    );
+    assert!(caught_up.rest().await.is_empty());
+    let mut last = server.events(run, Some(7)).await;
+    assert_eq!(labels(&last.rest().await), ["complete"]);
+    assert_eq!(
+        last.retry,
+        Some(3000),
+        "every stream announces its retry delay"
     );
 
     let bad = SseReader::open(

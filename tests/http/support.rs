@@ -202,6 +202,8 @@ pub struct SseReader {
     response: reqwest::Response,
     buf: String,
     pub status: StatusCode,
+    /// The reconnection delay the stream announced (`retry:`), once read.
+    pub retry: Option<u64>,
     events: Vec<RunEvent>,
 }
 
@@ -219,6 +221,7 @@ impl SseReader {
             response,
             buf: String::new(),
             status,
+            retry: None,
             events: Vec::new(),
         }
     }
@@ -228,6 +231,10 @@ impl SseReader {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
+                if let Some(ms) = block.trim_end().strip_prefix("retry:") {
+                    self.retry = Some(ms.trim().parse().expect("numeric retry"));
+                    continue;
+                }
                 let frame = parse_frame(&block);
                 if let Some(data) = &frame.data {
                     let event = serde_json::from_value(data.clone()).expect("data is a RunEvent");
