@@ -22,6 +22,7 @@ use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
 use futures::StreamExt as _;
 
 mod bench_sse;
+mod remote;
 mod verify;
 
 /// The binary's allocator. The engine allocates small, short-lived values on one thread and
@@ -233,6 +234,13 @@ enum Cmd {
     /// Measure SSE fan-out from outside: many clients on one run of a server process started
     /// for the purpose; prints delivery latency, server CPU per frame and RSS as JSON.
     BenchSse(bench_sse::SseArgs),
+    /// Follow a run on a server: one line per event with nodes done and the state; exits 0
+    /// when the run completed, 1 when it failed or was cancelled.
+    Watch(remote::WatchArgs),
+    /// List a server's runs.
+    Runs(remote::RunsArgs),
+    /// Answer a HITL request of a run on a server.
+    Answer(remote::AnswerArgs),
     /// Print documentation generated from the code.
     Docs {
         /// states: the state table and diagram; conformance: the rules `verify` checks;
@@ -624,6 +632,13 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::BenchSse(args) => bench_sse::run(args).await,
+        Cmd::Watch(args) => {
+            let code = remote::watch(args).await?;
+            std::io::stdout().flush()?;
+            std::process::exit(i32::from(code));
+        }
+        Cmd::Runs(args) => remote::runs(args).await,
+        Cmd::Answer(args) => remote::answer(args).await,
         Cmd::Verify(args) => {
             let code = verify::run(args).await;
             std::io::stdout().flush()?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use flexrun::RunId;
 use flexrun::conformance::wire::{Format, SseParser, Stream};
 use flexrun::conformance::{self, Options, Report};
-use flexrun::fsm::{EventKind, Limits};
+use flexrun::fsm::{EventKind, Limits, RunEvent};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION};
 
@@ -142,12 +142,14 @@ async fn verify_url(url: &str, args: &VerifyArgs, mut opts: Options) -> Result<u
         .build()
         .map_err(|e| format!("building the HTTP client: {e}"))?;
     let mut stream = Stream::new(Format::Sse);
+    let mut ignore = |_: &RunEvent| {};
     let follow = follow(
         &client,
         url,
         token.as_deref(),
         args.max_reconnects,
         &mut stream,
+        &mut ignore,
     );
     let followed = match tokio::time::timeout(args.timeout, follow).await {
         Ok(Ok(())) => Ok(Followed::Complete),
@@ -192,12 +194,16 @@ fn run_of(url: &str) -> Option<RunId> {
 /// Reads the SSE stream at `url` into `stream` until `complete`, reconnecting with
 /// `Last-Event-ID`. A reconnect that brings no new event counts against `max_reconnects`
 /// and the next one waits longer; one that does starts the count again.
-async fn follow(
+/// Follows a run's event stream at `url` until `complete`, reconnecting with `Last-Event-ID`
+/// when the connection drops; every event is pushed to `stream` and handed to `on_event`.
+/// A `204` (the run ended and nothing is left) ends it as `complete` does.
+pub(crate) async fn follow(
     client: &reqwest::Client,
     url: &str,
     token: Option<&str>,
     max_reconnects: u32,
     stream: &mut Stream,
+    on_event: &mut dyn FnMut(&RunEvent),
 ) -> Result<(), Failure> {
     let mut idle = 0;
     let mut last_id: Option<String> = None;
@@ -211,13 +217,14 @@ async fn follow(
         }
         let before = last_id.clone();
         let dropped = match request.send().await {
+            Ok(response) if response.status() == StatusCode::NO_CONTENT => return Ok(()),
             Ok(response) if response.status() == StatusCode::OK => {
-                match read(response, stream, &mut last_id).await? {
+                match read(response, stream, &mut last_id, on_event).await? {
                     Read::Complete => return Ok(()),
                     Read::Dropped(why) => why,
                 }
             }
-            Ok(response) => return Err(refused(url, response).await),
+            Ok(response) => return Err(refused(&format!("GET {url}"), response).await),
             Err(e) if e.is_connect() && last_id.is_none() => {
                 return Err(format!("GET {url}: {}", error_chain(&e)));
             }
@@ -250,6 +257,7 @@ async fn read(
     mut response: reqwest::Response,
     stream: &mut Stream,
     last_id: &mut Option<String>,
+    on_event: &mut dyn FnMut(&RunEvent),
 ) -> Result<Read, Failure> {
     let mut parser = SseParser::new();
     loop {
@@ -264,25 +272,28 @@ async fn read(
                 *last_id = Some(id.clone());
             }
             let event = stream.push_frame(&frame).map_err(|e| e.to_string())?;
-            if event.is_some_and(|e| e.kind() == EventKind::Complete) {
-                return Ok(Read::Complete);
+            if let Some(event) = event {
+                on_event(event);
+                if event.kind() == EventKind::Complete {
+                    return Ok(Read::Complete);
+                }
             }
         }
     }
 }
 
-/// `GET …: 401 Unauthorized: <the API's error message>`.
-async fn refused(url: &str, response: reqwest::Response) -> Failure {
+/// `<what>: 401 Unauthorized: <the API's error message>` (`what` is e.g. `GET <url>`).
+pub(crate) async fn refused(what: &str, response: reqwest::Response) -> Failure {
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
         .unwrap_or_else(|| body.chars().take(200).collect());
-    format!("GET {url}: {status}: {message}")
+    format!("{what}: {status}: {message}")
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -318,3 +318,134 @@ fn bench_sse_follows_one_run_of_a_server_process_with_many_clients() {
         "{report}"
     );
 }
+
+/// One HTTP/1.1 request to `addr` (closing the connection); the status and the JSON body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A child process killed when the test ends, failed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn watch_runs_and_answer_drive_a_run_on_a_server_from_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Killed(
+        flexrun()
+            .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
+    let banner = lines
+        .find_map(|l| l.ok().filter(|l| l.starts_with("flexrun serving")))
+        .unwrap();
+    let addr = banner["flexrun serving http://".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let url = format!("http://{addr}");
+    let envelope = std::fs::read_to_string("examples/approval.json").unwrap();
+    let (status, created) = http(&addr, "POST", "/v1/runs", &envelope);
+    assert_eq!(status, 201, "{created}");
+    let run = created["runId"].as_str().unwrap().to_owned();
+
+    let mut watch = Killed(
+        flexrun()
+            .args(["watch", &run, "--server", &url])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(watch.0.stdout.take().unwrap()).lines();
+    let header = out.next().unwrap().unwrap();
+    assert!(header.contains("investor newsletter"), "{header}");
+    let asked = out
+        .find_map(|l| l.ok().filter(|l| l.contains("hitl_request")))
+        .expect("the watch shows the approval request");
+    assert!(asked.contains(" paused "), "{asked}");
+
+    let listed = flexrun().args(["runs", "--server", &url]).output().unwrap();
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&run) && l.contains("active") && l.contains("paused")),
+        "{table}"
+    );
+
+    let (_, hitl) = http(&addr, "GET", &format!("/v1/runs/{run}/hitl"), "");
+    let request = hitl["requests"][0]["requestId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answered = flexrun()
+        .args(["answer", &run, &request, "approve", "--server", &url])
+        .output()
+        .unwrap();
+    assert!(answered.status.success(), "{}", stderr(&answered));
+    assert!(String::from_utf8_lossy(&answered.stdout).contains("answered approve"));
+
+    let rest: Vec<String> = out.map(Result::unwrap).collect();
+    let last = rest.last().unwrap();
+    assert!(
+        last.contains(" complete ") && last.contains(" done "),
+        "{last}"
+    );
+    let (done, total) = last
+        .split_once('[')
+        .and_then(|(_, r)| r.split_once(" nodes]"))
+        .and_then(|(p, _)| p.split_once('/'))
+        .unwrap();
+    assert_eq!(done, total, "{last}");
+    assert_eq!(
+        watch.0.wait().unwrap().code(),
+        Some(0),
+        "a completed run exits 0"
+    );
+
+    let again = flexrun()
+        .args(["answer", &run, &request, "approve", "--server", &url])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let missing = flexrun()
+        .args([
+            "watch",
+            "0190e4b2-0000-7000-8000-000000000000",
+            "--server",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
+    drop(server);
+}
