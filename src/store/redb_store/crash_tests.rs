@@ -95,7 +95,8 @@ fn assert_holds(store: &RedbStore, batches: &[CommitBatch], count: usize) {
     );
 }
 
-/// In the child: commits the batches of `FLEXRUN_CRASH_CHILD` = `path;point;skip;steps;every`
+/// In the child: commits the batches of `FLEXRUN_CRASH_CHILD` =
+/// `path;point;skip;steps;every;durability`
 /// one by one with `point` armed to abort, then aborts itself.
 #[test]
 #[ignore = "the child process of the crash tests; does nothing on its own"]
@@ -115,7 +116,11 @@ fn crash_child() {
     if let Some(point) = point {
         faults.arm(point, FaultAction::Abort, parts[2].parse().unwrap());
     }
-    let store = RedbStore::open_with(Path::new(parts[0]), Durability::Fsync, faults).unwrap();
+    let durability = match parts[5] {
+        "d1" => Durability::Os,
+        _ => Durability::Fsync,
+    };
+    let store = RedbStore::open_with(Path::new(parts[0]), durability, faults).unwrap();
     store.set_checkpoint_limits(parts[4].parse().unwrap(), u64::MAX);
     for batch in script(parts[3].parse().unwrap()) {
         store.commit(&[batch]).unwrap();
@@ -127,8 +132,22 @@ fn crash_child() {
 /// Runs the child against a fresh store in `dir`; returns the store path and the number of
 /// acknowledged commits.
 fn crash(dir: &Path, point: &str, skip: u64, steps: usize, every: u64) -> (PathBuf, usize) {
+    crash_at(dir, "d2", point, skip, steps, every)
+}
+
+fn crash_at(
+    dir: &Path,
+    durability: &str,
+    point: &str,
+    skip: u64,
+    steps: usize,
+    every: u64,
+) -> (PathBuf, usize) {
     let path = dir.join("crash.redb");
-    let output = Command::new(std::env::current_exe().unwrap())
+    // Through a shell that turns core dumps off: the child's abort is the point.
+    let output = Command::new("sh")
+        .args(["-c", "ulimit -c 0; exec \"$0\" \"$@\""])
+        .arg(std::env::current_exe().unwrap())
         .args([
             "store::redb_store::crash_tests::crash_child",
             "--exact",
@@ -138,7 +157,10 @@ fn crash(dir: &Path, point: &str, skip: u64, steps: usize, every: u64) -> (PathB
         ])
         .env(
             "FLEXRUN_CRASH_CHILD",
-            format!("{};{point};{skip};{steps};{every}", path.display()),
+            format!(
+                "{};{point};{skip};{steps};{every};{durability}",
+                path.display()
+            ),
         )
         .output()
         .unwrap();
@@ -271,6 +293,15 @@ fn a_crash_with_no_fault_replays_every_acknowledged_commit() {
     let (path, acks) = crash(dir.path(), "none", 0, 20, 1024);
     assert_eq!(acks, 22);
     recover_and_check(&path, &script(21), acks);
+}
+
+#[test]
+fn at_d1_a_killed_process_loses_no_acknowledged_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Commits 5 and 10 are checkpoints (every 4 logged commits); the 9th logged one is 11.
+    let (path, acks) = crash_at(dir.path(), "d1", "LogAppended", 8, 12, 4);
+    assert_eq!(acks, 10);
+    recover_and_check(&path, &script(12), acks + 1);
 }
 
 #[test]
