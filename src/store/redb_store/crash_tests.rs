@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::fault::FaultAction;
-use super::log::{self, HEADER_LEN};
+use super::log;
 use super::tests::temp_store;
 use super::*;
 use crate::store::tables::{CHECKPOINT_SEQ_KEY, LOG_STATE, STORE_ID_KEY};
@@ -375,26 +375,25 @@ fn every_k_commits_and_every_write_that_is_not_logged_take_a_checkpoint() {
     let log_path = log::log_path(&path);
     store.set_checkpoint_limits(3, u64::MAX);
     let batches = script(8);
+    let entries = |store: &RedbStore| {
+        let log = log::read(&log_path, store_id(store)).unwrap().unwrap();
+        (log.base, log.entries.len())
+    };
     commit_all_one_by_one(&store, &batches[..3]);
     assert_eq!(checkpoint_seq(&store), 0);
-    assert!(log::raw(&log_path).len() > HEADER_LEN);
+    assert_eq!(entries(&store), (0, 3));
     store.commit(&[batches[3].clone()]).unwrap();
     assert_eq!(
         checkpoint_seq(&store),
         3,
         "the 4th commit is the checkpoint"
     );
-    assert_eq!(
-        log::raw(&log_path).len(),
-        HEADER_LEN,
-        "and the log is emptied"
-    );
+    assert_eq!(entries(&store), (3, 0), "and the log is emptied");
 
     commit_all_one_by_one(&store, &batches[4..6]);
     store.put_facet(&facet()).unwrap();
     assert_eq!(checkpoint_seq(&store), 5);
-    let log = log::read(&log_path, store_id(&store)).unwrap().unwrap();
-    assert_eq!((log.base, log.entries.len()), (5, 0));
+    assert_eq!(entries(&store), (5, 0));
 
     store.set_checkpoint_limits(u64::MAX, 1);
     commit_all_one_by_one(&store, &batches[6..8]);
@@ -404,11 +403,15 @@ fn every_k_commits_and_every_write_that_is_not_logged_take_a_checkpoint() {
         "the byte limit: one entry is enough"
     );
     commit_all_one_by_one(&store, &script(9)[8..9]);
+    assert_eq!(entries(&store), (6, 1));
+    let id = store_id(&store);
     drop(store);
     let db = Database::open(&path).unwrap();
     assert_eq!(log_state(&db).unwrap().1, 7, "closing takes a checkpoint");
     drop(db);
-    assert_eq!(log::raw(&log_path).len(), HEADER_LEN);
+    let log = log::read(&log_path, id).unwrap().unwrap();
+    assert_eq!((log.base, log.entries.len()), (7, 0));
+    assert_eq!(log::raw(&log_path).len() as u64, log::PREALLOCATE);
 }
 
 #[test]
