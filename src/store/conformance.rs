@@ -765,6 +765,19 @@ macro_rules! for_each_backend {
             })*
         }
 
+        mod redb_file_fsync {
+            $(#[test]
+            fn $name() {
+                let dir = tempfile::tempdir().unwrap();
+                let store = crate::store::RedbStore::open(
+                    dir.path().join("store.redb"),
+                    crate::store::Durability::Fsync,
+                )
+                .unwrap();
+                super::$name(&store);
+            })*
+        }
+
         mod memory {
             $(#[test]
             fn $name() {

@@ -8,9 +8,11 @@
 //!
 //! Version history: 1 stored JSON values and the objective in every head; 2 stores compact
 //! binary values (fixed binary heads without the objective, events without derivable fields,
-//! packed JSON for free-form values); 3 adds the `queued` and `requests` tables. A version-1
-//! file is refused with `UpgradeRequired`; a version-2 file is upgraded in place on open (the
-//! two tables are created empty), after which builds that only know version 2 refuse it.
+//! packed JSON for free-form values); 3 adds the `queued` and `requests` tables; 4 adds the
+//! `log_state` table of the commit log (the store id and the checkpointed log seq, see
+//! `redb_store/log.rs`). A version-1 file is refused with `UpgradeRequired`; a version-2 or -3
+//! file is upgraded in place on open (the missing tables are created empty and a store id is
+//! made), after which builds that only know the older version refuse it.
 //!
 //! Changing a key layout, a value shape incompatibly or the set of tables requires bumping
 //! [`SCHEMA_VERSION`] and freezing a new fixture under `tests/fixtures/`.
@@ -22,7 +24,7 @@ use redb::TableHandle;
 use crate::ids::RunId;
 
 /// The on-disk format version this build reads and writes.
-pub(crate) const SCHEMA_VERSION: u32 = 3;
+pub(crate) const SCHEMA_VERSION: u32 = 4;
 
 /// The oldest format version this build upgrades in place.
 pub(crate) const UPGRADABLE_FROM: u32 = 2;
@@ -79,8 +81,20 @@ pub(crate) const QUEUED: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new
 /// the key has expired; deleted by expiry.
 pub(crate) const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 
+/// `log_state`: name (UTF-8) → bytes. `store_id`: 16 random bytes made once, when the store
+/// is created or upgraded to version 4; the commit log's header carries the same id.
+/// `checkpoint_seq`: `u64` BE, the last commit-log seq whose writes this file holds durably
+/// (absent: 0). Written by every checkpoint, in the same durable transaction.
+pub(crate) const LOG_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("log_state");
+
+/// The `log_state` key of the store id.
+pub(crate) const STORE_ID_KEY: &str = "store_id";
+
+/// The `log_state` key of the checkpointed log seq.
+pub(crate) const CHECKPOINT_SEQ_KEY: &str = "checkpoint_seq";
+
 /// Names of every table, for the "is this a flexrun store" check on open.
-pub(crate) const ALL_TABLES: [&str; 11] = [
+pub(crate) const ALL_TABLES: [&str; 12] = [
     "meta",
     "runs",
     "envelopes",
@@ -92,6 +106,7 @@ pub(crate) const ALL_TABLES: [&str; 11] = [
     "capabilities",
     "queued",
     "requests",
+    "log_state",
 ];
 
 /// A table whose rows belong to runs: every key starts with the run id's 16 bytes, so all the
@@ -140,7 +155,9 @@ pub(crate) const PER_RUN_TABLES: [PerRunTable; 7] = [
 #[cfg(test)]
 /// `requests` is keyed by idempotency key: the records of a deleted run stay until they
 /// expire, and a lookup ignores a record whose run is gone.
-pub(crate) const GLOBAL_TABLES: [&str; 4] = ["meta", "facets", "capabilities", "requests"];
+/// `log_state` belongs to the store as a whole.
+pub(crate) const GLOBAL_TABLES: [&str; 5] =
+    ["meta", "facets", "capabilities", "requests", "log_state"];
 
 /// The first and last possible `N`-byte keys of `run` in a table keyed by run id ‖ fixed-width
 /// parts: the run id followed by all zero bytes, and by all `0xff` bytes.
