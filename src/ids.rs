@@ -58,6 +58,20 @@ impl RunId {
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         Self(Uuid::from_bytes(bytes))
     }
+
+    /// The creation time a UUIDv7 id carries (its first 48 bits, Unix milliseconds).
+    pub fn created_millis(&self) -> u64 {
+        self.as_bytes()[..6]
+            .iter()
+            .fold(0, |ms, byte| (ms << 8) | u64::from(*byte))
+    }
+
+    /// The smallest id whose creation time is `millis` or later: a key bound for time ranges.
+    pub fn first_at(millis: u64) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        Self::from_bytes(bytes)
+    }
 }
 
 impl Default for RunId {

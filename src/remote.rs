@@ -229,18 +229,27 @@ pub(crate) struct RunsArgs {
     /// Only runs with this status (active, completed, failed, cancelled).
     #[arg(long)]
     status: Option<String>,
+    /// Runs per page.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Start after this run (the cursor the previous page printed).
+    #[arg(long)]
+    cursor: Option<String>,
     /// Print the server's JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
-/// Lists the server's runs, newest last.
+/// Lists one page of the server's runs, newest first.
 pub(crate) async fn runs(args: RunsArgs) -> anyhow::Result<()> {
     let remote = Remote::new(&args.server)?;
-    let path = match &args.status {
-        Some(status) => format!("/v1/runs?status={status}"),
-        None => "/v1/runs".to_owned(),
-    };
+    let mut path = format!("/v1/runs?limit={}", args.limit);
+    if let Some(status) = &args.status {
+        path.push_str(&format!("&status={status}"));
+    }
+    if let Some(cursor) = &args.cursor {
+        path.push_str(&format!("&cursor={cursor}"));
+    }
     let list = remote.get(&path).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
@@ -261,6 +270,9 @@ pub(crate) async fn runs(args: RunsArgs) -> anyhow::Result<()> {
             r["updatedAt"].as_str().unwrap_or_default(),
             r["objective"].as_str().unwrap_or_default(),
         );
+    }
+    if let Some(cursor) = list["nextCursor"].as_str() {
+        println!("more: --cursor {cursor}");
     }
     Ok(())
 }

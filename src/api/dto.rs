@@ -538,9 +538,13 @@ pub struct RunSummary {
 
 /// `GET /v1/runs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct RunList {
-    /// Runs in creation order.
+    /// Runs, newest first.
     pub runs: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /v1/runs/{id}`: the run, its current plan's nodes with their status, and its output.
@@ -588,6 +592,14 @@ pub struct NodeView {
     pub status: NodeStatusDto,
     /// Attempts made so far.
     pub attempts: u32,
+    /// When the first attempt was dispatched (RFC 3339); absent while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<Timestamp>,
+    /// When the latest attempt ended (RFC 3339); absent while pending or running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub ended_at: Option<Timestamp>,
     /// The facet values produced, when completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -1239,6 +1251,8 @@ impl NodeView {
             stage: node.stage.clone(),
             status,
             attempts: last.map_or(0, |r| r.attempt),
+            started_at: mine.first().map(|r| r.started_at),
+            ended_at: last.and_then(|r| r.finished_at),
             output: last.and_then(|r| r.output.clone()),
             error: last.and_then(|r| r.error.clone()),
         }

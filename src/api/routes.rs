@@ -31,8 +31,9 @@ use crate::catalog::{Capability, CapabilityStatus, Facet};
 use crate::engine::{IdempotencyKey, Steer, Submission};
 use crate::fsm::EventBody;
 use crate::graph::{PlanGraph, PlanSnapshot};
+use crate::ids::Timestamp;
 use crate::ids::{IdKind, RunId, check_id};
-use crate::store::{Store, StoreError};
+use crate::store::{RunQuery, Store, StoreError};
 
 /// The API's router over `state`: every route of DESIGN §5, the one error shape for every
 /// failure (unknown routes and methods included), the body limit, optional bearer auth on
@@ -322,27 +323,112 @@ async fn steer(
     Ok(response)
 }
 
+/// Runs per page unless `limit` says otherwise.
+const DEFAULT_PAGE: usize = 100;
+/// The largest `limit`.
+const MAX_PAGE: usize = 1000;
+
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct ListQuery {
     /// Only runs with this status.
     status: Option<RunStatusDto>,
+    /// Most runs in the page (1 to 1000, default 100).
+    #[param(value_type = Option<u32>)]
+    limit: Option<String>,
+    /// Where the page starts: the `nextCursor` of the previous page.
+    cursor: Option<String>,
+    /// Only runs whose `metadata.correlationId` is this.
+    correlation_id: Option<String>,
+    /// Only runs created at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    created_after: Option<Timestamp>,
+    /// Only runs created before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    created_before: Option<Timestamp>,
+    /// `metadata.<key>=<value>`: only runs whose envelope metadata has the key with this value
+    /// (a string, or the JSON text of a number or boolean); repeat for several keys.
+    #[serde(flatten)]
+    #[param(ignore)]
+    metadata: std::collections::BTreeMap<String, String>,
 }
 
-/// Lists runs in creation order.
+impl ListQuery {
+    fn into_query(self) -> Result<RunQuery, ApiError> {
+        // A number, read here: the flattened metadata map makes serde see every value as text.
+        let limit = match self.limit.as_deref() {
+            None => DEFAULT_PAGE,
+            Some(text) => text.parse::<usize>().unwrap_or(0),
+        };
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_QUERY",
+                format!(
+                    "limit: must be a whole number within 1..={MAX_PAGE}, found {:?}",
+                    self.limit.unwrap_or_default()
+                ),
+            )
+            .with_details(serde_json::json!({"field": "limit"})));
+        }
+        let before = match self.cursor.as_deref() {
+            None | Some("") => None,
+            Some(cursor) => Some(cursor.parse::<RunId>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_QUERY",
+                    format!("cursor: {cursor:?} is not a cursor of this API (use `nextCursor`)"),
+                )
+                .with_details(serde_json::json!({"field": "cursor"}))
+            })?),
+        };
+        let mut metadata = Vec::new();
+        if let Some(id) = self.correlation_id {
+            metadata.push(("correlationId".to_owned(), serde_json::Value::String(id)));
+        }
+        for (param, value) in self.metadata {
+            let Some(key) = param.strip_prefix("metadata.").filter(|k| !k.is_empty()) else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_QUERY",
+                    format!("{param}: unknown query parameter; expected status, limit, cursor, correlationId, createdAfter, createdBefore or metadata.<key>"),
+                )
+                .with_details(serde_json::json!({"field": param})));
+            };
+            metadata.push((key.to_owned(), serde_json::Value::String(value)));
+        }
+        Ok(RunQuery {
+            before,
+            status: self.status.map(Into::into),
+            created_after: self.created_after,
+            created_before: self.created_before,
+            metadata,
+            limit,
+        })
+    }
+}
+
+/// Lists runs, newest first, a page at a time (`nextCursor` leads to the next page).
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
     responses((status = 200, body = RunList), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list_runs(
     State(st): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<RunList>, ApiError> {
-    let status = q.status.map(Into::into);
-    let runs = read(&st, move |s| s.list_runs(status)).await?;
+    let query = q.into_query()?;
+    let page = read(&st, move |s| s.runs_page(&query)).await?;
+    let next_cursor = page
+        .more
+        .then(|| page.runs.last().map(|(run, _)| run.to_string()))
+        .flatten();
     Ok(Json(RunList {
-        runs: runs
+        runs: page
+            .runs
             .iter()
             .map(|(id, head)| RunSummary::new(*id, head))
             .collect(),
+        next_cursor,
     }))
 }
 

@@ -28,7 +28,9 @@ pub(crate) enum Msg {
         node_id: String,
         attempt: u32,
         result: Result<Map<String, Value>, ExecError>,
-        duration_ms: u64,
+        /// Wall time of the attempt in microseconds (events carry milliseconds; `/metrics`
+        /// sums these, so sub-millisecond work is not read as 0).
+        duration_us: u64,
     },
     Planned {
         call: u64,
@@ -218,18 +220,16 @@ impl RunActor {
                     node_id,
                     attempt,
                     result,
-                    duration_ms,
+                    duration_us,
                 } => {
                     if self.driver.awaits(&node_id, attempt) {
                         let metrics = &self.inner.metrics;
                         let relaxed = std::sync::atomic::Ordering::Relaxed;
                         metrics.node_attempts.fetch_add(1, relaxed);
-                        metrics
-                            .node_micros
-                            .fetch_add(duration_ms.saturating_mul(1000), relaxed);
+                        metrics.node_micros.fetch_add(duration_us, relaxed);
                     }
                     self.driver
-                        .on_node_done(node_id, attempt, result, duration_ms);
+                        .on_node_done(node_id, attempt, result, duration_us / 1000);
                     None
                 }
                 Msg::Planned {
@@ -311,7 +311,7 @@ impl RunActor {
                 node_id,
                 attempt,
                 result,
-                duration_ms,
+                duration_us: duration_ms.saturating_mul(1000),
             },
         }));
         let Some(commit) = commit else {
@@ -395,7 +395,7 @@ impl RunActor {
                     node_id,
                     attempt,
                     result: Err(e),
-                    duration_ms: 0,
+                    duration_us: 0,
                 });
                 return;
             }
@@ -407,7 +407,7 @@ impl RunActor {
                 node_id,
                 attempt,
                 result,
-                duration_ms: started.elapsed().as_millis() as u64,
+                duration_us: started.elapsed().as_micros() as u64,
             });
             return;
         }
@@ -418,7 +418,7 @@ impl RunActor {
                 node_id,
                 attempt,
                 result,
-                duration_ms: started.elapsed().as_millis() as u64,
+                duration_us: started.elapsed().as_micros() as u64,
             });
         });
     }

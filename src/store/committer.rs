@@ -327,6 +327,12 @@ mod tests {
         ) -> Result<Vec<(RunId, RunHead)>, StoreError> {
             self.inner.list_runs(status)
         }
+        fn runs_page(
+            &self,
+            query: &crate::store::RunQuery,
+        ) -> Result<crate::store::RunPage, StoreError> {
+            self.inner.runs_page(query)
+        }
         fn envelope(&self, run: RunId) -> Result<Option<Value>, StoreError> {
             self.inner.envelope(run)
         }

@@ -674,6 +674,74 @@ pub(crate) fn an_active_run_is_never_deleted(store: &dyn Store) {
     assert_eq!(store.hitl_records(paused.run).unwrap().len(), 1);
 }
 
+pub(crate) fn runs_are_paged_newest_first_and_filtered(store: &dyn Store) {
+    use crate::store::RunQuery;
+    // Seven runs two minutes apart (more than the id/head slack), created at their ids' time.
+    let base = 1_800_000_000_000u64;
+    let at = |i: u64| base + i * 120_000;
+    let mut runs = Vec::new();
+    for i in 0..7u64 {
+        let mut run = RunScript::new(RunId::first_at(at(i)));
+        run.created = Timestamp(at(i));
+        run.metadata = Some(serde_json::json!({"correlationId": format!("c{}", i % 3)}));
+        let mut batches = vec![run.create()];
+        if i % 2 == 0 {
+            batches.push(run.complete(RunOutcome::Completed));
+        }
+        commit_all(store, batches);
+        runs.push(run);
+    }
+    let ids = |page: &crate::store::RunPage| -> Vec<RunId> {
+        page.runs.iter().map(|(run, _)| *run).collect()
+    };
+    let of = |idx: &[usize]| -> Vec<RunId> { idx.iter().map(|&i| runs[i].run).collect() };
+    let query = |q: RunQuery| store.runs_page(&q).unwrap();
+
+    let first = query(RunQuery {
+        limit: 3,
+        ..RunQuery::default()
+    });
+    assert_eq!((ids(&first), first.more), (of(&[6, 5, 4]), true));
+    assert_eq!(first.runs[0].1, runs[6].head(), "pages carry whole heads");
+    let second = query(RunQuery {
+        limit: 3,
+        before: Some(runs[4].run),
+        ..RunQuery::default()
+    });
+    assert_eq!((ids(&second), second.more), (of(&[3, 2, 1]), true));
+    let last = query(RunQuery {
+        limit: 3,
+        before: Some(runs[1].run),
+        ..RunQuery::default()
+    });
+    assert_eq!((ids(&last), last.more), (of(&[0]), false));
+
+    let completed = query(RunQuery {
+        status: Some(RunStatus::Completed),
+        limit: 10,
+        ..RunQuery::default()
+    });
+    assert_eq!(
+        (ids(&completed), completed.more),
+        (of(&[6, 4, 2, 0]), false)
+    );
+    let tagged = query(RunQuery {
+        metadata: vec![("correlationId".to_owned(), serde_json::json!("c1"))],
+        limit: 10,
+        ..RunQuery::default()
+    });
+    assert_eq!(ids(&tagged), of(&[4, 1]));
+    let window = query(RunQuery {
+        created_after: Some(Timestamp(at(2))),
+        created_before: Some(Timestamp(at(5))),
+        limit: 10,
+        ..RunQuery::default()
+    });
+    assert_eq!((ids(&window), window.more), (of(&[4, 3, 2]), false));
+    let one = query(RunQuery::default());
+    assert_eq!((ids(&one), one.more), (of(&[6]), true), "a limit of 0 is 1");
+}
+
 pub(crate) fn delete_terminal_before_takes_bounded_batches_of_old_ended_runs(store: &dyn Store) {
     let mut old_active = RunScript::new(RunId::new());
     commit_all(store, vec![old_active.create()]);
@@ -808,4 +876,5 @@ for_each_backend!(
     deleting_a_run_leaves_the_runs_next_to_it_in_key_order_intact,
     an_active_run_is_never_deleted,
     delete_terminal_before_takes_bounded_batches_of_old_ended_runs,
+    runs_are_paged_newest_first_and_filtered,
 );

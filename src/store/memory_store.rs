@@ -17,6 +17,7 @@ use super::codec::{
 };
 use super::error::StoreError;
 use super::prepare::{Lookup, Prepared, prepare};
+use super::query::{RunPage, RunQuery, Step};
 use super::types::{
     CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, QueuedFiring, RequestRecord,
     RunHead, RunStatus, StoreStats,
@@ -468,6 +469,33 @@ impl Store for MemoryStore {
             out.push((run, decode_head(&data.head, run, data.objective(run)?)?));
         }
         Ok(out)
+    }
+
+    fn runs_page(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        let state = self.read();
+        let rows = match query.upper() {
+            Some(upper) => state.runs.range(..upper),
+            None => state.runs.range(..),
+        };
+        let mut page = RunPage::default();
+        for (&run, data) in rows.rev() {
+            if query.past(run) {
+                break;
+            }
+            if !query.wants_status(head_facts(&data.head, run)?.status) {
+                continue;
+            }
+            let head = decode_head(&data.head, run, data.objective(run)?)?;
+            match query.decide(&head, || decode_envelope(&data.envelope, run).map(Some))? {
+                Step::Keep if page.runs.len() == query.size() => {
+                    page.more = true;
+                    break;
+                }
+                Step::Keep => page.runs.push((run, head)),
+                Step::Skip => {}
+            }
+        }
+        Ok(page)
     }
 
     fn envelope(&self, run: RunId) -> Result<Option<Value>, StoreError> {

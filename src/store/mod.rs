@@ -34,6 +34,7 @@ mod memory_store;
 mod pack;
 mod pack_ser;
 mod prepare;
+mod query;
 mod redb_store;
 mod tables;
 #[cfg(test)]
@@ -43,6 +44,7 @@ mod types;
 pub use committer::Committer;
 pub use error::StoreError;
 pub use memory_store::MemoryStore;
+pub use query::{RunPage, RunQuery};
 pub use redb_store::{Durability, RedbStore};
 pub use types::{
     CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, QueuedFiring, RequestRecord,
@@ -105,6 +107,14 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
     fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<(RunId, RunHead)>, StoreError>;
+
+    /// One page of runs, newest first: those [`RunQuery`] keeps, at most `query.limit`, and
+    /// whether more may follow (the last run returned is then the next page's
+    /// `query.before`). Reads only the runs it steps over, not the whole table.
+    ///
+    /// # Errors
+    /// Storage errors; [`StoreError::Corrupt`] for undecodable data.
+    fn runs_page(&self, query: &RunQuery) -> Result<RunPage, StoreError>;
 
     /// The envelope the run was created from.
     ///

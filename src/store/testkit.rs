@@ -23,6 +23,10 @@ pub(crate) struct RunScript {
     pub(crate) plan_version: u32,
     pub(crate) status: RunStatus,
     pub(crate) state: RunState,
+    /// The head's creation time.
+    pub(crate) created: Timestamp,
+    /// The envelope's `metadata`, when set.
+    pub(crate) metadata: Option<Value>,
 }
 
 impl RunScript {
@@ -33,6 +37,8 @@ impl RunScript {
             plan_version: 0,
             status: RunStatus::Active,
             state: RunState::Requesting,
+            created: Timestamp(T0),
+            metadata: None,
         }
     }
 
@@ -42,14 +48,18 @@ impl RunScript {
             state: self.state,
             plan_version: self.plan_version,
             last_seq: self.seq,
-            created_at: Timestamp(T0),
+            created_at: self.created,
             updated_at: Timestamp(T0 + self.seq),
             objective: format!("objective of {}", self.run),
         }
     }
 
     pub(crate) fn envelope(&self) -> Value {
-        json!({"objective": format!("objective of {}", self.run), "inputs": {"brief": "bread"}})
+        let mut envelope = json!({"objective": format!("objective of {}", self.run), "inputs": {"brief": "bread"}});
+        if let Some(metadata) = &self.metadata {
+            envelope["metadata"] = metadata.clone();
+        }
+        envelope
     }
 
     pub(crate) fn event(&mut self, node_id: Option<&str>, body: EventBody) -> RunEvent {

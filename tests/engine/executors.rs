@@ -469,6 +469,12 @@ impl Store for PanickyStore {
     fn list_runs(&self, status: Option<RunStatus>) -> Result<Vec<(RunId, RunHead)>, StoreError> {
         self.inner.list_runs(status)
     }
+    fn runs_page(
+        &self,
+        query: &flexrun::store::RunQuery,
+    ) -> Result<flexrun::store::RunPage, StoreError> {
+        self.inner.runs_page(query)
+    }
     fn envelope(&self, run: RunId) -> Result<Option<Value>, StoreError> {
         self.inner.envelope(run)
     }

@@ -95,6 +95,16 @@ async fn metrics_count_runs_transitions_and_planner_calls() {
             "missing `{line}` in\n{text}"
         );
     }
+    let node_seconds: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("flexrun_node_duration_seconds_sum "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        node_seconds > 0.0 && node_seconds < 1.0,
+        "sub-millisecond node work is summed in microseconds: {node_seconds}"
+    );
 }
 
 fn openapi_paths(doc: &Value) -> Vec<(String, String)> {

@@ -19,6 +19,7 @@ mod hitl;
 mod idempotency;
 mod ids;
 mod kill;
+mod listing;
 mod restart;
 mod retention;
 mod scenarios;

@@ -41,6 +41,7 @@ use super::codec::{
 use super::db::{Db, Guarded};
 use super::error::StoreError;
 use super::prepare::prepare;
+use super::query::{RunPage, RunQuery, Step};
 use super::tables::{
     CAPABILITIES, ENVELOPES, EVENTS, FACETS, HITL, NODES, PLANS, QUEUED, REQUESTS, RUNS, event_key,
     event_key_seq, plan_key, plan_key_version, run_key, split_hitl_key, split_node_key,
@@ -482,6 +483,55 @@ impl Store for RedbStore {
             ));
         }
         Ok(out)
+    }
+
+    fn runs_page(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut page = RunPage::default();
+        let Some(runs) = open_read(&txn, RUNS)? else {
+            return Ok(page);
+        };
+        let envelopes = open_read(&txn, ENVELOPES)?;
+        let envelope_of = |run: RunId| -> Result<Option<Value>, StoreError> {
+            match &envelopes {
+                Some(envelopes) => envelopes
+                    .get(run_key(run))?
+                    .map(|envelope| decode_envelope(envelope.value(), run))
+                    .transpose(),
+                None => Ok(None),
+            }
+        };
+        let rows = match query.upper() {
+            Some(upper) => runs.range(..run_key(upper))?,
+            None => runs.range::<[u8; 16]>(..)?,
+        };
+        for entry in rows.rev() {
+            let (key, value) = entry?;
+            let run = RunId::from_bytes(key.value());
+            if query.past(run) {
+                break;
+            }
+            if !query.wants_status(head_facts(value.value(), run)?.status) {
+                continue;
+            }
+            let objective = match &envelopes {
+                Some(envelopes) => envelopes
+                    .get(run_key(run))?
+                    .map(|envelope| envelope_objective(envelope.value(), run))
+                    .transpose()?,
+                None => None,
+            };
+            let head = decode_head(value.value(), run, objective.unwrap_or_default())?;
+            match query.decide(&head, || envelope_of(run))? {
+                Step::Keep if page.runs.len() == query.size() => {
+                    page.more = true;
+                    break;
+                }
+                Step::Keep => page.runs.push((run, head)),
+                Step::Skip => {}
+            }
+        }
+        Ok(page)
     }
 
     fn envelope(&self, run: RunId) -> Result<Option<Value>, StoreError> {
