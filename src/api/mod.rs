@@ -21,6 +21,7 @@ mod openapi;
 mod routes;
 mod sse;
 mod state;
+mod stream_token;
 
 pub use dto::policies;
 pub use dto::{

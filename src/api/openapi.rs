@@ -19,6 +19,7 @@ use super::routes;
         routes::get_run,
         routes::delete_run,
         routes::run_events,
+        routes::stream_token,
         routes::current_plan,
         routes::plan_versions,
         routes::plan_version,

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/cancel", post(cancel))
         .route("/v1/runs/{id}/pause", post(pause))
         .route("/v1/runs/{id}/resume", post(resume))
+        .route("/v1/runs/{id}/events/token", post(stream_token))
         .route("/v1/facets", get(list_facets).post(register_facet))
         .route(
             "/v1/capabilities",
@@ -67,13 +68,18 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), deadline));
-    let protected = timed
+    let protected = timed.layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let stream = Router::new()
         .route("/v1/runs/{id}/events", get(run_events))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_token_or_stream_token,
+        ));
     let cors = cors(&state.config.cors_origins);
     let router = Router::new()
         .route("/healthz", get(healthz))
         .merge(protected)
+        .merge(stream)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit))
@@ -160,6 +166,33 @@ async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> 
         }
     }
     next.run(req).await
+}
+
+/// An event stream also opens with a stream token of its run (`?token=`, minted by
+/// `POST /v1/runs/{id}/events/token`): what a browser's `EventSource` can send.
+async fn require_token_or_stream_token(
+    State(st): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(tokens) = st.stream_tokens.as_deref() {
+        let run = req
+            .uri()
+            .path()
+            .strip_prefix("/v1/runs/")
+            .and_then(|rest| rest.strip_suffix("/events"))
+            .and_then(|id| id.parse::<RunId>().ok());
+        let token = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")));
+        if let (Some(run), Some(token)) = (run, token)
+            && tokens.check(run, token, super::stream_token::unix_now())
+        {
+            return next.run(req).await;
+        }
+    }
+    require_token(State(st), req, next).await
 }
 
 /// Compares in time independent of where the inputs differ.
@@ -496,6 +529,64 @@ pub(crate) async fn delete_run(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /v1/runs/{id}/events/token`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct StreamTokenRequest {
+    /// Lifetime in seconds (1 to 3600, default 300).
+    ttl_seconds: Option<u64>,
+}
+
+/// A credential for one run's event stream.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StreamToken {
+    /// Pass as `?token=` to the run's event stream.
+    token: String,
+    /// When it stops opening the stream (RFC 3339); a stream already open is not cut.
+    #[schema(value_type = String, format = DateTime)]
+    expires_at: Timestamp,
+    /// The stream's URL with the token.
+    events_url: String,
+}
+
+/// Mints a short-lived token that opens this run's event stream without an
+/// `Authorization` header (for `EventSource` in browsers). Needs the bearer token itself.
+#[utoipa::path(post, path = "/v1/runs/{id}/events/token", tag = "runs",
+    request_body(content = Option<StreamTokenRequest>),
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = StreamToken), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn stream_token(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<StreamTokenRequest>,
+) -> Result<Json<StreamToken>, ApiError> {
+    use super::stream_token::{DEFAULT_TTL_SECS, MAX_TTL_SECS, StreamTokens, unix_now};
+    let run = parse_run(&id)?;
+    let ttl = body.ttl_seconds.unwrap_or(DEFAULT_TTL_SECS);
+    if !(1..=MAX_TTL_SECS).contains(&ttl) {
+        return Err(ApiError::invalid_field(
+            "ttlSeconds",
+            format!("ttlSeconds: must be within 1..={MAX_TTL_SECS}, found {ttl}"),
+        ));
+    }
+    if read(&st, move |s| s.run_head(run)).await?.is_none() {
+        return Err(run_not_found(run));
+    }
+    let expires = unix_now() + ttl;
+    // Without auth the stream needs no token; one is minted anyway, so clients need not care.
+    let token = match st.stream_tokens.as_deref() {
+        Some(tokens) => tokens.mint(run, expires),
+        None => StreamTokens::new("").mint(run, expires),
+    };
+    Ok(Json(StreamToken {
+        events_url: format!("/v1/runs/{run}/events?token={token}"),
+        token,
+        expires_at: Timestamp(expires * 1000),
+    }))
+}
+
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct EventsQuery {
@@ -507,6 +598,7 @@ pub(crate) struct EventsQuery {
 /// live; `: heartbeat` comments; the stream ends after `complete`.
 #[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs",
     params(("id" = String, Path, description = "Run id"), EventsQuery,
+           ("token" = Option<String>, Query, description = "A stream token of this run (`POST /v1/runs/{id}/events/token`), instead of `Authorization`"),
            ("last-event-id" = Option<u64>, Header, description = "Resume after this seq")),
     responses(
         (status = 200, description = "`retry: <ms>` first, then `event: <type>`, `id: <seq>`, `data: <event JSON>` frames (schema `EventDoc`)",

@@ -88,16 +88,23 @@ pub struct AppState {
     pub(crate) config: Arc<ApiConfig>,
     pub(crate) shutdown: Shutdown,
     pub(crate) planner_metrics: Option<Arc<OpenAiMetrics>>,
+    /// Mints and checks event-stream tokens; present when auth is on.
+    pub(crate) stream_tokens: Option<Arc<super::stream_token::StreamTokens>>,
 }
 
 impl AppState {
     /// State over `engine` with `config` and a fresh shutdown signal.
     pub fn new(engine: Engine, config: ApiConfig) -> Self {
+        let stream_tokens = config
+            .auth_token
+            .as_deref()
+            .map(|bearer| Arc::new(super::stream_token::StreamTokens::new(bearer)));
         Self {
             engine,
             config: Arc::new(config),
             shutdown: Shutdown::new(),
             planner_metrics: None,
+            stream_tokens,
         }
     }
 

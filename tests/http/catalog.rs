@@ -126,7 +126,7 @@ async fn the_openapi_document_is_served_and_every_operation_is_documented() {
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let ops = openapi_paths(&doc);
-    assert_eq!(ops.len(), 25, "{ops:?}");
+    assert_eq!(ops.len(), 26, "{ops:?}");
     for (method, path) in &ops {
         let probe = path
             .replace("{id}", "00000000-0000-0000-0000-000000000000")

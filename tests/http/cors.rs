@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCESS_CONTROL_ALLOW_ORIGIN, ORIGIN};
 use serde_json::json;
 
-use crate::support::{Options, Server, copy_envelope, temp_store};
+use crate::support::{Options, Server, SseReader, copy_envelope, status_json, temp_store};
 use flexrun::api::{ApiConfig, check_cors_origin};
 
 const PAGE: &str = "http://127.0.0.1:5173";
@@ -137,4 +137,90 @@ fn origins_are_checked_before_the_server_starts() {
         let err = check_cors_origin(bad).unwrap_err();
         assert!(err.contains(bad.trim_end_matches('/')), "{err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_token_opens_one_runs_events_without_an_authorization_header() {
+    let (_dir, path) = temp_store();
+    let server = Server::start(path, with_cors(&[PAGE], Some("s3cret"))).await;
+    let submit = || async {
+        let (status, created) = status_json(
+            server
+                .client
+                .post(server.url("/v1/runs"))
+                .bearer_auth("s3cret")
+                .json(&copy_envelope(&["copyVariants"], json!(null)))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        created["runId"].as_str().unwrap().to_owned()
+    };
+    let (run, other) = (submit().await, submit().await);
+    let mint = |run: String, auth: bool, body: serde_json::Value| {
+        let mut req = server
+            .client
+            .post(server.url(&format!("/v1/runs/{run}/events/token")))
+            .json(&body);
+        if auth {
+            req = req.bearer_auth("s3cret");
+        }
+        async move { status_json(req.send().await.unwrap()).await }
+    };
+    let (status, _) = mint(run.clone(), false, json!({})).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "minting needs the bearer token"
+    );
+    let (status, body) = mint(run.clone(), true, json!({"ttlSeconds": 0})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["details"]["field"], "ttlSeconds");
+    let (status, minted) = mint(run.clone(), true, json!({"ttlSeconds": 60})).await;
+    assert_eq!(status, StatusCode::OK, "{minted}");
+    let token = minted["token"].as_str().unwrap();
+    assert!(minted["expiresAt"].as_str().is_some(), "{minted}");
+
+    let bare = server
+        .client
+        .get(server.url(&format!("/v1/runs/{run}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
+    let mut stream = SseReader::open(
+        server
+            .client
+            .get(server.url(minted["eventsUrl"].as_str().unwrap()))
+            .header(ORIGIN, PAGE),
+    )
+    .await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let frames = stream.rest().await;
+    assert_eq!(frames.last().unwrap().label(), "complete");
+    let elsewhere = server
+        .client
+        .get(server.url(&format!("/v1/runs/{other}/events?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        elsewhere.status(),
+        StatusCode::UNAUTHORIZED,
+        "a token opens its run only"
+    );
+    let elsewhere = server
+        .client
+        .get(server.url(&format!("/v1/runs/{run}?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        elsewhere.status(),
+        StatusCode::UNAUTHORIZED,
+        "and only its event stream"
+    );
+    server.stop().await;
 }
