@@ -257,6 +257,9 @@ fn error_response(description: &str) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    use utoipa::openapi::{ComponentsBuilder, OpenApiBuilder};
+
     use super::*;
 
     #[test]
@@ -287,8 +290,62 @@ mod tests {
             .cloned()
             .unwrap_or_default();
         assert_eq!(variants.len(), 5, "{variants:?}");
-        let custom = &variants[4];
+        assert_eq!(
+            variants[4]["$ref"], "#/components/schemas/CustomExecutor",
+            "{variants:?}"
+        );
+        let custom = &doc["components"]["schemas"]["CustomExecutor"];
         assert_eq!(custom["required"], serde_json::json!(["type"]));
         assert_eq!(custom["additionalProperties"], true);
+        assert!(
+            doc["components"]["schemas"]["ExecutorDto"]["discriminator"].is_null(),
+            "a custom type has no tag value to map"
+        );
+    }
+
+    #[test]
+    fn inline_variants_become_components_named_after_their_tag() {
+        let variant = |mode: &str, field: &str| {
+            ObjectBuilder::new()
+                .property(
+                    "mode",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some([mode])),
+                )
+                .property(field, ObjectBuilder::new().schema_type(Type::String))
+                .required("mode")
+        };
+        let mut doc = OpenApiBuilder::new()
+            .components(Some(
+                ComponentsBuilder::new()
+                    .schema(
+                        "ShapeDto",
+                        OneOfBuilder::new()
+                            .item(variant("round_thing", "radius"))
+                            .item(variant("box", "side")),
+                    )
+                    .build(),
+            ))
+            .build();
+        NamedVariants.modify(&mut doc);
+        let doc = serde_json::to_value(doc).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["ShapeDto"]["oneOf"],
+            serde_json::json!([
+                {"$ref": "#/components/schemas/RoundThingShape"},
+                {"$ref": "#/components/schemas/BoxShape"},
+            ])
+        );
+        assert_eq!(
+            schemas["ShapeDto"]["discriminator"],
+            serde_json::json!({"propertyName": "mode", "mapping": {
+                "box": "#/components/schemas/BoxShape",
+                "round_thing": "#/components/schemas/RoundThingShape",
+            }})
+        );
+        assert!(schemas["RoundThingShape"]["properties"]["radius"].is_object());
+        assert!(schemas["BoxShape"]["properties"]["side"].is_object());
     }
 }
