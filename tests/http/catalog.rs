@@ -369,7 +369,7 @@ fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `program` to its end off the async workers; panics with its output unless it
+/// Runs `command` to its end off the async workers; panics with its output unless it
 /// succeeds, and returns its stdout.
 async fn run_to_end(mut command: Command) -> String {
     let shown = format!("{command:?}");
