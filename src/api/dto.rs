@@ -391,6 +391,7 @@ impl<'de> Deserialize<'de> for ExecutorDto {
 impl utoipa::PartialSchema for ExecutorDto {
     fn schema() -> RefOr<Schema> {
         let custom = ObjectBuilder::new()
+            .title(Some("CustomExecutor"))
             .description(Some(
                 "A custom executor type (e.g. `grpc`) served by an executor the server's \
                  embedding registers; its other fields are kept as given.",

@@ -268,9 +268,8 @@ pub(crate) struct CreateQuery {
         (status = 201, description = "The run was created", body = RunCreated,
          headers(("location" = String, description = "The run's URL"))),
         (status = 200, description = "With `stream=true`: the run's events (see `GET /v1/runs/{id}/events`)",
-         content_type = "text/event-stream"),
+         body = String, content_type = "text/event-stream"),
         (status = 400, description = "Malformed JSON or wrong types", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
         (status = 409, description = "A request with the same `Idempotency-Key` is being applied", body = ErrorBody),
         (status = 422, description = "Invalid envelope (`details.field` names the field), or an `Idempotency-Key` used before for another request", body = ErrorBody),
     ))]
@@ -602,7 +601,7 @@ pub(crate) struct EventsQuery {
            ("last-event-id" = Option<u64>, Header, description = "Resume after this seq")),
     responses(
         (status = 200, description = "`retry: <ms>` first, then `event: <type>`, `id: <seq>`, `data: <event JSON>` frames (schema `EventDoc`)",
-         content_type = "text/event-stream"),
+         body = String, content_type = "text/event-stream"),
         (status = 204, description = "The run has ended and the client has every event: nothing will follow, do not reconnect"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn run_events(
@@ -694,7 +693,8 @@ fn no_version(run: RunId, version: u32) -> ApiError {
 /// The current plan version, as JSON or rendered.
 #[utoipa::path(get, path = "/v1/runs/{id}/plan", tag = "plans",
     params(("id" = String, Path, description = "Run id"), FormatQuery),
-    responses((status = 200, body = PlanView, description = "JSON, or Mermaid / DOT text with `format`"),
+    responses((status = 200, description = "The plan as JSON; with `format=mermaid` a Mermaid flowchart (`text/plain`), with `format=dot` a Graphviz digraph (`text/vnd.graphviz`)",
+               content((PlanView = "application/json"), (String = "text/vnd.graphviz"), (String = "text/plain"))),
               (status = 404, body = ErrorBody)))]
 pub(crate) async fn current_plan(
     State(st): State<AppState>,
@@ -734,7 +734,8 @@ pub(crate) async fn plan_versions(
 #[utoipa::path(get, path = "/v1/runs/{id}/plan/versions/{version}", tag = "plans",
     params(("id" = String, Path, description = "Run id"), ("version" = u32, Path, description = "Plan version"),
            FormatQuery),
-    responses((status = 200, body = PlanView, description = "JSON, or Mermaid / DOT text with `format`"),
+    responses((status = 200, description = "The plan as JSON; with `format=mermaid` a Mermaid flowchart (`text/plain`), with `format=dot` a Graphviz digraph (`text/vnd.graphviz`)",
+               content((PlanView = "application/json"), (String = "text/vnd.graphviz"), (String = "text/plain"))),
               (status = 404, body = ErrorBody)))]
 pub(crate) async fn plan_version(
     State(st): State<AppState>,
@@ -1045,7 +1046,7 @@ pub(crate) async fn healthz() -> Json<Health> {
 /// rejections, the model planner's response format and fallbacks, node durations, store
 /// commits.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain; version=0.0.4")))]
 pub(crate) async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> {
     let runs = read(&st, |s| s.list_runs(None)).await?;
     let planner = st.planner_metrics.as_ref().map(|m| m.snapshot());
