@@ -303,7 +303,7 @@ async fn auth_and_body_errors_are_documented_on_every_route_that_can_answer_them
     let doc = served_openapi(&server, token).await;
     let error_body = json!({"$ref": "#/components/schemas/ErrorBody"});
     let ops = operations(&doc);
-    assert_eq!(ops.len(), 25);
+    assert_eq!(ops.len(), 26);
     for (method, path, operation) in &ops {
         let probe = path
             .replace("{id}", "00000000-0000-0000-0000-000000000000")
@@ -343,7 +343,7 @@ async fn auth_and_body_errors_are_documented_on_every_route_that_can_answer_them
         .iter()
         .filter(|(_, _, op)| op.get("requestBody").is_some())
         .count();
-    assert_eq!(with_body, 8, "the routes that take a JSON body");
+    assert_eq!(with_body, 9, "the routes that take a JSON body");
     let (status, body) = {
         let response = server
             .client
