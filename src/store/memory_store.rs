@@ -17,7 +17,7 @@ use super::codec::{
 };
 use super::error::StoreError;
 use super::prepare::{Lookup, Prepared, prepare};
-use super::query::{RunPage, RunQuery, Step};
+use super::query::{Pager, RunPage, RunQuery};
 use super::types::{
     CommitBatch, HitlRecord, HitlStatus, NodeRecord, NodeStatus, QueuedFiring, RequestRecord,
     RunHead, RunStatus, StoreStats,
@@ -477,25 +477,19 @@ impl Store for MemoryStore {
             Some(upper) => state.runs.range(..upper),
             None => state.runs.range(..),
         };
-        let mut page = RunPage::default();
+        let mut pager = Pager::new(query);
         for (&run, data) in rows.rev() {
-            if query.past(run) {
+            let go_on = pager.offer(
+                run,
+                || Ok(head_facts(&data.head, run)?.status),
+                || decode_head(&data.head, run, data.objective(run)?),
+                || decode_envelope(&data.envelope, run).map(Some),
+            )?;
+            if !go_on {
                 break;
             }
-            if !query.wants_status(head_facts(&data.head, run)?.status) {
-                continue;
-            }
-            let head = decode_head(&data.head, run, data.objective(run)?)?;
-            match query.decide(&head, || decode_envelope(&data.envelope, run).map(Some))? {
-                Step::Keep if page.runs.len() == query.size() => {
-                    page.more = true;
-                    break;
-                }
-                Step::Keep => page.runs.push((run, head)),
-                Step::Skip => {}
-            }
         }
-        Ok(page)
+        Ok(pager.finish())
     }
 
     fn envelope(&self, run: RunId) -> Result<Option<Value>, StoreError> {

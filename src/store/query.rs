@@ -37,13 +37,52 @@ pub struct RunPage {
     pub more: bool,
 }
 
-/// What a scan does with the run it is at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// Part of the page.
-    Keep,
-    /// Not matched; go on.
-    Skip,
+/// Builds a page from a downward scan of the runs: the stores feed it run after run.
+pub(crate) struct Pager<'q> {
+    query: &'q RunQuery,
+    page: RunPage,
+}
+
+impl<'q> Pager<'q> {
+    pub(crate) fn new(query: &'q RunQuery) -> Self {
+        Self {
+            query,
+            page: RunPage::default(),
+        }
+    }
+
+    /// Offers the scan's next run (its status is cheap; its head and envelope are read only
+    /// when needed). Returns whether the scan should go on.
+    pub(crate) fn offer(
+        &mut self,
+        run: RunId,
+        status: impl FnOnce() -> Result<RunStatus, StoreError>,
+        head: impl FnOnce() -> Result<RunHead, StoreError>,
+        envelope: impl FnOnce() -> Result<Option<Value>, StoreError>,
+    ) -> Result<bool, StoreError> {
+        if self.query.past(run) {
+            return Ok(false);
+        }
+        if let Some(wanted) = self.query.status
+            && wanted != status()?
+        {
+            return Ok(true);
+        }
+        let head = head()?;
+        if !self.query.keeps(&head, envelope)? {
+            return Ok(true);
+        }
+        if self.page.runs.len() == self.query.limit.max(1) {
+            self.page.more = true;
+            return Ok(false);
+        }
+        self.page.runs.push((run, head));
+        Ok(true)
+    }
+
+    pub(crate) fn finish(self) -> RunPage {
+        self.page
+    }
 }
 
 impl RunQuery {
@@ -64,21 +103,17 @@ impl RunQuery {
             .is_some_and(|t| run.created_millis().saturating_add(ID_SLACK_MS) < t.0)
     }
 
-    /// Decides on a run from its status (cheap, before its head is decoded).
-    pub(crate) fn wants_status(&self, status: RunStatus) -> bool {
-        self.status.is_none_or(|wanted| wanted == status)
-    }
-
-    /// Decides on a run from its head and, only when metadata is asked for, its envelope.
-    pub(crate) fn decide(
+    /// Whether a run is kept, from its head and, only when metadata is asked for, its
+    /// envelope.
+    fn keeps(
         &self,
         head: &RunHead,
         envelope: impl FnOnce() -> Result<Option<Value>, StoreError>,
-    ) -> Result<Step, StoreError> {
+    ) -> Result<bool, StoreError> {
         if self.created_before.is_some_and(|t| head.created_at >= t)
             || self.created_after.is_some_and(|t| head.created_at < t)
         {
-            return Ok(Step::Skip);
+            return Ok(false);
         }
         if !self.metadata.is_empty() {
             let envelope = envelope()?.unwrap_or(Value::Null);
@@ -88,15 +123,10 @@ impl RunQuery {
                     .is_some_and(|v| same(v, wanted))
             });
             if !matches {
-                return Ok(Step::Skip);
+                return Ok(false);
             }
         }
-        Ok(Step::Keep)
-    }
-
-    /// The page size, at least 1.
-    pub(crate) fn size(&self) -> usize {
-        self.limit.max(1)
+        Ok(true)
     }
 }
 

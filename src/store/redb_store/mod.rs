@@ -41,7 +41,7 @@ use super::codec::{
 use super::db::{Db, Guarded};
 use super::error::StoreError;
 use super::prepare::prepare;
-use super::query::{RunPage, RunQuery, Step};
+use super::query::{Pager, RunPage, RunQuery};
 use super::tables::{
     CAPABILITIES, ENVELOPES, EVENTS, FACETS, HITL, NODES, PLANS, QUEUED, REQUESTS, RUNS, event_key,
     event_key_seq, plan_key, plan_key_version, run_key, split_hitl_key, split_node_key,
@@ -487,9 +487,8 @@ impl Store for RedbStore {
 
     fn runs_page(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
         let txn = self.db.begin_read()?;
-        let mut page = RunPage::default();
         let Some(runs) = open_read(&txn, RUNS)? else {
-            return Ok(page);
+            return Ok(RunPage::default());
         };
         let envelopes = open_read(&txn, ENVELOPES)?;
         let envelope_of = |run: RunId| -> Result<Option<Value>, StoreError> {
@@ -505,33 +504,30 @@ impl Store for RedbStore {
             Some(upper) => runs.range(..run_key(upper))?,
             None => runs.range::<[u8; 16]>(..)?,
         };
+        let mut pager = Pager::new(query);
         for entry in rows.rev() {
             let (key, value) = entry?;
             let run = RunId::from_bytes(key.value());
-            if query.past(run) {
+            let go_on = pager.offer(
+                run,
+                || Ok(head_facts(value.value(), run)?.status),
+                || {
+                    let objective = match &envelopes {
+                        Some(envelopes) => envelopes
+                            .get(run_key(run))?
+                            .map(|envelope| envelope_objective(envelope.value(), run))
+                            .transpose()?,
+                        None => None,
+                    };
+                    decode_head(value.value(), run, objective.unwrap_or_default())
+                },
+                || envelope_of(run),
+            )?;
+            if !go_on {
                 break;
             }
-            if !query.wants_status(head_facts(value.value(), run)?.status) {
-                continue;
-            }
-            let objective = match &envelopes {
-                Some(envelopes) => envelopes
-                    .get(run_key(run))?
-                    .map(|envelope| envelope_objective(envelope.value(), run))
-                    .transpose()?,
-                None => None,
-            };
-            let head = decode_head(value.value(), run, objective.unwrap_or_default())?;
-            match query.decide(&head, || envelope_of(run))? {
-                Step::Keep if page.runs.len() == query.size() => {
-                    page.more = true;
-                    break;
-                }
-                Step::Keep => page.runs.push((run, head)),
-                Step::Skip => {}
-            }
         }
-        Ok(page)
+        Ok(pager.finish())
     }
 
     fn envelope(&self, run: RunId) -> Result<Option<Value>, StoreError> {
