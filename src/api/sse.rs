@@ -146,7 +146,8 @@ mod tests {
         assert!(rest.iter().all(|b| &b[..] == HEARTBEAT), "{rest:?}");
     }
 
-    #[tokio::test]
+    // Paused time: the sleeps below advance the clock exactly, whatever the machine's load.
+    #[tokio::test(start_paused = true)]
     async fn frames_ready_together_leave_as_one_chunk_and_a_busy_stream_gets_no_heartbeat() {
         let (tx, rx) = futures::channel::mpsc::unbounded::<Arc<Frame>>();
         let mut body = Box::pin(with_heartbeats(rx, Duration::from_millis(40)));

@@ -229,7 +229,6 @@ mod tests {
         let reads: Vec<_> = (0..64)
             .map(|_| {
                 tokio::spawn(bounded_read(|| {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
                     std::thread::current().name().map(str::to_owned)
                 }))
             })
