@@ -11,18 +11,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
-use flexrun::api::{self, ApiConfig, AppState};
+use flexrun::api::{self, ApiConfig};
 use flexrun::bench::{self, BenchOptions, Consumer, Level, Scenario, Variant};
-use flexrun::executors::http::HttpExecutor;
-use flexrun::executors::llm::LlmExecutor;
 use flexrun::fsm::{EventBody, HitlDecision, RunOutcome};
-use flexrun::planner::{OpenAiConfig, OpenAiPlanner, Planner, ResponseFormat};
+use flexrun::planner::{OpenAiConfig, ResponseFormat};
 use flexrun::webhook::WebhookSecret;
 use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
 use futures::StreamExt as _;
 
 mod bench_sse;
 mod remote;
+mod serve;
 mod verify;
 
 /// The binary's allocator. The engine allocates small, short-lived values on one thread and
@@ -600,7 +599,7 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
                         .with_context(|| format!("the webhook signing secret in ${var}"))?
                 }
             };
-            serve(
+            serve::serve(
                 addr,
                 data,
                 planner,
@@ -710,73 +709,6 @@ async fn run(path: PathBuf, data: DataArg, answer: Answer, format: Format) -> an
     Ok(())
 }
 
-async fn serve(
-    addr: SocketAddr,
-    data: DataArg,
-    planner: PlannerArg,
-    model: ModelArgs,
-    webhook_secrets: Vec<WebhookSecret>,
-    config: ApiConfig,
-    retain_terminal_runs: Option<Duration>,
-) -> anyhow::Result<()> {
-    let model = model.config()?;
-    if planner == PlannerArg::Openai && model.is_none() {
-        bail!("--planner openai needs --planner-base-url and --planner-model");
-    }
-    let path = data.store_path()?;
-    let store = RedbStore::open(&path, Durability::Fsync)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let recovered = store.non_terminal_runs()?.len();
-    let mut engine_config = flexrun::demo::config(Arc::new(store));
-    engine_config.planner = Arc::new(flexrun::CatalogPlanner);
-    engine_config.retain_terminal_runs = retain_terminal_runs;
-    let mut planner_metrics = None;
-    if let Some(model) = model {
-        let openai = OpenAiPlanner::new(model.clone())?;
-        planner_metrics = Some(openai.metrics_handle());
-        let openai: Arc<dyn Planner> = Arc::new(openai);
-        match planner {
-            PlannerArg::Openai => {
-                engine_config.planners.push(engine_config.planner.clone());
-                engine_config.planner = openai;
-            }
-            PlannerArg::Catalog => engine_config.planners.push(openai),
-        }
-        let llm = LlmExecutor::new(model, |_| None)?;
-        engine_config.executors = engine_config
-            .executors
-            .clone()
-            .with_type("llm", Arc::new(llm));
-    }
-    let (http, binding) = HttpExecutor::builder()
-        .signing_secrets(webhook_secrets)
-        .for_engine()?;
-    engine_config.executors = engine_config
-        .executors
-        .clone()
-        .with_type("http", Arc::new(http));
-    let engine = Engine::open(engine_config)
-        .await
-        .with_context(|| format!("opening the engine over {}", path.display()))?;
-    binding.bind(&engine);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    eprintln!(
-        "flexrun serving http://{} (store {}, {recovered} run(s) continued)",
-        listener.local_addr()?,
-        path.display()
-    );
-    let mut state = AppState::new(engine.clone(), config);
-    if let Some(metrics) = planner_metrics {
-        state = state.with_planner_metrics(metrics);
-    }
-    api::serve(listener, state, stop_signal()).await?;
-    eprintln!("stopping: finishing current commits");
-    engine.shutdown().await;
-    Ok(())
-}
-
 /// Compacts the store file at `data` (or `data/flexrun.redb`) and prints the sizes.
 fn compact(data: PathBuf) -> anyhow::Result<()> {
     let path = if data.is_dir() {
@@ -811,28 +743,6 @@ fn compact(data: PathBuf) -> anyhow::Result<()> {
         })
     );
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
 
 fn ask(question: &str) -> anyhow::Result<HitlDecision> {

@@ -13,9 +13,11 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod dto;
 mod error;
 mod extract;
+mod list_query;
 mod metrics;
 mod openapi;
 mod routes;
@@ -23,6 +25,7 @@ mod sse;
 mod state;
 mod stream_token;
 
+pub use access::check_cors_origin;
 pub use dto::policies;
 pub use dto::{
     AgentTypeDto, CapabilityDto, CapabilityList, CapabilityStatusDto, DecisionDto, DirectionDto,
@@ -35,7 +38,7 @@ pub use dto::{
 pub use error::ApiError;
 pub use extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 pub use openapi::ApiDoc;
-pub use routes::{check_cors_origin, router};
+pub use routes::router;
 pub use state::{ApiConfig, AppState, Shutdown};
 
 use std::future::Future;

@@ -6,13 +6,11 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::Method;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -26,14 +24,14 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use super::openapi::ApiDoc;
 use super::state::AppState;
-use super::{metrics, sse};
+use super::{access, metrics, sse};
 use crate::catalog::{Capability, CapabilityStatus, Facet};
 use crate::engine::{IdempotencyKey, Steer, Submission};
 use crate::fsm::EventBody;
 use crate::graph::{PlanGraph, PlanSnapshot};
 use crate::ids::Timestamp;
 use crate::ids::{IdKind, RunId, check_id};
-use crate::store::{RunQuery, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The API's router over `state`: every route of DESIGN §5, the one error shape for every
 /// failure (unknown routes and methods included), the body limit, optional bearer auth on
@@ -68,14 +66,17 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), deadline));
-    let protected = timed.layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let protected = timed.layer(middleware::from_fn_with_state(
+        state.clone(),
+        access::require_token,
+    ));
     let stream = Router::new()
         .route("/v1/runs/{id}/events", get(run_events))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            require_token_or_stream_token,
+            access::require_token_or_stream_token,
         ));
-    let cors = cors(&state.config.cors_origins);
+    let cors = access::cors(&state.config.cors_origins);
     let router = Router::new()
         .route("/healthz", get(healthz))
         .merge(protected)
@@ -92,58 +93,6 @@ pub fn router(state: AppState) -> Router {
     }
 }
 
-/// The CORS layer for `origins` (`None` when there are none). An origin that is not a valid
-/// header value is skipped; `flexrun serve` checks them first with [`check_cors_origin`].
-fn cors(origins: &[String]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
-        )
-    };
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                header::HeaderName::from_static("last-event-id"),
-                header::HeaderName::from_static("idempotency-key"),
-            ])
-            .expose_headers([header::LOCATION, header::RETRY_AFTER])
-            .max_age(std::time::Duration::from_secs(600)),
-    )
-}
-
-/// Checks a `--cors-origin` value: `*`, or `http(s)://host[:port]` without a path.
-///
-/// # Errors
-/// A message naming what is wrong.
-pub fn check_cors_origin(origin: &str) -> Result<String, String> {
-    if origin == "*" {
-        return Ok(origin.to_owned());
-    }
-    let origin = origin.trim_end_matches('/');
-    let rest = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .ok_or_else(|| format!("{origin:?}: an origin starts with http:// or https://"))?;
-    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
-        return Err(format!(
-            "{origin:?}: an origin is scheme://host[:port], without a path"
-        ));
-    }
-    HeaderValue::from_str(origin).map_err(|_| format!("{origin:?}: not a valid header value"))?;
-    Ok(origin.to_owned())
-}
-
 fn request_span(req: &Request<Body>) -> tracing::Span {
     let path = req.uri().path();
     let run_id = path
@@ -151,53 +100,6 @@ fn request_span(req: &Request<Body>) -> tracing::Span {
         .and_then(|rest| rest.split('/').next())
         .unwrap_or("");
     tracing::info_span!("request", method = %req.method(), path, run_id)
-}
-
-async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(token) = st.config.auth_token.as_deref() {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same(given.as_bytes(), token.as_bytes()) {
-            return ApiError::unauthorized().into_response();
-        }
-    }
-    next.run(req).await
-}
-
-/// An event stream also opens with a stream token of its run (`?token=`, minted by
-/// `POST /v1/runs/{id}/events/token`): what a browser's `EventSource` can send.
-async fn require_token_or_stream_token(
-    State(st): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if let Some(tokens) = st.stream_tokens.as_deref() {
-        let run = req
-            .uri()
-            .path()
-            .strip_prefix("/v1/runs/")
-            .and_then(|rest| rest.strip_suffix("/events"))
-            .and_then(|id| id.parse::<RunId>().ok());
-        let token = req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")));
-        if let (Some(run), Some(token)) = (run, token)
-            && tokens.check(run, token, super::stream_token::unix_now())
-        {
-            return next.run(req).await;
-        }
-    }
-    require_token(State(st), req, next).await
-}
-
-/// Compares in time independent of where the inputs differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn deadline(State(st): State<AppState>, req: Request, next: Next) -> Response {
@@ -355,98 +257,12 @@ async fn steer(
     Ok(response)
 }
 
-/// Runs per page unless `limit` says otherwise.
-const DEFAULT_PAGE: usize = 100;
-/// The largest `limit`.
-const MAX_PAGE: usize = 1000;
-
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ListQuery {
-    /// Only runs with this status.
-    status: Option<RunStatusDto>,
-    /// Most runs in the page (1 to 1000, default 100).
-    #[param(value_type = Option<u32>)]
-    limit: Option<String>,
-    /// Where the page starts: the `nextCursor` of the previous page.
-    cursor: Option<String>,
-    /// Only runs whose `metadata.correlationId` is this.
-    correlation_id: Option<String>,
-    /// Only runs created at or after this time (RFC 3339).
-    #[param(value_type = Option<String>, format = DateTime)]
-    created_after: Option<Timestamp>,
-    /// Only runs created before this time (RFC 3339).
-    #[param(value_type = Option<String>, format = DateTime)]
-    created_before: Option<Timestamp>,
-    /// `metadata.<key>=<value>`: only runs whose envelope metadata has the key with this value
-    /// (a string, or the JSON text of a number or boolean); repeat for several keys.
-    #[serde(flatten)]
-    #[param(ignore)]
-    metadata: std::collections::BTreeMap<String, String>,
-}
-
-impl ListQuery {
-    fn into_query(self) -> Result<RunQuery, ApiError> {
-        // A number, read here: the flattened metadata map makes serde see every value as text.
-        let limit = match self.limit.as_deref() {
-            None => DEFAULT_PAGE,
-            Some(text) => text.parse::<usize>().unwrap_or(0),
-        };
-        if !(1..=MAX_PAGE).contains(&limit) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "INVALID_QUERY",
-                format!(
-                    "limit: must be a whole number within 1..={MAX_PAGE}, found {:?}",
-                    self.limit.unwrap_or_default()
-                ),
-            )
-            .with_details(serde_json::json!({"field": "limit"})));
-        }
-        let before = match self.cursor.as_deref() {
-            None | Some("") => None,
-            Some(cursor) => Some(cursor.parse::<RunId>().map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_QUERY",
-                    format!("cursor: {cursor:?} is not a cursor of this API (use `nextCursor`)"),
-                )
-                .with_details(serde_json::json!({"field": "cursor"}))
-            })?),
-        };
-        let mut metadata = Vec::new();
-        if let Some(id) = self.correlation_id {
-            metadata.push(("correlationId".to_owned(), serde_json::Value::String(id)));
-        }
-        for (param, value) in self.metadata {
-            let Some(key) = param.strip_prefix("metadata.").filter(|k| !k.is_empty()) else {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_QUERY",
-                    format!("{param}: unknown query parameter; expected status, limit, cursor, correlationId, createdAfter, createdBefore or metadata.<key>"),
-                )
-                .with_details(serde_json::json!({"field": param})));
-            };
-            metadata.push((key.to_owned(), serde_json::Value::String(value)));
-        }
-        Ok(RunQuery {
-            before,
-            status: self.status.map(Into::into),
-            created_after: self.created_after,
-            created_before: self.created_before,
-            metadata,
-            limit,
-        })
-    }
-}
-
 /// Lists runs, newest first, a page at a time (`nextCursor` leads to the next page).
-#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
+#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(super::list_query::ListQuery),
     responses((status = 200, body = RunList), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list_runs(
     State(st): State<AppState>,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<super::list_query::ListQuery>,
 ) -> Result<Json<RunList>, ApiError> {
     let query = q.into_query()?;
     let page = read(&st, move |s| s.runs_page(&query)).await?;
