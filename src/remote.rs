@@ -380,7 +380,7 @@ mod tests {
                 EventBody::NodeComplete {
                     attempt: 1,
                     output: serde_json::Map::new(),
-                    duration_ms: 1,
+                    duration_us: 1,
                 },
             ));
         }

@@ -158,7 +158,7 @@ pub fn summary(event: &RunEvent) -> String {
         }
         EventBody::NodeComplete {
             output,
-            duration_ms,
+            duration_us,
             ..
         } => {
             let out = serde_json::to_string(output).unwrap_or_default();
@@ -167,7 +167,7 @@ pub fn summary(event: &RunEvent) -> String {
             } else {
                 out
             };
-            let _ = write!(s, "{node} done in {duration_ms} ms: {out}");
+            let _ = write!(s, "{node} done in {}: {out}", micros(*duration_us));
         }
         EventBody::NodeError {
             attempt,
@@ -238,4 +238,29 @@ pub fn summary(event: &RunEvent) -> String {
 
 fn retry(will_retry: bool) -> &'static str {
     if will_retry { " (will retry)" } else { "" }
+}
+
+/// A duration in microseconds in the unit a reader takes in at a glance: `120 µs`, `12.35 ms`,
+/// `1.50 s`.
+fn micros(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} µs"),
+        1_000..1_000_000 => format!("{:.2} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::micros;
+
+    #[test]
+    fn durations_read_in_a_fitting_unit() {
+        assert_eq!(micros(0), "0 µs");
+        assert_eq!(micros(120), "120 µs");
+        assert_eq!(micros(999), "999 µs");
+        assert_eq!(micros(1_000), "1.00 ms");
+        assert_eq!(micros(12_346), "12.35 ms");
+        assert_eq!(micros(1_500_000), "1.50 s");
+    }
 }

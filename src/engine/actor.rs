@@ -28,8 +28,8 @@ pub(crate) enum Msg {
         node_id: String,
         attempt: u32,
         result: Result<Map<String, Value>, ExecError>,
-        /// Wall time of the attempt in microseconds (events carry milliseconds; `/metrics`
-        /// sums these, so sub-millisecond work is not read as 0).
+        /// Wall time of the attempt in microseconds: the `node_complete` event carries it and
+        /// `/metrics` sums it, so both read the same figure.
         duration_us: u64,
     },
     Planned {
@@ -229,7 +229,7 @@ impl RunActor {
                         metrics.node_micros.fetch_add(duration_us, relaxed);
                     }
                     self.driver
-                        .on_node_done(node_id, attempt, result, duration_us / 1000);
+                        .on_node_done(node_id, attempt, result, duration_us);
                     None
                 }
                 Msg::Planned {
@@ -306,12 +306,12 @@ impl RunActor {
                 node_id,
                 attempt,
                 result,
-                duration_ms,
+                duration_us,
             } => Msg::NodeDone {
                 node_id,
                 attempt,
                 result,
-                duration_us: duration_ms.saturating_mul(1000),
+                duration_us,
             },
         }));
         let Some(commit) = commit else {

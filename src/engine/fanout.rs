@@ -180,7 +180,7 @@ mod tests {
             body: EventBody::NodeComplete {
                 attempt: 1,
                 output: serde_json::Map::new(),
-                duration_ms: 0,
+                duration_us: 0,
             },
         })
     }

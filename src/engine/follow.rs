@@ -271,7 +271,7 @@ mod tests {
                 EventBody::NodeComplete {
                     attempt: 1,
                     output: Map::new(),
-                    duration_ms: 0,
+                    duration_us: 0,
                 }
             },
         }

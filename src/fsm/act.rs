@@ -187,12 +187,12 @@ pub fn end_node(core: &mut RunCore, ctx: &mut Ctx, input: &RunInput) {
     let body = match input {
         RunInput::NodeSucceeded {
             output,
-            duration_ms,
+            duration_us,
             ..
         } => EventBody::NodeComplete {
             attempt,
             output: output.clone(),
-            duration_ms: *duration_ms,
+            duration_us: *duration_us,
         },
         RunInput::NodeFailed {
             error, will_retry, ..

@@ -265,8 +265,8 @@ pub enum EventBody {
         attempt: u32,
         /// Facet values produced.
         output: Map<String, Value>,
-        /// Wall time of the attempt.
-        duration_ms: u64,
+        /// Wall time of the attempt, in microseconds (`durationUs`).
+        duration_us: u64,
     },
     /// A node attempt failed.
     #[serde(rename_all = "camelCase")]

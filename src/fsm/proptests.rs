@@ -159,7 +159,7 @@ fn the_model_reaches_every_state() {
         RunInput::NodeSucceeded {
             node_id: "a".into(),
             output: serde_json::Map::new(),
-            duration_ms: 0,
+            duration_us: 0,
         },
         RunInput::Drained,
         plan_returned(false, 1),

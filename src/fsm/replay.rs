@@ -130,12 +130,12 @@ fn input_for(event: &RunEvent, machine: &RunMachine) -> Result<RunInput, FsmErro
         },
         EventBody::NodeComplete {
             output,
-            duration_ms,
+            duration_us,
             ..
         } => RunInput::NodeSucceeded {
             node_id: node()?,
             output: output.clone(),
-            duration_ms: *duration_ms,
+            duration_us: *duration_us,
         },
         EventBody::NodeError {
             error, will_retry, ..

@@ -151,7 +151,7 @@ fn samples(kind: InputKind) -> Vec<RunInput> {
             .map(|node| RunInput::NodeSucceeded {
                 node_id: node.into(),
                 output: Map::new(),
-                duration_ms: 0,
+                duration_us: 0,
             })
             .to_vec(),
         InputKind::NodeFailed => vec![RunInput::NodeFailed {
@@ -345,7 +345,7 @@ fn guards_that_fail_reject_instead_of_emitting() {
             &RunInput::NodeSucceeded {
                 node_id: "ghost".into(),
                 output: Map::new(),
-                duration_ms: 0
+                duration_us: 0
             },
             NOW
         )
@@ -458,7 +458,7 @@ fn replan_cycle_bumps_version_and_counts_replans() {
         RunInput::NodeSucceeded {
             node_id: "a".into(),
             output: Map::new(),
-            duration_ms: 3,
+            duration_us: 3,
         },
     );
     let step = apply(&mut m, RunInput::Drained);

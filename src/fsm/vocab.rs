@@ -157,8 +157,8 @@ pub enum RunInput {
         node_id: String,
         /// Facet values.
         output: Map<String, Value>,
-        /// Attempt wall time.
-        duration_ms: u64,
+        /// Attempt wall time, in microseconds.
+        duration_us: u64,
     },
     /// A node attempt failed.
     NodeFailed {

@@ -1,4 +1,4 @@
-//! Stored value shapes (format 2): a format byte, then a binary layout per table.
+//! Stored value shapes (format 3): a format byte, then a binary layout per table.
 //!
 //! The layouts are decoupled from the public records so that the public types can evolve (and
 //! carry whatever serde shape the API wants) without silently changing the file format.
@@ -19,7 +19,14 @@
 //!
 //! Event bodies: `node_start` is attempt, capability id, then 0 when the idempotency key is the
 //! usual `{runId}/{nodeId}` (rebuilt on decode) or 1 and the key; `node_complete` is attempt,
-//! duration in milliseconds, packed output object; every other kind is its packed payload.
+//! duration in microseconds, packed output object; every other kind is its packed payload.
+//!
+//! Format 2 (written by store formats 2 to 4) has the same layouts except one: a
+//! `node_complete` duration is in milliseconds, and is read as that many thousand
+//! microseconds. Both formats are read; only format 3 is written. The format byte is the
+//! value's own, so a file upgraded from store format 4, whose old events keep format 2 beside
+//! new ones in format 3, needs no rewrite, and neither do commit-log entries written before the
+//! upgrade.
 
 use std::fmt::{self, Write as _};
 
@@ -32,7 +39,7 @@ use super::pack::{
     Malformed, Reader, pack_object, pack_value, put_str, put_varint, unpack_object, unpack_value,
 };
 use super::pack_ser::{pack_field, pack_serialize};
-use super::tables::VALUE_FORMAT;
+use super::tables::{MILLIS_VALUE_FORMAT, VALUE_FORMAT};
 use super::types::{HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus};
 use crate::fsm::{EventBody, EventKind, RunEvent, RunState};
 use crate::graph::PlanSnapshot;
@@ -98,15 +105,22 @@ impl Bad {
     }
 }
 
-/// A reader positioned after the format byte.
-fn open<'a>(bytes: &'a [u8], at: At<'_>) -> Result<Reader<'a>, StoreError> {
+/// The value's format byte, and a reader positioned after it.
+fn open_format<'a>(bytes: &'a [u8], at: At<'_>) -> Result<(u8, Reader<'a>), StoreError> {
     match bytes.split_first() {
-        Some((&VALUE_FORMAT, rest)) => Ok(Reader::new(rest)),
+        Some((&format @ (VALUE_FORMAT | MILLIS_VALUE_FORMAT), rest)) => {
+            Ok((format, Reader::new(rest)))
+        }
         Some((other, _)) => Err(StoreError::corrupt(format!(
             "{at}: value format {other} unknown"
         ))),
         None => Err(StoreError::corrupt(format!("{at}: empty value"))),
     }
+}
+
+/// A reader positioned after the format byte.
+fn open<'a>(bytes: &'a [u8], at: At<'_>) -> Result<Reader<'a>, StoreError> {
+    open_format(bytes, at).map(|(_, reader)| reader)
 }
 
 /// Reads a whole value with `parse`, which must consume every byte.
@@ -115,8 +129,18 @@ fn read<'a, T>(
     at: At<'_>,
     parse: impl FnOnce(&mut Reader<'a>) -> Result<T, Bad>,
 ) -> Result<T, StoreError> {
-    let mut reader = open(bytes, at)?;
-    let value = parse(&mut reader).map_err(|bad| bad.at(at))?;
+    read_format(bytes, at, |_, reader| parse(reader))
+}
+
+/// Reads a whole value with `parse`, which is given the value's format byte and must consume
+/// every byte.
+fn read_format<'a, T>(
+    bytes: &'a [u8],
+    at: At<'_>,
+    parse: impl FnOnce(u8, &mut Reader<'a>) -> Result<T, Bad>,
+) -> Result<T, StoreError> {
+    let (format, mut reader) = open_format(bytes, at)?;
+    let value = parse(format, &mut reader).map_err(|bad| bad.at(at))?;
     reader
         .finish()
         .map_err(|message| Bad::from(message).at(at))?;
@@ -346,10 +370,10 @@ pub(crate) fn encode_event(event: &RunEvent, out: &mut Vec<u8>) -> Result<(), St
         EventBody::NodeComplete {
             attempt,
             output,
-            duration_ms,
+            duration_us,
         } => {
             put_varint(out, u64::from(*attempt));
-            put_varint(out, *duration_ms);
+            put_varint(out, *duration_us);
             pack_object(out, output);
         }
         body @ (EventBody::PlanRequested { .. }
@@ -373,6 +397,7 @@ pub(crate) fn encode_event(event: &RunEvent, out: &mut Vec<u8>) -> Result<(), St
 
 fn read_event_body(
     reader: &mut Reader<'_>,
+    format: u8,
     kind: EventKind,
     run: RunId,
     node_id: Option<&str>,
@@ -396,11 +421,20 @@ fn read_event_body(
                 idempotency_key,
             })
         }
-        EventKind::NodeComplete => Ok(EventBody::NodeComplete {
-            attempt: reader.varint_u32()?,
-            duration_ms: reader.varint()?,
-            output: unpack_object(reader)?,
-        }),
+        EventKind::NodeComplete => {
+            let attempt = reader.varint_u32()?;
+            let duration = reader.varint()?;
+            let duration_us = if format == MILLIS_VALUE_FORMAT {
+                duration.saturating_mul(1000)
+            } else {
+                duration
+            };
+            Ok(EventBody::NodeComplete {
+                attempt,
+                duration_us,
+                output: unpack_object(reader)?,
+            })
+        }
         EventKind::PlanRequested
         | EventKind::PlanGenerated
         | EventKind::PlanAccepted
@@ -424,7 +458,7 @@ fn read_event_body(
 }
 
 pub(crate) fn decode_event(bytes: &[u8], run: RunId, seq: u64) -> Result<RunEvent, StoreError> {
-    read(bytes, At::Event(run, seq), |reader| {
+    read_format(bytes, At::Event(run, seq), |format, reader| {
         let tag = reader.u8()?;
         let kind = kind_from_tag(tag).ok_or(Bad::Tag("event kind", tag))?;
         let timestamp = Timestamp(reader.varint()?);
@@ -438,7 +472,7 @@ pub(crate) fn decode_event(bytes: &[u8], run: RunId, seq: u64) -> Result<RunEven
                 Some(node.to_owned())
             }
         };
-        let body = read_event_body(reader, kind, run, node_id.as_deref())?;
+        let body = read_event_body(reader, format, kind, run, node_id.as_deref())?;
         Ok(RunEvent {
             seq,
             run_id: run,
@@ -661,12 +695,46 @@ mod tests {
             EventBody::NodeComplete {
                 attempt: 1,
                 output: output.as_object().cloned().unwrap(),
-                duration_ms: 0,
+                duration_us: 0,
             },
         ));
         assert!(bytes.len() <= 48, "node_complete is {} bytes", bytes.len());
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains(&run.to_string()), "{text}");
+    }
+
+    #[test]
+    fn node_durations_of_format_2_read_as_milliseconds() {
+        let run = RunId::new();
+        let complete = |duration_us| {
+            event(
+                run,
+                Some("write"),
+                EventBody::NodeComplete {
+                    attempt: 2,
+                    output: json!({"ok": true}).as_object().cloned().unwrap(),
+                    duration_us,
+                },
+            )
+        };
+        let mut bytes = encoded(&complete(1_234_567));
+        assert_eq!(bytes[0], VALUE_FORMAT);
+        bytes[0] = MILLIS_VALUE_FORMAT;
+        assert_eq!(
+            decode_event(&bytes, run, 7).unwrap(),
+            complete(1_234_567_000)
+        );
+        let mut huge = encoded(&complete(u64::MAX / 10));
+        huge[0] = MILLIS_VALUE_FORMAT;
+        assert_eq!(decode_event(&huge, run, 7).unwrap(), complete(u64::MAX));
+
+        let mut start = encoded(&node_start(run, format!("{run}/s00042")));
+        start[0] = MILLIS_VALUE_FORMAT;
+        assert_eq!(
+            decode_event(&start, run, 7).unwrap(),
+            node_start(run, format!("{run}/s00042")),
+            "other kinds read the same in both formats"
+        );
     }
 
     #[test]

@@ -10,9 +10,13 @@
 //! binary values (fixed binary heads without the objective, events without derivable fields,
 //! packed JSON for free-form values); 3 adds the `queued` and `requests` tables; 4 adds the
 //! `log_state` table of the commit log (the store id and the checkpointed log seq, see
-//! `redb_store/log.rs`). A version-1 file is refused with `UpgradeRequired`; a version-2 or -3
-//! file is upgraded in place on open (the missing tables are created empty and a store id is
-//! made), after which builds that only know the older version refuse it.
+//! `redb_store/log.rs`); 5 stores `node_complete` durations in microseconds instead of
+//! milliseconds (values written from version 5 on carry value format 3, older ones keep format
+//! 2 and are read as before, their durations × 1000; nothing is rewritten). A version-1 file is
+//! refused with `UpgradeRequired`; a version-2, -3 or -4 file is upgraded in place on open (the
+//! missing tables are created empty, a store id is made if there is none, and the version is
+//! recorded), after which builds that only know the older version refuse it with
+//! `UpgradeRequired` instead of misreading its values.
 //!
 //! Changing a key layout, a value shape incompatibly or the set of tables requires bumping
 //! [`SCHEMA_VERSION`] and freezing a new fixture under `tests/fixtures/`.
@@ -24,13 +28,17 @@ use redb::TableHandle;
 use crate::ids::RunId;
 
 /// The on-disk format version this build reads and writes.
-pub(crate) const SCHEMA_VERSION: u32 = 4;
+pub(crate) const SCHEMA_VERSION: u32 = 5;
 
 /// The oldest format version this build upgrades in place.
 pub(crate) const UPGRADABLE_FROM: u32 = 2;
 
-/// The leading byte of every stored value.
-pub(crate) const VALUE_FORMAT: u8 = 2;
+/// The leading byte of every stored value this build writes.
+pub(crate) const VALUE_FORMAT: u8 = 3;
+
+/// The leading byte of values written by store formats 2 to 4: read like [`VALUE_FORMAT`],
+/// except that a `node_complete` event's duration is in milliseconds (see `codec.rs`).
+pub(crate) const MILLIS_VALUE_FORMAT: u8 = 2;
 
 /// The `meta` key holding [`SCHEMA_VERSION`].
 pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";

@@ -138,7 +138,7 @@ impl RunScript {
             EventBody::NodeComplete {
                 attempt: 1,
                 output: output.as_object().cloned().unwrap_or_default(),
-                duration_ms: 42,
+                duration_us: 42,
             },
         );
         let mut batch = self.batch(vec![event]);
@@ -291,7 +291,7 @@ impl RunScript {
             EventBody::NodeComplete {
                 attempt: 1,
                 output: output.as_object().cloned().unwrap_or_default(),
-                duration_ms: 0,
+                duration_us: 0,
             },
         );
         let start = self.event(

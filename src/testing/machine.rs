@@ -253,7 +253,7 @@ fn node_result(node: BoxedStrategy<String>) -> BoxedStrategy<RunInput> {
             _ => RunInput::NodeSucceeded {
                 node_id,
                 output: Map::new(),
-                duration_ms: 0,
+                duration_us: 0,
             },
         })
         .boxed()

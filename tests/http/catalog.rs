@@ -77,7 +77,17 @@ async fn metrics_count_runs_transitions_and_planner_calls() {
     let run = server
         .submit(copy_envelope(&["copyVariants"], json!(null)))
         .await;
-    server.events(run, None).await.rest().await;
+    let frames = server.events(run, None).await.rest().await;
+    let event_micros: Vec<u64> = frames
+        .iter()
+        .filter(|frame| frame.event.as_deref() == Some("node_complete"))
+        .map(|frame| {
+            let payload = &frame.data.as_ref().unwrap()["payload"];
+            assert_eq!(payload.get("durationMs"), None, "{payload}");
+            payload["durationUs"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(event_micros.len(), 2);
     let (status, mime, text) = server.get_text("/metrics").await;
     assert_eq!(status, StatusCode::OK);
     assert!(mime.starts_with("text/plain; version=0.0.4"), "{mime}");
@@ -108,6 +118,11 @@ async fn metrics_count_runs_transitions_and_planner_calls() {
     assert!(
         node_seconds > 0.0 && node_seconds < 1.0,
         "sub-millisecond node work is summed in microseconds: {node_seconds}"
+    );
+    assert_eq!(
+        (node_seconds * 1e6).round() as u64,
+        event_micros.iter().sum::<u64>(),
+        "the metric sums the durations the events carry"
     );
 }
 

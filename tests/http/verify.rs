@@ -190,10 +190,19 @@ async fn verify_passes_saved_streams_and_names_the_rule_of_a_tampered_one() {
     let out = flexrun(
         &["verify", "-", "--run", &run.to_string()],
         &[],
-        Some(jsonl),
+        Some(jsonl.clone()),
     )
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(jsonl.contains("\"durationUs\":"), "{jsonl}");
+    let recorded_in_millis = jsonl.replace("\"durationUs\":", "\"durationMs\":");
+    let out = flexrun(&["verify", "-"], &[], Some(recorded_in_millis)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("missing field `durationUs`"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let frames: Vec<&str> = saved.split_inclusive("\n\n").collect();
     let without_5: String = frames

@@ -87,7 +87,7 @@ impl Script {
         self.go(RunInput::NodeSucceeded {
             node_id: node.to_owned(),
             output: Map::from_iter([("copy".to_owned(), json!(node))]),
-            duration_ms: 3,
+            duration_us: 3,
         })
     }
 
@@ -295,7 +295,7 @@ pub(super) fn node_complete(model: &RunEvent, node: &str, attempt: u32) -> RunEv
         EventBody::NodeComplete {
             attempt,
             output: Map::new(),
-            duration_ms: 1,
+            duration_us: 1,
         },
     )
 }

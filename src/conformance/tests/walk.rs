@@ -38,7 +38,7 @@ impl Walker {
             out.push(RunInput::NodeSucceeded {
                 node_id: node.clone(),
                 output: Map::new(),
-                duration_ms: 1,
+                duration_us: 1,
             });
             out.push(RunInput::NodeFailed {
                 node_id: node.clone(),

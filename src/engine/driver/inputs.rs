@@ -107,7 +107,7 @@ impl RunDriver {
         node_id: String,
         attempt: u32,
         result: Result<Map<String, Value>, ExecError>,
-        duration_ms: u64,
+        duration_us: u64,
     ) {
         if self.machine.in_flight().get(&node_id) != Some(&attempt) {
             return;
@@ -129,7 +129,7 @@ impl RunDriver {
                         let input = RunInput::NodeSucceeded {
                             node_id: node_id.clone(),
                             output,
-                            duration_ms,
+                            duration_us,
                         };
                         self.feed_ref(&input);
                         if let RunInput::NodeSucceeded { output, .. } = &input {
@@ -196,7 +196,7 @@ impl RunDriver {
                         node_id,
                         attempt,
                         result,
-                        duration_ms: 0,
+                        duration_us: 0,
                     });
                 }
                 Ok(())

@@ -72,7 +72,7 @@ pub(crate) enum Local {
         node_id: String,
         attempt: u32,
         result: Result<Map<String, Value>, ExecError>,
-        duration_ms: u64,
+        duration_us: u64,
     },
 }
 
@@ -471,7 +471,7 @@ impl RunDriver {
                     "CAPABILITY_NOT_REGISTERED",
                     format!("capability `{}` is gone", node.capability_id),
                 )),
-                duration_ms: 0,
+                duration_us: 0,
             });
             return;
         };

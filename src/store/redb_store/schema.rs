@@ -9,8 +9,10 @@ use crate::store::tables::{
     UPGRADABLE_FROM,
 };
 
-/// Checks the schema version of an existing store, upgrades an older one that only lacks
-/// tables (creating every table is idempotent), or lays out a new one.
+/// Checks the schema version of an existing store, upgrades an older one in place, or lays
+/// out a new one. An upgrade is [`create_schema`] (creating every table is idempotent): the
+/// older versions lack only tables, a store id, and (before 5) nothing else, because values
+/// written before 5 carry their own format byte and are read as they are (`codec.rs`).
 pub(super) fn init_schema(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_read()?;
     match txn.open_table(META) {

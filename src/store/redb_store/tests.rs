@@ -68,14 +68,14 @@ fn a_file_with_another_schema_version_requires_an_upgrade() {
             err,
             StoreError::UpgradeRequired {
                 found: 99,
-                expected: 4
+                expected: 5
             }
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "store format version 99 found, version 4 expected: upgrade required"
+        "store format version 99 found, version 5 expected: upgrade required"
     );
 }
 
@@ -283,7 +283,8 @@ fn compaction_waits_for_transactions_in_progress_instead_of_failing() {
 const FIXTURE_V1: &str = "tests/fixtures/store-v1.redb";
 const FIXTURE_V2: &str = "tests/fixtures/store-v2.redb";
 const FIXTURE_V3: &str = "tests/fixtures/store-v3.redb";
-const FIXTURE: &str = "tests/fixtures/store-v4.redb";
+const FIXTURE_V4: &str = "tests/fixtures/store-v4.redb";
+const FIXTURE: &str = "tests/fixtures/store-v5.redb";
 
 fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
@@ -375,6 +376,46 @@ fn fixture_request(run: RunId) -> RequestRecord {
     }
 }
 
+/// What a fixture written before format 5 reads back: the test kit's node durations were
+/// stored as milliseconds then, and read as that many thousand microseconds.
+fn written_in_millis(mut batches: Vec<CommitBatch>) -> Vec<CommitBatch> {
+    for batch in &mut batches {
+        for event in &mut batch.events {
+            if let crate::fsm::EventBody::NodeComplete { duration_us, .. } =
+                &mut std::sync::Arc::make_mut(event).body
+            {
+                *duration_us *= 1000;
+            }
+        }
+    }
+    batches
+}
+
+/// The durations of a run's `node_complete` events, in microseconds.
+fn node_durations(store: &RedbStore, run: RunId) -> Vec<u64> {
+    store
+        .events_after(run, 0, 100)
+        .unwrap()
+        .into_iter()
+        .filter_map(|event| match event.body {
+            crate::fsm::EventBody::NodeComplete { duration_us, .. } => Some(duration_us),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The checks every fixture written before format 5 passes after [`assert_fixture_reads_back`]:
+/// the old node duration (42 ms) reads as 42,000 µs, and a duration written after the
+/// upgrade, beside it in the same file, reads as written, before and after a reopen.
+fn assert_millis_upgraded(path: &Path, store: RedbStore, done: RunId, live: RunId) {
+    assert_eq!(node_durations(&store, done), vec![42_000]);
+    assert_eq!(node_durations(&store, live), vec![42]);
+    drop(store);
+    let store = RedbStore::open(path, Durability::Os).unwrap();
+    assert_eq!(node_durations(&store, done), vec![42_000]);
+    assert_eq!(node_durations(&store, live), vec![42]);
+}
+
 /// Regenerates the frozen fixture. Run by hand only when [`SCHEMA_VERSION`] is bumped, and
 /// then under a new file name: the old fixture must keep opening (or keep failing with
 /// `UpgradeRequired`).
@@ -404,7 +445,7 @@ fn the_frozen_v1_fixture_requires_an_upgrade() {
                 err,
                 StoreError::UpgradeRequired {
                     found: 1,
-                    expected: 4
+                    expected: 5
                 }
             ),
             "{err:?}"
@@ -425,10 +466,10 @@ fn the_frozen_v2_fixture_is_upgraded_in_place_and_reads_back() {
     assert_eq!(schema_version_of(&path), 2);
     let store = RedbStore::open(&path, Durability::Fsync).unwrap();
     let (done, live, batches) = fixture_runs();
-    assert_fixture_reads_back(&store, &done, &live, &batches);
+    assert_fixture_reads_back(&store, &done, &live, &written_in_millis(batches));
     assert!(store.queued_firings(live.run).unwrap().is_empty());
     assert_eq!(store.request("retry-me").unwrap(), None);
-    drop(store);
+    assert_millis_upgraded(&path, store, done.run, live.run);
     assert_eq!(schema_version_of(&path), SCHEMA_VERSION);
     let store = RedbStore::open(&path, Durability::Fsync).unwrap();
     let head = store.run_head(live.run).unwrap().unwrap();
@@ -462,12 +503,12 @@ fn the_frozen_v3_fixture_is_upgraded_in_place_and_reads_back() {
     assert_eq!(store_id_of(&path), None);
     let store = RedbStore::open(&path, Durability::Fsync).unwrap();
     let (done, live, batches) = fixture_v3_runs();
-    assert_fixture_reads_back(&store, &done, &live, &batches);
+    assert_fixture_reads_back(&store, &done, &live, &written_in_millis(batches));
     assert_eq!(
         store.request("retry-me").unwrap(),
         Some(fixture_request(live.run))
     );
-    drop(store);
+    assert_millis_upgraded(&path, store, done.run, live.run);
     assert_eq!(schema_version_of(&path), SCHEMA_VERSION);
     let id = store_id_of(&path).unwrap();
     assert_eq!(id.len(), 16);
@@ -481,13 +522,40 @@ fn the_frozen_v3_fixture_is_upgraded_in_place_and_reads_back() {
 }
 
 #[test]
-fn the_frozen_v4_fixture_opens_and_reads_back() {
-    let (_dir, path) = fixture_copy(FIXTURE);
+fn the_frozen_v4_fixture_is_upgraded_in_place_and_reads_durations_as_micros() {
+    let (_dir, path) = fixture_copy(FIXTURE_V4);
     assert_eq!(schema_version_of(&path), 4);
     let id = store_id_of(&path).unwrap();
     let store = RedbStore::open(&path, Durability::Fsync).unwrap();
     let (done, live, batches) = fixture_v3_runs();
+    assert_fixture_reads_back(&store, &done, &live, &written_in_millis(batches));
+    assert_eq!(
+        store.queued_firings(live.run).unwrap(),
+        vec![fixture_queued()]
+    );
+    assert!(store.queued_firings(done.run).unwrap().is_empty());
+    assert_eq!(
+        store.request("retry-me").unwrap(),
+        Some(fixture_request(live.run))
+    );
+    assert_millis_upgraded(&path, store, done.run, live.run);
+    assert_eq!(schema_version_of(&path), SCHEMA_VERSION);
+    assert_eq!(
+        store_id_of(&path),
+        Some(id),
+        "the upgrade keeps the store id"
+    );
+}
+
+#[test]
+fn the_frozen_v5_fixture_opens_and_reads_back() {
+    let (_dir, path) = fixture_copy(FIXTURE);
+    assert_eq!(schema_version_of(&path), 5);
+    let id = store_id_of(&path).unwrap();
+    let store = RedbStore::open(&path, Durability::Fsync).unwrap();
+    let (done, live, batches) = fixture_v3_runs();
     assert_fixture_reads_back(&store, &done, &live, &batches);
+    assert_eq!(node_durations(&store, done.run), vec![42]);
     assert_eq!(
         store.queued_firings(live.run).unwrap(),
         vec![fixture_queued()]
