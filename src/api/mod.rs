@@ -20,6 +20,7 @@ mod extract;
 mod list_query;
 mod metrics;
 mod openapi;
+mod plan_svg;
 mod routes;
 mod sse;
 mod state;

@@ -472,26 +472,77 @@ pub(crate) enum PlanFormat {
     Mermaid,
     /// A Graphviz digraph (`text/vnd.graphviz`).
     Dot,
+    /// An SVG drawing (`image/svg+xml`), marked with the diff against `base`.
+    Svg,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct FormatQuery {
-    /// json (default), mermaid or dot.
+    /// json (default), mermaid, dot or svg.
     #[serde(default)]
     format: PlanFormat,
+    /// With `format=svg`: the older version the drawing is diffed against (default: the
+    /// version before, none for version 1). Ignored by the other formats.
+    base: Option<u32>,
 }
 
-fn render(plan: &PlanSnapshot, format: PlanFormat) -> Result<Response, ApiError> {
+const SVG_MIME: &str = "image/svg+xml";
+
+fn graph_of(plan: &PlanSnapshot) -> Result<PlanGraph, ApiError> {
+    PlanGraph::from_snapshot(plan).map_err(|e| ApiError::internal(&e))
+}
+
+/// `plan` in `format`; `base` is the version an SVG drawing is diffed against.
+fn render(
+    plan: &PlanSnapshot,
+    base: Option<&PlanSnapshot>,
+    format: PlanFormat,
+) -> Result<Response, ApiError> {
     let text = |graph: fn(&PlanGraph) -> String, mime: &'static str| {
-        let g = PlanGraph::from_snapshot(plan).map_err(|e| ApiError::internal(&e))?;
-        Ok(([(header::CONTENT_TYPE, mime)], graph(&g)).into_response())
+        Ok(([(header::CONTENT_TYPE, mime)], graph(&graph_of(plan)?)).into_response())
     };
     match format {
         PlanFormat::Json => Ok(Json(PlanView::from(plan)).into_response()),
         PlanFormat::Mermaid => text(PlanGraph::to_mermaid, "text/plain; charset=utf-8"),
         PlanFormat::Dot => text(PlanGraph::to_dot, "text/vnd.graphviz; charset=utf-8"),
+        PlanFormat::Svg => {
+            let base = base.map(graph_of).transpose()?;
+            let svg = super::plan_svg::render_svg(&graph_of(plan)?, base.as_ref());
+            Ok(([(header::CONTENT_TYPE, SVG_MIME)], svg).into_response())
+        }
     }
+}
+
+/// The version an SVG drawing of `version` is diffed against: `requested`, which must exist
+/// (else 404) and be older than `version` (else 400), or by default the version before (none
+/// for version 1). `None` for the other formats.
+async fn svg_base(
+    st: &AppState,
+    run: RunId,
+    version: u32,
+    q: &FormatQuery,
+) -> Result<Option<PlanSnapshot>, ApiError> {
+    if !matches!(q.format, PlanFormat::Svg) {
+        return Ok(None);
+    }
+    let base = match q.base {
+        Some(base) => base,
+        None if version >= 2 => version - 1,
+        None => return Ok(None),
+    };
+    let plan = read(st, move |s| s.plan_version(run, base))
+        .await?
+        .ok_or_else(|| no_version(run, base))?;
+    if base >= version {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY",
+            format!("base {base} must be older than the drawn version {version}"),
+        )
+        .with_details(serde_json::json!({ "field": "base" })));
+    }
+    Ok(Some(plan))
 }
 
 fn no_plan(run: RunId) -> ApiError {
@@ -509,8 +560,9 @@ fn no_version(run: RunId, version: u32) -> ApiError {
 /// The current plan version, as JSON or rendered.
 #[utoipa::path(get, path = "/v1/runs/{id}/plan", tag = "plans",
     params(("id" = String, Path, description = "Run id"), FormatQuery),
-    responses((status = 200, description = "The plan as JSON; with `format=mermaid` a Mermaid flowchart (`text/plain`), with `format=dot` a Graphviz digraph (`text/vnd.graphviz`)",
-               content((PlanView = "application/json"), (String = "text/vnd.graphviz"), (String = "text/plain"))),
+    responses((status = 200, description = "The plan as JSON; with `format=mermaid` a Mermaid flowchart (`text/plain`), with `format=dot` a Graphviz digraph (`text/vnd.graphviz`), with `format=svg` an SVG drawing (`image/svg+xml`) marked with the diff against `base`",
+               content((PlanView = "application/json"), (String = "text/vnd.graphviz"), (String = "text/plain"), (String = "image/svg+xml"))),
+              (status = 400, description = "`base` is not older than the drawn version", body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 pub(crate) async fn current_plan(
     State(st): State<AppState>,
@@ -525,7 +577,9 @@ pub(crate) async fn current_plan(
     if !exists {
         return Err(run_not_found(run));
     }
-    render(&plan.ok_or_else(|| no_plan(run))?, q.format)
+    let plan = plan.ok_or_else(|| no_plan(run))?;
+    let base = svg_base(&st, run, plan.version, &q).await?;
+    render(&plan, base.as_ref(), q.format)
 }
 
 /// The run's plan version numbers.
@@ -550,8 +604,9 @@ pub(crate) async fn plan_versions(
 #[utoipa::path(get, path = "/v1/runs/{id}/plan/versions/{version}", tag = "plans",
     params(("id" = String, Path, description = "Run id"), ("version" = u32, Path, description = "Plan version"),
            FormatQuery),
-    responses((status = 200, description = "The plan as JSON; with `format=mermaid` a Mermaid flowchart (`text/plain`), with `format=dot` a Graphviz digraph (`text/vnd.graphviz`)",
-               content((PlanView = "application/json"), (String = "text/vnd.graphviz"), (String = "text/plain"))),
+    responses((status = 200, description = "The plan as JSON; with `format=mermaid` a Mermaid flowchart (`text/plain`), with `format=dot` a Graphviz digraph (`text/vnd.graphviz`), with `format=svg` an SVG drawing (`image/svg+xml`) marked with the diff against `base`",
+               content((PlanView = "application/json"), (String = "text/vnd.graphviz"), (String = "text/plain"), (String = "image/svg+xml"))),
+              (status = 400, description = "`base` is not older than the drawn version", body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 pub(crate) async fn plan_version(
     State(st): State<AppState>,
@@ -566,7 +621,9 @@ pub(crate) async fn plan_version(
     if !exists {
         return Err(run_not_found(run));
     }
-    render(&plan.ok_or_else(|| no_version(run, version))?, q.format)
+    let plan = plan.ok_or_else(|| no_version(run, version))?;
+    let base = svg_base(&st, run, version, &q).await?;
+    render(&plan, base.as_ref(), q.format)
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

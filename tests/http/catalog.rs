@@ -280,7 +280,12 @@ async fn every_union_variant_is_a_named_component_and_every_response_its_media_t
         let ok = &paths[plan]["get"]["responses"]["200"];
         assert_eq!(
             media_types(ok),
-            ["application/json", "text/plain", "text/vnd.graphviz"],
+            [
+                "application/json",
+                "image/svg+xml",
+                "text/plain",
+                "text/vnd.graphviz"
+            ],
             "{plan}"
         );
     }
@@ -298,7 +303,11 @@ async fn every_union_variant_is_a_named_component_and_every_response_its_media_t
         .submit(copy_envelope(&["copyVariants"], json!(null)))
         .await;
     server.events(run, None).await.rest().await;
-    for (format, declared) in [("dot", "text/vnd.graphviz"), ("mermaid", "text/plain")] {
+    for (format, declared) in [
+        ("dot", "text/vnd.graphviz"),
+        ("mermaid", "text/plain"),
+        ("svg", "image/svg+xml"),
+    ] {
         let (status, mime, _) = server
             .get_text(&format!("/v1/runs/{run}/plan?format={format}"))
             .await;

@@ -20,6 +20,7 @@ mod idempotency;
 mod ids;
 mod kill;
 mod listing;
+mod plan_svg;
 mod restart;
 mod retention;
 mod scenarios;
