@@ -19,7 +19,7 @@ use layout::core::style::StyleAttr;
 use layout::std_shapes::shapes::{Arrow, Element, ShapeKind};
 use layout::topo::layout::VisualGraph;
 
-use crate::graph::{PlanEdge, PlanGraph};
+use crate::graph::{PlanEdge, PlanGraph, PlanNode};
 
 /// Space around the drawing, in px.
 const MARGIN: f64 = 12.0;
@@ -103,30 +103,34 @@ fn union<'a>(
     plan: &'a PlanGraph,
     base: Option<&'a PlanGraph>,
 ) -> (Vec<DrawnNode<'a>>, Vec<DrawnEdge>) {
-    let diff = base.map(|b| b.diff(plan));
-    let of = |ids: fn(&crate::graph::PlanDiff) -> &Vec<String>| -> BTreeSet<&str> {
-        diff.iter()
-            .flat_map(|d| ids(d).iter().map(String::as_str))
-            .collect()
+    let diff = base.map(|b| b.diff(plan)).unwrap_or_default();
+    let added: BTreeSet<&str> = diff.added_nodes.iter().map(String::as_str).collect();
+    let changed: BTreeSet<&str> = diff.changed_nodes.iter().map(String::as_str).collect();
+    let added_edges: BTreeSet<&PlanEdge> = diff.added_edges.iter().collect();
+    let drawn = |node: &'a PlanNode, mark: Mark| DrawnNode {
+        id: &node.id,
+        capability: &node.capability_id,
+        mark,
     };
-    let added = of(|d| &d.added_nodes);
-    let changed = of(|d| &d.changed_nodes);
-    let added_edges: BTreeSet<&PlanEdge> = diff.iter().flat_map(|d| &d.added_edges).collect();
 
     let mut nodes: Vec<DrawnNode<'a>> = plan
         .nodes()
-        .map(|n| DrawnNode {
-            id: &n.id,
-            capability: &n.capability_id,
-            mark: if added.contains(n.id.as_str()) {
+        .map(|n| {
+            let mark = if added.contains(n.id.as_str()) {
                 Mark::Added
             } else if changed.contains(n.id.as_str()) {
                 Mark::Changed
             } else {
                 Mark::Same
-            },
+            };
+            drawn(n, mark)
         })
         .collect();
+    let removed = base
+        .into_iter()
+        .flat_map(|b| diff.removed_nodes.iter().filter_map(|id| b.node(id)));
+    nodes.extend(removed.map(|n| drawn(n, Mark::Removed)));
+
     let mut edges: Vec<DrawnEdge> = plan
         .edges()
         .into_iter()
@@ -139,22 +143,10 @@ fn union<'a>(
             DrawnEdge { edge, mark }
         })
         .collect();
-    if let (Some(base), Some(diff)) = (base, &diff) {
-        nodes.extend(
-            diff.removed_nodes
-                .iter()
-                .filter_map(|id| base.node(id))
-                .map(|n| DrawnNode {
-                    id: &n.id,
-                    capability: &n.capability_id,
-                    mark: Mark::Removed,
-                }),
-        );
-        edges.extend(diff.removed_edges.iter().map(|edge| DrawnEdge {
-            edge: edge.clone(),
-            mark: Mark::Removed,
-        }));
-    }
+    edges.extend(diff.removed_edges.iter().map(|edge| DrawnEdge {
+        edge: edge.clone(),
+        mark: Mark::Removed,
+    }));
     (nodes, edges)
 }
 
@@ -418,7 +410,7 @@ mod tests {
 
     use super::*;
     use crate::catalog::CapabilityKind;
-    use crate::graph::{PlanNode, PlanSnapshot};
+    use crate::graph::PlanSnapshot;
 
     fn node(id: &str) -> PlanNode {
         PlanNode {
@@ -631,6 +623,21 @@ mod tests {
         }
     }
 
+    /// The `y` of the box drawing `id`.
+    fn box_top(svg: &str, id: &str) -> f64 {
+        let tag = node_tag(svg, id);
+        let inside = &svg[svg.find(tag).unwrap() + tag.len()..];
+        let y = &inside[inside.find(" y=\"").unwrap() + 4..];
+        y[..y.find('"').unwrap()].parse().unwrap()
+    }
+
+    /// The `y` where the edge's path starts.
+    fn path_start_y(tag: &str) -> f64 {
+        let d = &tag[tag.find(" d=\"M").unwrap() + 5..];
+        let (_, rest) = d.split_once(',').unwrap();
+        rest.split(' ').next().unwrap().parse().unwrap()
+    }
+
     #[test]
     fn a_removed_edge_against_a_new_one_is_drawn_from_its_own_source() {
         let base = simple(1, &["a", "b"], &[("a", "b")]);
@@ -639,29 +646,18 @@ mod tests {
         let forward = edge_tag(&svg, "a", "b");
         let backward = edge_tag(&svg, "b", "a");
         assert!(forward.contains("diff-removed") && backward.contains("diff-added"));
-        let start = |tag: &str| {
-            let d = &tag[tag.find(" d=\"M").unwrap() + 5..];
-            let (x, rest) = d.split_once(',').unwrap();
-            let y = rest.split(' ').next().unwrap();
-            (x.parse::<f64>().unwrap(), y.parse::<f64>().unwrap())
+        let on_box = |y: f64, id| {
+            let top = box_top(&svg, id);
+            (top - 1.0..=top + BOX_HEIGHT + 1.0).contains(&y)
         };
-        let a_top = node_tag(&svg, "a");
-        let a_y: f64 = {
-            let at = svg.find(a_top).unwrap() + a_top.len();
-            let r = &svg[at..];
-            let y = &r[r.find(" y=\"").unwrap() + 4..];
-            y[..y.find('"').unwrap()].parse().unwrap()
-        };
-        let b_top = node_tag(&svg, "b");
-        let b_y: f64 = {
-            let at = svg.find(b_top).unwrap() + b_top.len();
-            let r = &svg[at..];
-            let y = &r[r.find(" y=\"").unwrap() + 4..];
-            y[..y.find('"').unwrap()].parse().unwrap()
-        };
-        let near = |p: f64, top: f64| p >= top - 1.0 && p <= top + BOX_HEIGHT + 1.0;
-        assert!(near(start(forward).1, a_y), "a→b starts at a: {forward}");
-        assert!(near(start(backward).1, b_y), "b→a starts at b: {backward}");
+        assert!(
+            on_box(path_start_y(forward), "a"),
+            "a→b starts at a: {forward}"
+        );
+        assert!(
+            on_box(path_start_y(backward), "b"),
+            "b→a starts at b: {backward}"
+        );
         assert_well_formed(&svg);
     }
 
