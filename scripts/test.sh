@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command: installs the real-model test dependencies and the OpenAPI client
-# generator (idempotent, see scripts/setup-llm.sh and scripts/setup-openapi-client.sh), then runs
-# every test. Extra arguments go to `cargo test`.
+# The project's test command: installs the real-model test dependencies, the OpenAPI client
+# generator and the console's browser (idempotent, see scripts/setup-llm.sh,
+# scripts/setup-openapi-client.sh and scripts/setup-browser.sh), then runs every test. Extra
+# arguments go to `cargo test`.
 # `--features testing` adds the targets that need `flexrun::testing` (the qa_steering
 # example); the default features already include everything else (see docs/TESTING.md).
 #
@@ -12,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup-llm.sh
 bash scripts/setup-openapi-client.sh
+bash scripts/setup-browser.sh
 coverage="$PWD/target/transition-coverage"
 rm -rf "$coverage"
 mkdir -p "$coverage"

@@ -14,6 +14,7 @@
 //! ```
 
 mod access;
+mod console;
 mod dto;
 mod error;
 mod extract;

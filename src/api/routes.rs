@@ -35,8 +35,8 @@ use crate::store::{Store, StoreError};
 
 /// The API's router over `state`: every route of DESIGN §5, the one error shape for every
 /// failure (unknown routes and methods included), the body limit, optional bearer auth on
-/// every route but `/healthz`, a request timeout on every route but the event stream, and
-/// one tracing span per request carrying the run id.
+/// every route but `/healthz` and the console's files, a request timeout on every route but
+/// the event stream, and one tracing span per request carrying the run id.
 pub fn router(state: AppState) -> Router {
     let timed = Router::new()
         .route("/v1/runs", post(create_run).get(list_runs))
@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Router {
     let cors = access::cors(&state.config.cors_origins);
     let router = Router::new()
         .route("/healthz", get(healthz))
+        .merge(super::console::routes())
         .merge(protected)
         .merge(stream)
         .fallback(unknown_route)

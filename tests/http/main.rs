@@ -12,6 +12,7 @@ mod plans;
 mod support;
 
 mod catalog;
+mod console;
 mod corpus_replies;
 mod cors;
 mod errors;
