@@ -265,7 +265,10 @@ pub enum EventBody {
         attempt: u32,
         /// Facet values produced.
         output: Map<String, Value>,
-        /// Wall time of the attempt, in microseconds (`durationUs`).
+        /// Wall time of the attempt, in microseconds: `durationUs` on the wire, with its whole
+        /// milliseconds beside it as `durationMs` for readers of the older field (a recording
+        /// that has only `durationMs` reads as that many milliseconds).
+        #[serde(flatten, with = "node_duration")]
         duration_us: u64,
     },
     /// A node attempt failed.
@@ -466,5 +469,68 @@ impl EventBody {
             Self::RunResumed { .. } => EventKind::RunResumed,
             Self::Complete { .. } => EventKind::Complete,
         }
+    }
+}
+
+/// The two wire fields of a node's duration: `durationUs`, and the whole milliseconds as
+/// `durationMs`, which events carried before `durationUs` existed and clients may still read.
+mod node_duration {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Fields {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_us: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+    }
+
+    pub(super) fn serialize<S: Serializer>(micros: &u64, s: S) -> Result<S::Ok, S::Error> {
+        Fields {
+            duration_us: Some(*micros),
+            duration_ms: Some(*micros / 1000),
+        }
+        .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let fields = Fields::deserialize(d)?;
+        match (fields.duration_us, fields.duration_ms) {
+            (Some(micros), _) => Ok(micros),
+            (None, Some(millis)) => Ok(millis.saturating_mul(1000)),
+            (None, None) => Err(serde::de::Error::missing_field("durationUs")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::EventBody;
+
+    #[test]
+    fn a_node_duration_is_written_in_both_units_and_read_from_either() {
+        let body = EventBody::NodeComplete {
+            attempt: 1,
+            output: serde_json::Map::new(),
+            duration_us: 1_999,
+        };
+        let wire = serde_json::to_value(&body).unwrap();
+        assert_eq!(wire["payload"]["durationUs"], 1_999);
+        assert_eq!(wire["payload"]["durationMs"], 1);
+        assert_eq!(serde_json::from_value::<EventBody>(wire).unwrap(), body);
+        let recorded_in_millis = json!({"type": "node_complete",
+            "payload": {"attempt": 1, "output": {}, "durationMs": 7}});
+        let EventBody::NodeComplete { duration_us, .. } =
+            serde_json::from_value(recorded_in_millis).unwrap()
+        else {
+            panic!("not a node_complete");
+        };
+        assert_eq!(duration_us, 7_000);
+        let neither = json!({"type": "node_complete", "payload": {"attempt": 1, "output": {}}});
+        let err = serde_json::from_value::<EventBody>(neither).unwrap_err();
+        assert!(err.to_string().contains("durationUs"), "{err}");
     }
 }

@@ -83,8 +83,9 @@ async fn metrics_count_runs_transitions_and_planner_calls() {
         .filter(|frame| frame.event.as_deref() == Some("node_complete"))
         .map(|frame| {
             let payload = &frame.data.as_ref().unwrap()["payload"];
-            assert_eq!(payload.get("durationMs"), None, "{payload}");
-            payload["durationUs"].as_u64().unwrap()
+            let micros = payload["durationUs"].as_u64().unwrap();
+            assert_eq!(payload["durationMs"], micros / 1000, "{payload}");
+            micros
         })
         .collect();
     assert_eq!(event_micros.len(), 2);
