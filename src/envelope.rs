@@ -106,6 +106,7 @@ impl RunEnvelope {
     /// let policies = NormalizedPolicies {
     ///     planner: PlannerPolicy { max_nodes: 8, ..PlannerPolicy::default() },
     ///     runtime: Vec::new(),
+    ///     budgets: Default::default(),
     /// };
     /// let envelope = RunEnvelope::builder("Tagline for a bakery")
     ///     .input("objectiveBrief", "Fresh sourdough baked daily, for busy parents")
@@ -314,6 +315,7 @@ mod tests {
                     },
                 ),
             ],
+            budgets: crate::policy::Budgets::new(),
         }
     }
 

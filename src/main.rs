@@ -320,6 +320,10 @@ struct ModelArgs {
     /// to a mode falls back to the next one for the rest of the process.
     #[arg(long, default_value = "json_schema", value_parser = response_format_parser())]
     planner_response_format: ResponseFormat,
+    /// A JSON file of token prices for runs' `cost` budgets: model name → `promptPer1k` and
+    /// `completionPer1k` (cost units per 1000 tokens; `"*"` for any other model).
+    #[arg(long, value_name = "FILE")]
+    pricing: Option<PathBuf>,
 }
 
 fn response_format_parser() -> impl TypedValueParser<Value = ResponseFormat> {
@@ -328,6 +332,21 @@ fn response_format_parser() -> impl TypedValueParser<Value = ResponseFormat> {
 }
 
 impl ModelArgs {
+    fn pricing(&self) -> anyhow::Result<flexrun::policy::Pricing> {
+        use anyhow::Context as _;
+        let Some(path) = &self.pricing else {
+            return Ok(flexrun::policy::Pricing::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --pricing {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "--pricing {}: expected {{\"model\": {{\"promptPer1k\": n, \"completionPer1k\": n}}}}",
+                path.display()
+            )
+        })
+    }
+
     fn config(&self) -> anyhow::Result<Option<OpenAiConfig>> {
         let (Some(url), Some(model)) = (&self.planner_base_url, &self.planner_model) else {
             if self.planner_base_url.is_some() || self.planner_model.is_some() {

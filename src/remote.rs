@@ -381,6 +381,7 @@ mod tests {
                     attempt: 1,
                     output: serde_json::Map::new(),
                     duration_us: 1,
+                    spend: None,
                 },
             ));
         }

@@ -23,6 +23,7 @@ pub(crate) async fn serve(
     config: ApiConfig,
     retain_terminal_runs: Option<Duration>,
 ) -> anyhow::Result<()> {
+    let pricing = model.pricing()?;
     let model = model.config()?;
     if planner == PlannerArg::Openai && model.is_none() {
         bail!("--planner openai needs --planner-base-url and --planner-model");
@@ -34,6 +35,7 @@ pub(crate) async fn serve(
     let mut engine_config = flexrun::demo::config(Arc::new(store));
     engine_config.planner = Arc::new(flexrun::CatalogPlanner);
     engine_config.retain_terminal_runs = retain_terminal_runs;
+    engine_config.pricing = pricing;
     let mut planner_metrics = None;
     if let Some(model) = model {
         let openai = OpenAiPlanner::new(model.clone())?;

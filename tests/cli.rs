@@ -129,6 +129,16 @@ fn failing(dir: &Path) -> Vec<(Vec<String>, String)> {
             ],
             format!("error: looking up {}: ", path(&under)),
         ),
+        (
+            vec![
+                "serve".to_owned(),
+                "--addr".to_owned(),
+                "127.0.0.1:0".to_owned(),
+                "--pricing".to_owned(),
+                path(&plain),
+            ],
+            format!("error: --pricing {}: expected ", path(&plain)),
+        ),
     ]
 }
 

@@ -26,6 +26,7 @@ use crate::envelope::{OutputContract, RunEnvelope};
 use crate::fsm::{HitlDecision, RunError};
 use crate::graph::{PlanDiff, PlanEdge, PlanNode, PlanSnapshot};
 use crate::ids::{ID_PATTERN, IdKind, RunId, Timestamp, check_id};
+use crate::policy::{BudgetResource, Budgets, Ledger, Spend};
 use crate::store::{HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus};
 
 pub mod policies;
@@ -472,6 +473,54 @@ pub struct SignalRequest {
     pub payload: Value,
 }
 
+/// Resuming a paused run (`POST /v1/runs/{id}/resume`): why, and optionally larger budgets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResumeRequest {
+    /// Why; recorded on the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// New limits by resource (`plannerTokens`, `nodeTokens`, `cost`, `wallTimeMs`, `nodes`),
+    /// each greater than 0; `onBudget` policies on a raised resource may fire again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<BTreeMap<String, f64>>, example = json!({"cost": 20}))]
+    pub budgets: Option<Map<String, Value>>,
+}
+
+impl ResumeRequest {
+    /// The budgets as limits by resource.
+    ///
+    /// # Errors
+    /// [`ApiError::invalid_field`] naming `budgets.<key>` for an unknown resource or a limit
+    /// that is not a number greater than 0.
+    pub fn limits(&self) -> Result<Budgets, ApiError> {
+        let mut out = Budgets::new();
+        for (key, value) in self.budgets.iter().flatten() {
+            let field = format!("budgets.{key}");
+            let resource = BudgetResource::parse(key).ok_or_else(|| {
+                ApiError::invalid_field(
+                    &field,
+                    format!(
+                        "`{key}` is not a budget resource; expected one of {}",
+                        BudgetResource::ALL.map(BudgetResource::as_str).join(", ")
+                    ),
+                )
+            })?;
+            let limit = value
+                .as_f64()
+                .filter(|v| *v > 0.0 && v.is_finite())
+                .ok_or_else(|| {
+                    ApiError::invalid_field(
+                        &field,
+                        format!("a budget is a number greater than 0, found {value}"),
+                    )
+                })?;
+            out.insert(resource, limit);
+        }
+        Ok(out)
+    }
+}
+
 /// An optional reason for cancel, pause and resume.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -566,6 +615,35 @@ pub struct RunDetail {
     /// Why the run failed or was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RunErrorDto>,
+    /// Budgets and spend.
+    pub budget: BudgetView,
+}
+
+/// A run's budgets and spend (`budget` of the run detail).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetView {
+    /// What the run has spent: `plannerTokens`, `nodeTokens`, `cost`, `wallTimeMs`, `nodes`.
+    #[schema(value_type = Object)]
+    pub spent: Spend,
+    /// The limits by resource (the policies' budgets, as raised since); absent resources are
+    /// unbounded.
+    #[schema(value_type = BTreeMap<String, f64>)]
+    pub limits: Budgets,
+    /// What is left of each limited resource (never below 0).
+    #[schema(value_type = BTreeMap<String, f64>)]
+    pub remaining: Budgets,
+}
+
+impl BudgetView {
+    /// The view of `ledger`.
+    pub fn new(ledger: &Ledger) -> Self {
+        Self {
+            spent: ledger.spend,
+            limits: ledger.limits.clone(),
+            remaining: ledger.spend.remaining(&ledger.limits),
+        }
+    }
 }
 
 /// A structured run error.

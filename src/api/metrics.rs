@@ -117,6 +117,28 @@ pub(crate) fn render(
     );
     header(
         &mut out,
+        "flexrun_node_tokens_total",
+        "counter",
+        "Tokens executors reported for node attempts (budgets' `nodeTokens`).",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_node_tokens_total {}",
+        metrics.node_tokens.load(Ordering::Relaxed)
+    );
+    header(
+        &mut out,
+        "flexrun_spend_cost_total",
+        "counter",
+        "Cost spent by runs: capability cost of node attempts plus priced model tokens (budgets' `cost`).",
+    );
+    let _ = writeln!(
+        out,
+        "flexrun_spend_cost_total {}",
+        metrics.cost_micros.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    header(
+        &mut out,
         "flexrun_plan_rejections_total",
         "counter",
         "Drafts and deltas rejected by validation since start.",

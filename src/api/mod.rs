@@ -30,12 +30,12 @@ mod stream_token;
 pub use access::check_cors_origin;
 pub use dto::policies;
 pub use dto::{
-    AgentTypeDto, CapabilityDto, CapabilityList, CapabilityStatusDto, DecisionDto, DirectionDto,
-    ErrorBody, ErrorDetail, EventDoc, ExecutorDto, FacetDto, FacetList, Health, HitlAnswerRequest,
-    HitlList, HitlStatusDto, HitlView, KindDto, NodeStatusDto, NodeView, OutputContractDto,
-    PlanDiffView, PlanEdgeDto, PlanNodeDto, PlanVersions, PlanView, ReasonRequest, ResponderDto,
-    RunAck, RunCreated, RunDetail, RunErrorDto, RunList, RunRequest, RunStatusDto, RunSummary,
-    SignalRequest,
+    AgentTypeDto, BudgetView, CapabilityDto, CapabilityList, CapabilityStatusDto, DecisionDto,
+    DirectionDto, ErrorBody, ErrorDetail, EventDoc, ExecutorDto, FacetDto, FacetList, Health,
+    HitlAnswerRequest, HitlList, HitlStatusDto, HitlView, KindDto, NodeStatusDto, NodeView,
+    OutputContractDto, PlanDiffView, PlanEdgeDto, PlanNodeDto, PlanVersions, PlanView,
+    ReasonRequest, ResponderDto, ResumeRequest, RunAck, RunCreated, RunDetail, RunErrorDto,
+    RunList, RunRequest, RunStatusDto, RunSummary, SignalRequest,
 };
 pub use error::ApiError;
 pub use extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
@@ -175,6 +175,7 @@ pub fn summary(event: &RunEvent) -> String {
             attempt,
             error,
             will_retry,
+            ..
         } => {
             let _ = write!(
                 s,
@@ -188,6 +189,7 @@ pub fn summary(event: &RunEvent) -> String {
             attempt,
             errors,
             will_retry,
+            ..
         } => {
             let _ = write!(
                 s,
@@ -218,8 +220,14 @@ pub fn summary(event: &RunEvent) -> String {
         } => {
             let _ = write!(s, "{request_id}: {decision:?} → {next:?}");
         }
-        EventBody::RunPaused { reason } | EventBody::RunResumed { reason } => {
+        EventBody::RunPaused { reason } => {
             let _ = write!(s, "{reason}");
+        }
+        EventBody::RunResumed { reason, budgets } => {
+            let _ = write!(s, "{reason}");
+            for (resource, limit) in budgets {
+                let _ = write!(s, "; budget {} raised to {limit}", resource.as_str());
+            }
         }
         EventBody::Complete {
             status,

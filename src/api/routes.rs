@@ -15,10 +15,10 @@ use tower_http::trace::TraceLayer;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::dto::{
-    CapabilityDto, CapabilityList, ErrorBody, FacetDto, FacetList, Health, HitlAnswerRequest,
-    HitlList, HitlView, NodeView, PlanDiffView, PlanVersions, PlanView, ReasonRequest, RunAck,
-    RunCreated, RunDetail, RunErrorDto, RunList, RunRequest, RunStatusDto, RunSummary,
-    SignalRequest,
+    BudgetView, CapabilityDto, CapabilityList, ErrorBody, FacetDto, FacetList, Health,
+    HitlAnswerRequest, HitlList, HitlView, NodeView, PlanDiffView, PlanVersions, PlanView,
+    ReasonRequest, ResumeRequest, RunAck, RunCreated, RunDetail, RunErrorDto, RunList, RunRequest,
+    RunStatusDto, RunSummary, SignalRequest,
 };
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
@@ -291,24 +291,28 @@ pub(crate) async fn get_run(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RunDetail>, ApiError> {
     let run = parse_run(&id)?;
-    let (head, plan, records, hitl, last) = read(&st, move |s| {
+    let (head, plan, records, hitl, events, envelope) = read(&st, move |s| {
         let Some(head) = s.run_head(run)? else {
             return Ok(None);
         };
         let plan = s.latest_plan(run)?;
         let records = s.node_records(run)?;
         let hitl = s.hitl_records(run)?;
-        let last = if head.status.is_terminal() && head.last_seq > 0 {
-            s.events_after(run, head.last_seq - 1, 1)?.pop()
-        } else {
-            None
-        };
-        Ok(Some((head, plan, records, hitl, last)))
+        let events = s.events_after(run, 0, usize::MAX)?;
+        let envelope = s.envelope(run)?;
+        Ok(Some((head, plan, records, hitl, events, envelope)))
     })
     .await?
     .ok_or_else(|| run_not_found(run))?;
+    let policies = envelope
+        .as_ref()
+        .and_then(|e| e.get("policies"))
+        .and_then(|p| crate::policy::normalize(p).ok())
+        .unwrap_or_default();
+    let ledger = crate::engine::ledger_of(&policies, &events, Timestamp::now());
+    let last = events.last().filter(|_| head.status.is_terminal());
     let (output, error) =
-        if let Some(EventBody::Complete { output, error, .. }) = last.map(|e| e.body) {
+        if let Some(EventBody::Complete { output, error, .. }) = last.map(|e| e.body.clone()) {
             (output, error)
         } else {
             (None, None)
@@ -327,6 +331,7 @@ pub(crate) async fn get_run(
             .collect(),
         output,
         error: error.as_ref().map(RunErrorDto::from),
+        budget: BudgetView::new(&ledger),
     }))
 }
 
@@ -774,7 +779,7 @@ pub(crate) async fn pause(
 }
 
 /// Resumes a paused run.
-#[utoipa::path(post, path = "/v1/runs/{id}/resume", tag = "steering", request_body(content = Option<ReasonRequest>),
+#[utoipa::path(post, path = "/v1/runs/{id}/resume", tag = "steering", request_body(content = Option<ResumeRequest>),
     params(("id" = String, Path, description = "Run id"), ("Idempotency-Key" = Option<String>, Header, description = "Repeats the answer of an earlier request with this key instead of applying it again (see docs/API.md)")),
     responses((status = 200, body = RunAck), (status = 404, body = ErrorBody),
               (status = 409, description = "The run is not paused, or waits on a HITL answer", body = ErrorBody)))]
@@ -782,13 +787,14 @@ pub(crate) async fn resume(
     State(st): State<AppState>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    OptionalJson(body): OptionalJson<ReasonRequest>,
+    OptionalJson(body): OptionalJson<ResumeRequest>,
 ) -> Result<Response, ApiError> {
     let run = parse_run(&id)?;
+    let budgets = body.limits()?;
     let reason = body
         .reason
         .unwrap_or_else(|| "resumed over HTTP".to_owned());
-    steer(&st, run, &headers, Steer::Resume { reason }).await
+    steer(&st, run, &headers, Steer::Resume { reason, budgets }).await
 }
 
 /// Registered facets.

@@ -117,6 +117,7 @@ mod tests {
                 attempt: 1,
                 output: serde_json::Map::new(),
                 duration_us: 0,
+                spend: None,
             },
         })
     }

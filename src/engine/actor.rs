@@ -110,7 +110,8 @@ impl RunActor {
             })?;
         let now = Timestamp::now();
         let name = planner.name().to_owned();
-        let driver = RunDriver::new(envelope, policies, machine, name, inner.catalog(), now);
+        let mut driver = RunDriver::new(envelope, policies, machine, name, inner.catalog(), now);
+        driver.set_pricing(inner.pricing());
         let mut actor = Self::build(inner, driver, planner);
         actor.driver.applied_opt(request);
         actor
@@ -161,6 +162,7 @@ impl RunActor {
         let name = planner.name().to_owned();
         let now = Timestamp::now();
         let mut driver = RunDriver::new(envelope, policies, machine, name, inner.catalog(), now);
+        driver.set_pricing(inner.pricing());
         driver.restore(created_at, &events, &plans, queued)?;
         Ok(Self::build(inner, driver, planner))
     }

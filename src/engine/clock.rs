@@ -141,6 +141,7 @@ mod tests {
             4_500,
             EventBody::RunResumed {
                 reason: "operator".to_owned(),
+                budgets: Default::default(),
             },
         ));
         assert_eq!(clock.elapsed_ms(Timestamp(4_600)), Some(1_100));

@@ -272,6 +272,7 @@ mod tests {
                     attempt: 1,
                     output: Map::new(),
                     duration_us: 0,
+                    spend: None,
                 }
             },
         }

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::HitlAnswer;
 use crate::ids::RunId;
+use crate::policy::Budgets;
 
 /// The longest key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 255;
@@ -96,6 +97,8 @@ pub enum Steer {
     Resume {
         /// Why.
         reason: String,
+        /// Budgets to raise (or set) with the resume, by resource; empty for none.
+        budgets: Budgets,
     },
 }
 
@@ -117,9 +120,9 @@ impl Steer {
                 json!({"requestId": request_id, "answer": answer})
             }
             Self::Signal { name, payload } => json!({"name": name, "payload": payload}),
-            Self::Cancel { reason } | Self::Pause { reason } | Self::Resume { reason } => {
-                json!({"reason": reason})
-            }
+            Self::Cancel { reason } | Self::Pause { reason } => json!({"reason": reason}),
+            Self::Resume { reason, budgets } if budgets.is_empty() => json!({"reason": reason}),
+            Self::Resume { reason, budgets } => json!({"reason": reason, "budgets": budgets}),
         }
     }
 

@@ -7,6 +7,7 @@
 //! calls planners and executors.
 
 mod actor;
+mod budget;
 mod catalog_state;
 mod clock;
 pub mod coverage;
@@ -38,9 +39,10 @@ use crate::fsm::FsmError;
 use crate::fsm::{EventBody, EventKind, HitlDecision, RunError, RunEvent, RunOutcome};
 use crate::ids::{IdError, IdKind, RunId, check_id};
 use crate::planner::Planner;
-use crate::policy::PolicyError;
+use crate::policy::{Budgets, PolicyError, Pricing};
 use crate::store::{Committer, HitlRecord, HitlStatus, RunHead, RunStatus, Store, StoreError};
 
+pub use budget::ledger_of;
 pub use catalog_state::CatalogState;
 pub use retention::{Compaction, RetentionOptions, RetentionTotals, SweepReport};
 
@@ -249,6 +251,10 @@ pub struct EngineMetrics {
     pub prompt_tokens: AtomicU64,
     /// Completion tokens reported by model-backed planners.
     pub completion_tokens: AtomicU64,
+    /// Tokens executors reported for node attempts.
+    pub node_tokens: AtomicU64,
+    /// Cost spent (node attempts and priced planner tokens), in millionths of a cost unit.
+    pub cost_micros: AtomicU64,
 }
 
 impl EngineMetrics {
@@ -294,6 +300,9 @@ pub struct EngineConfig {
     pub retain_terminal_runs: Option<Duration>,
     /// How retention sweeps: interval, batch size, compaction.
     pub retention: RetentionOptions,
+    /// Token prices by model: what model tokens cost in runs' `cost` budgets (planner calls,
+    /// and node attempts whose executor reports usage). Empty by default: tokens cost 0.
+    pub pricing: Pricing,
 }
 
 /// A run to create: its envelope and, optionally, an idempotency key.
@@ -378,6 +387,7 @@ impl EngineConfig {
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             retain_terminal_runs: None,
             retention: RetentionOptions::default(),
+            pricing: Pricing::default(),
         }
     }
 }
@@ -409,6 +419,7 @@ pub(crate) struct Inner {
     /// When expired idempotency records were last deleted (ms since the epoch).
     last_expiry: AtomicU64,
     retention: retention::Retention,
+    pricing: Arc<Pricing>,
 }
 
 impl Inner {
@@ -425,6 +436,10 @@ impl Inner {
         let mut names: Vec<String> = self.planners.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    pub(crate) fn pricing(&self) -> Arc<Pricing> {
+        self.pricing.clone()
     }
 
     pub(crate) fn catalog(&self) -> Arc<CatalogState> {
@@ -458,6 +473,30 @@ impl Inner {
                 m.completion_tokens
                     .fetch_add(u.completion_tokens, Ordering::Relaxed);
             }
+        }
+        let (cost, tokens) = match &event.body {
+            EventBody::PlanGenerated { cost, .. } => (cost.unwrap_or(0.0), 0),
+            EventBody::NodeComplete { spend, .. }
+            | EventBody::NodeError { spend, .. }
+            | EventBody::ValidationError { spend, .. } => spend.map_or((0.0, 0), |s| {
+                let tokens = s
+                    .usage
+                    .map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
+                (s.cost, tokens)
+            }),
+            _ => (0.0, 0),
+        };
+        if cost > 0.0 {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let micros = (cost * 1e6).round() as u64;
+            self.metrics
+                .cost_micros
+                .fetch_add(micros, Ordering::Relaxed);
+        }
+        if tokens > 0 {
+            self.metrics
+                .node_tokens
+                .fetch_add(tokens, Ordering::Relaxed);
         }
         tracing::info!(
             run_id = %event.run_id,
@@ -545,6 +584,7 @@ impl Engine {
             idempotency_ttl: config.idempotency_ttl,
             last_expiry: AtomicU64::new(0),
             retention: retention::Retention::new(config.retention),
+            pricing: Arc::new(config.pricing),
         });
         let engine = Self { inner };
         for run_id in engine.inner.store.non_terminal_runs()? {
@@ -1024,10 +1064,27 @@ impl Engine {
     /// # Errors
     /// [`EngineError::IllegalTransition`] when the run is not paused or waits on a HITL answer.
     pub async fn resume(&self, run_id: RunId, reason: &str) -> Result<(), EngineError> {
+        self.resume_with_budgets(run_id, reason, Budgets::new())
+            .await
+    }
+
+    /// Resumes a paused run with larger (or new) budgets, e.g. one a spent budget paused: each
+    /// given resource's limit becomes the given one, and `onBudget` policies on it may fire
+    /// again. The new limits are recorded on the `run_resumed` event.
+    ///
+    /// # Errors
+    /// As [`Engine::resume`].
+    pub async fn resume_with_budgets(
+        &self,
+        run_id: RunId,
+        reason: &str,
+        budgets: Budgets,
+    ) -> Result<(), EngineError> {
         self.control(
             run_id,
             Steer::Resume {
                 reason: reason.to_owned(),
+                budgets,
             },
             None,
         )

@@ -24,6 +24,8 @@ pub fn plan_generated(core: &mut RunCore, ctx: &mut Ctx, input: &RunInput) {
         planner,
         latency_ms,
         usage,
+        model,
+        cost,
         diagnostics,
     } = input
     else {
@@ -41,6 +43,8 @@ pub fn plan_generated(core: &mut RunCore, ctx: &mut Ctx, input: &RunInput) {
         output: output.clone(),
         latency_ms: *latency_ms,
         usage: *usage,
+        model: model.clone(),
+        cost: *cost,
         diagnostics: diagnostics.clone(),
     };
     core.emit(ctx, None, body);
@@ -188,25 +192,35 @@ pub fn end_node(core: &mut RunCore, ctx: &mut Ctx, input: &RunInput) {
         RunInput::NodeSucceeded {
             output,
             duration_us,
+            spend,
             ..
         } => EventBody::NodeComplete {
             attempt,
             output: output.clone(),
             duration_us: *duration_us,
+            spend: *spend,
         },
         RunInput::NodeFailed {
-            error, will_retry, ..
+            error,
+            will_retry,
+            spend,
+            ..
         } => EventBody::NodeError {
             attempt,
             error: error.clone(),
             will_retry: *will_retry,
+            spend: *spend,
         },
         RunInput::OutputInvalid {
-            errors, will_retry, ..
+            errors,
+            will_retry,
+            spend,
+            ..
         } => EventBody::ValidationError {
             attempt,
             errors: errors.clone(),
             will_retry: *will_retry,
+            spend: *spend,
         },
         _ => return,
     };
@@ -366,11 +380,12 @@ pub fn hitl_ends_run(core: &mut RunCore, ctx: &mut Ctx, input: &RunInput) {
 
 /// An operator resumes.
 pub fn resume(core: &mut RunCore, ctx: &mut Ctx, input: &RunInput) {
-    let RunInput::Resume { reason } = input else {
+    let RunInput::Resume { reason, budgets } = input else {
         return;
     };
     let body = EventBody::RunResumed {
         reason: reason.clone(),
+        budgets: budgets.clone(),
     };
     core.emit(ctx, None, body);
 }

@@ -9,6 +9,7 @@ use crate::diagnostics::Diagnostic;
 use crate::graph::{PlanDelta, PlanDiff, PlanDraft};
 pub use crate::hitl::{FollowUp, HitlDecision, HitlKind};
 use crate::ids::{RunId, Timestamp};
+use crate::policy::Budgets;
 
 /// One committed transition of a run.
 ///
@@ -129,6 +130,17 @@ impl UnparsedReply {
     }
 }
 
+/// What one node attempt spent.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpend {
+    /// The capability's `cost`, plus the reported tokens priced by the engine's pricing table.
+    pub cost: f64,
+    /// Tokens the executor reported for the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
+}
+
 /// Token usage reported by a model-backed planner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -204,6 +216,12 @@ pub enum EventBody {
         /// Token usage, for model-backed planners.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<TokenUsage>,
+        /// The model that answered, when the planner says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// The usage priced by the engine's pricing table (when it has a price for the model).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost: Option<f64>,
         /// What reading the reply found (`REPLY_*` codes): errors for an unreadable reply,
         /// warnings for what was extracted, ignored or filled in. Validation adds them to
         /// its own findings.
@@ -270,6 +288,9 @@ pub enum EventBody {
         /// that has only `durationMs` reads as that many milliseconds).
         #[serde(flatten, with = "node_duration")]
         duration_us: u64,
+        /// What the attempt spent (capability cost, priced tokens), when it cost anything.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spend: Option<NodeSpend>,
     },
     /// A node attempt failed.
     #[serde(rename_all = "camelCase")]
@@ -280,6 +301,9 @@ pub enum EventBody {
         error: RunError,
         /// Whether another attempt follows.
         will_retry: bool,
+        /// What the attempt spent (capability cost, priced tokens), when it cost anything.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spend: Option<NodeSpend>,
     },
     /// A node's output failed its compiled contract.
     #[serde(rename_all = "camelCase")]
@@ -290,6 +314,9 @@ pub enum EventBody {
         errors: Vec<String>,
         /// Whether another attempt follows.
         will_retry: bool,
+        /// What the attempt spent (capability cost, priced tokens), when it cost anything.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spend: Option<NodeSpend>,
     },
     /// A runtime policy fired with a replan or pause action.
     #[serde(rename_all = "camelCase")]
@@ -351,6 +378,9 @@ pub enum EventBody {
     RunResumed {
         /// Why.
         reason: String,
+        /// Budgets the operator raised (or set) with the resume; absent when none.
+        #[serde(default, skip_serializing_if = "Budgets::is_empty")]
+        budgets: Budgets,
     },
     /// The run ended.
     #[serde(rename_all = "camelCase")]
@@ -516,6 +546,7 @@ mod tests {
             attempt: 1,
             output: serde_json::Map::new(),
             duration_us: 1_999,
+            spend: None,
         };
         let wire = serde_json::to_value(&body).unwrap();
         assert_eq!(wire["payload"]["durationUs"], 1_999);

@@ -23,8 +23,8 @@ mod vocab;
 
 pub use data::{Ctx, RunCore};
 pub use event::{
-    EventBody, EventKind, FollowUp, HitlDecision, HitlKind, PlanPhase, PlannerOutput, RunError,
-    RunEvent, RunOutcome, TokenUsage, Trigger, TriggerSource, UnparsedReply,
+    EventBody, EventKind, FollowUp, HitlDecision, HitlKind, NodeSpend, PlanPhase, PlannerOutput,
+    RunError, RunEvent, RunOutcome, TokenUsage, Trigger, TriggerSource, UnparsedReply,
 };
 pub use machine::RunMachine;
 pub use next::{Next, Progress, next};

@@ -128,6 +128,8 @@ fn the_model_reaches_every_state() {
             latency_ms: 0,
             usage: None,
             diagnostics: vec![],
+            cost: None,
+            model: None,
         },
         RunInput::DraftValid {
             nodes: 1,
@@ -160,6 +162,7 @@ fn the_model_reaches_every_state() {
             node_id: "a".into(),
             output: serde_json::Map::new(),
             duration_us: 0,
+            spend: None,
         },
         RunInput::Drained,
         plan_returned(false, 1),

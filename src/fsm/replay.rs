@@ -93,6 +93,8 @@ fn input_for(event: &RunEvent, machine: &RunMachine) -> Result<RunInput, FsmErro
             planner,
             latency_ms,
             usage,
+            model,
+            cost,
             diagnostics,
             ..
         } => RunInput::PlanReturned {
@@ -100,6 +102,8 @@ fn input_for(event: &RunEvent, machine: &RunMachine) -> Result<RunInput, FsmErro
             planner: planner.clone(),
             latency_ms: *latency_ms,
             usage: *usage,
+            model: model.clone(),
+            cost: *cost,
             diagnostics: diagnostics.clone(),
         },
         EventBody::PlanAccepted {
@@ -131,25 +135,35 @@ fn input_for(event: &RunEvent, machine: &RunMachine) -> Result<RunInput, FsmErro
         EventBody::NodeComplete {
             output,
             duration_us,
+            spend,
             ..
         } => RunInput::NodeSucceeded {
             node_id: node()?,
             output: output.clone(),
             duration_us: *duration_us,
+            spend: *spend,
         },
         EventBody::NodeError {
-            error, will_retry, ..
+            error,
+            will_retry,
+            spend,
+            ..
         } => RunInput::NodeFailed {
             node_id: node()?,
             error: error.clone(),
             will_retry: *will_retry,
+            spend: *spend,
         },
         EventBody::ValidationError {
-            errors, will_retry, ..
+            errors,
+            will_retry,
+            spend,
+            ..
         } => RunInput::OutputInvalid {
             node_id: node()?,
             errors: errors.clone(),
             will_retry: *will_retry,
+            spend: *spend,
         },
         EventBody::PolicyTriggered {
             policy_id,
@@ -206,8 +220,9 @@ fn input_for(event: &RunEvent, machine: &RunMachine) -> Result<RunInput, FsmErro
         EventBody::RunPaused { reason } => RunInput::OperatorPause {
             reason: reason.clone(),
         },
-        EventBody::RunResumed { reason } => RunInput::Resume {
+        EventBody::RunResumed { reason, budgets } => RunInput::Resume {
             reason: reason.clone(),
+            budgets: budgets.clone(),
         },
         EventBody::Complete {
             status,

@@ -23,6 +23,8 @@ fn draft_returned() -> RunInput {
         latency_ms: 1,
         usage: None,
         diagnostics: vec![],
+        cost: None,
+        model: None,
     }
 }
 
@@ -37,6 +39,8 @@ fn delta_returned(base: u32) -> RunInput {
         latency_ms: 1,
         usage: None,
         diagnostics: vec![],
+        cost: None,
+        model: None,
     }
 }
 
@@ -152,17 +156,20 @@ fn samples(kind: InputKind) -> Vec<RunInput> {
                 node_id: node.into(),
                 output: Map::new(),
                 duration_us: 0,
+                spend: None,
             })
             .to_vec(),
         InputKind::NodeFailed => vec![RunInput::NodeFailed {
             node_id: "n".into(),
             error: RunError::new("E", "e"),
             will_retry: false,
+            spend: None,
         }],
         InputKind::OutputInvalid => vec![RunInput::OutputInvalid {
             node_id: "n".into(),
             errors: vec!["bad".into()],
             will_retry: true,
+            spend: None,
         }],
         InputKind::PolicyReplan => vec![RunInput::PolicyReplan {
             policy_id: "p".into(),
@@ -187,6 +194,7 @@ fn samples(kind: InputKind) -> Vec<RunInput> {
         ],
         InputKind::Resume => vec![RunInput::Resume {
             reason: "go".into(),
+            budgets: Default::default(),
         }],
         InputKind::AllDone => vec![RunInput::AllDone { output: json!({}) }],
         InputKind::Fail => vec![RunInput::Fail {
@@ -345,7 +353,8 @@ fn guards_that_fail_reject_instead_of_emitting() {
             &RunInput::NodeSucceeded {
                 node_id: "ghost".into(),
                 output: Map::new(),
-                duration_us: 0
+                duration_us: 0,
+                spend: None
             },
             NOW
         )
@@ -371,8 +380,14 @@ fn guards_that_fail_reject_instead_of_emitting() {
     let mut p = executing(limits(3, 3));
     apply(&mut p, hitl(FollowUp::Continue, FollowUp::Fail));
     assert!(
-        p.apply(&RunInput::Resume { reason: "x".into() }, NOW)
-            .is_err(),
+        p.apply(
+            &RunInput::Resume {
+                reason: "x".into(),
+                budgets: Default::default()
+            },
+            NOW
+        )
+        .is_err(),
         "resume needs an answer"
     );
     let wrong = RunInput::HitlAnswered {
@@ -459,6 +474,7 @@ fn replan_cycle_bumps_version_and_counts_replans() {
             node_id: "a".into(),
             output: Map::new(),
             duration_us: 3,
+            spend: None,
         },
     );
     let step = apply(&mut m, RunInput::Drained);

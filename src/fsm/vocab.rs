@@ -7,11 +7,12 @@ use serde_json::{Map, Value};
 use strum::VariantArray;
 
 use super::event::{
-    FollowUp, HitlDecision, HitlKind, PlanPhase, PlannerOutput, RunError, RunEvent, RunOutcome,
-    TokenUsage, Trigger,
+    FollowUp, HitlDecision, HitlKind, NodeSpend, PlanPhase, PlannerOutput, RunError, RunEvent,
+    RunOutcome, TokenUsage, Trigger,
 };
 use crate::diagnostics::Diagnostic;
 use crate::graph::PlanDiff;
+use crate::policy::Budgets;
 
 /// Where a run is.
 #[derive(
@@ -111,6 +112,10 @@ pub enum RunInput {
         latency_ms: u64,
         /// Token usage, if reported.
         usage: Option<TokenUsage>,
+        /// The model that answered, if the planner says.
+        model: Option<String>,
+        /// The usage priced by the engine's pricing table, when it has a price.
+        cost: Option<f64>,
         /// What reading the reply found.
         diagnostics: Vec<Diagnostic>,
     },
@@ -159,6 +164,8 @@ pub enum RunInput {
         output: Map<String, Value>,
         /// Attempt wall time, in microseconds.
         duration_us: u64,
+        /// What the attempt spent.
+        spend: Option<NodeSpend>,
     },
     /// A node attempt failed.
     NodeFailed {
@@ -168,6 +175,8 @@ pub enum RunInput {
         error: RunError,
         /// Whether another attempt follows.
         will_retry: bool,
+        /// What the attempt spent.
+        spend: Option<NodeSpend>,
     },
     /// A node's output failed its contract.
     OutputInvalid {
@@ -177,6 +186,8 @@ pub enum RunInput {
         errors: Vec<String>,
         /// Whether another attempt follows.
         will_retry: bool,
+        /// What the attempt spent.
+        spend: Option<NodeSpend>,
     },
     /// A runtime policy asks for a replan.
     PolicyReplan {
@@ -235,6 +246,8 @@ pub enum RunInput {
     Resume {
         /// Why.
         reason: String,
+        /// Budgets raised (or set) with the resume; empty when none.
+        budgets: Budgets,
     },
     /// Every node completed and the goal conditions hold.
     AllDone {

@@ -3,7 +3,9 @@
 //! Initial plans chain registered capabilities backwards from the required output facets to
 //! the facets the run's inputs supply. Replans answer with a minimal delta: a validation
 //! (QA) capability after the triggering node when one fits, else an alternative producer of
-//! that node's outputs.
+//! that node's outputs. A replan an `onBudget` policy asked for replaces the nodes not yet
+//! completed by cheaper capabilities that do the same work, when the catalog has them, and
+//! drops those whose outputs nothing needs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,6 +16,7 @@ use crate::catalog::{Capability, CapabilityKind, CapabilityStatus};
 use crate::diagnostics::DiagnosticCode;
 use crate::fsm::PlannerOutput;
 use crate::graph::{DeltaOp, PlanDelta, PlanDraft, PlanEdge, PlanNode, PlanSnapshot};
+use crate::policy::PolicyTrigger;
 
 /// The deterministic catalog-chaining planner (the embedded default).
 #[derive(Debug, Clone, Copy, Default)]
@@ -268,6 +271,16 @@ fn delta(req: &PlanRequest) -> Result<PlanDelta, PlannerError> {
         PlannerError::Fatal("a replan request carries no current plan".to_owned())
     })?;
     let completed: BTreeSet<&str> = req.completed.iter().map(|c| c.node_id.as_str()).collect();
+    if asked_by_a_budget(req) {
+        // Never answer a budget with more work: nothing cheaper leaves the plan as it is.
+        return Ok(
+            cheaper_delta(req, plan, &completed).unwrap_or_else(|| PlanDelta {
+                base_version: plan.version,
+                rationale: "nothing in the catalog does the remaining work for less".to_owned(),
+                operations: Vec::new(),
+            }),
+        );
+    }
     let focus = req
         .trigger
         .as_ref()
@@ -385,6 +398,99 @@ fn delta(req: &PlanRequest) -> Result<PlanDelta, PlannerError> {
     })
 }
 
+/// Whether the replan was asked by an `onBudget` policy.
+fn asked_by_a_budget(req: &PlanRequest) -> bool {
+    let Some(policy_id) = req.trigger.as_ref().and_then(|t| t.policy_id.as_deref()) else {
+        return false;
+    };
+    req.policies
+        .runtime
+        .iter()
+        .any(|p| p.id == policy_id && matches!(p.trigger, PolicyTrigger::OnBudget { .. }))
+}
+
+/// A budget replan: every node not yet completed whose capability has a cheaper active
+/// alternative (same kind, producing at least the same facets from facets the plan has) is
+/// replaced by the cheapest one, and a node not yet completed whose outputs nothing needs is
+/// removed. `None` when nothing can be made cheaper.
+fn cheaper_delta(
+    req: &PlanRequest,
+    plan: &PlanSnapshot,
+    completed: &BTreeSet<&str>,
+) -> Option<PlanDelta> {
+    let mut available: BTreeSet<&str> = req.inputs.keys().map(String::as_str).collect();
+    for n in &plan.nodes {
+        available.extend(n.output_facets.iter().map(String::as_str));
+    }
+    let caps = candidates(req);
+    let cost_of = |id: &str| {
+        req.capabilities
+            .iter()
+            .find(|c| c.capability_id == id)
+            .map_or(f64::INFINITY, |c| c.cost)
+    };
+    let mut ops = Vec::new();
+    let mut swaps = Vec::new();
+    for node in plan
+        .nodes
+        .iter()
+        .filter(|n| !completed.contains(n.id.as_str()))
+    {
+        let current = cost_of(&node.capability_id);
+        // `candidates` is cheapest first: the first that fits is the cheapest.
+        let cheaper = caps.iter().copied().find(|c| {
+            c.cost < current
+                && c.kind == node.kind
+                && node
+                    .output_facets
+                    .iter()
+                    .all(|f| c.output_facets.contains(f))
+                && c.input_facets
+                    .iter()
+                    .all(|f| available.contains(f.as_str()) && !node.output_facets.contains(f))
+        });
+        if let Some(cap) = cheaper {
+            let why = format!(
+                "`{}` costs {} instead of {} (budget)",
+                cap.capability_id, cap.cost, current
+            );
+            let mut replacement = node_for(cap, node.id.clone(), req, why);
+            replacement.stage.clone_from(&node.stage);
+            swaps.push(format!("{} → {}", node.capability_id, cap.capability_id));
+            ops.push(DeltaOp::ReplaceNode { node: replacement });
+        }
+    }
+    // A pending node whose outputs neither the run's contract nor another remaining node
+    // needs (a QA pass, say) is dropped.
+    let remaining: Vec<&PlanNode> = plan
+        .nodes
+        .iter()
+        .filter(|n| !completed.contains(n.id.as_str()))
+        .collect();
+    for node in &remaining {
+        let needed = node.output_facets.iter().any(|f| {
+            req.required_outputs.contains(f)
+                || remaining
+                    .iter()
+                    .any(|other| other.id != node.id && other.input_facets.contains(f))
+        });
+        if !needed {
+            swaps.push(format!("drop {}", node.id));
+            ops.push(DeltaOp::RemoveNode {
+                node_id: node.id.clone(),
+            });
+        }
+    }
+    if ops.is_empty() {
+        return None;
+    }
+    Some(PlanDelta {
+        base_version: plan.version,
+        rationale: format!("fit the remaining budget: {}", swaps.join(", ")),
+        operations: ops,
+    })
+}
+
 /// True when `to` is downstream of `from` in `plan`.
 fn feeds(plan: &PlanSnapshot, from: &str, to: &str) -> bool {
     let mut stack = vec![from];
@@ -451,6 +557,7 @@ mod tests {
             trigger: None,
             diagnostics: vec![],
             previous_error: None,
+            budget: Default::default(),
         }
     }
 
@@ -547,6 +654,57 @@ mod tests {
             matches!(&again[0], DeltaOp::AddNode { node } if node.capability_id == "writer.formal"),
             "with a QA pass already in place, an alternative writer redoes the work: {again:?}"
         );
+    }
+
+    #[test]
+    fn a_budget_replan_swaps_pending_nodes_for_cheaper_capabilities() {
+        let formal = PlanDraft {
+            nodes: draft(&request(&["summary"], Purpose::Initial))
+                .unwrap()
+                .nodes
+                .into_iter()
+                .map(|mut n| {
+                    if n.capability_id == "writer.en" {
+                        n.capability_id = "writer.formal".into();
+                    }
+                    n
+                })
+                .collect(),
+            ..draft(&request(&["summary"], Purpose::Initial)).unwrap()
+        };
+        let v1 = PlanGraph::from_draft(&formal).unwrap();
+        let mut req = request(&["summary"], Purpose::Replan);
+        req.policies = crate::policy::normalize(&json!({
+            "budgets": {"cost": 4},
+            "runtime": [{"id": "thrift",
+                         "trigger": {"kind": "onBudget", "resource": "cost",
+                                     "threshold": {"fraction": 0.25}},
+                         "action": {"type": "replan"}}]
+        }))
+        .unwrap();
+        req.current_plan = Some(v1.snapshot());
+        req.completed = vec![CompletedNode {
+            node_id: "brief-structurer".into(),
+            capability_id: "brief.structurer".into(),
+            output: Map::new(),
+        }];
+        req.trigger = Some(Trigger {
+            source: TriggerSource::Policy,
+            policy_id: Some("thrift".into()),
+            node_id: None,
+            reason: "spend less".into(),
+        });
+        let ops = delta_ops(&req);
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        assert!(
+            matches!(&ops[0], DeltaOp::ReplaceNode { node }
+                if node.id == "writer-en" && node.capability_id == "writer.en"),
+            "writer.formal (3) becomes writer.en (2): {ops:?}"
+        );
+        // A replan some other policy asked for is answered as before (a QA pass).
+        req.trigger.as_mut().unwrap().policy_id = Some("qa".into());
+        req.trigger.as_mut().unwrap().node_id = Some("brief-structurer".into());
+        assert!(matches!(&delta_ops(&req)[0], DeltaOp::AddNode { .. }));
     }
 
     fn delta_ops(req: &PlanRequest) -> Vec<DeltaOp> {

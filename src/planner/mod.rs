@@ -77,6 +77,9 @@ pub struct PlanRequest {
     pub diagnostics: Vec<Diagnostic>,
     /// The previous attempt's planner error, if it failed.
     pub previous_error: Option<String>,
+    /// The run's budgets and what it has spent when the call was made (empty limits when
+    /// it has none); a replan an `onBudget` policy asked for should fit what remains.
+    pub budget: crate::policy::Ledger,
 }
 
 /// What a planner returns on success.
@@ -89,6 +92,9 @@ pub struct PlanResponse {
     /// What reading a text reply found (`REPLY_*` codes); validation judges them with its
     /// own findings and they reach the planner's next request like every diagnostic.
     pub diagnostics: Vec<Diagnostic>,
+    /// The model that answered, when the planner knows; its usage is priced by it (see
+    /// [`EngineConfig::pricing`](crate::EngineConfig::pricing)).
+    pub model: Option<String>,
 }
 
 impl PlanResponse {
@@ -98,6 +104,7 @@ impl PlanResponse {
             output,
             usage: None,
             diagnostics: Vec::new(),
+            model: None,
         }
     }
 
@@ -112,12 +119,19 @@ impl PlanResponse {
             output,
             usage: None,
             diagnostics,
+            model: None,
         }
     }
 
     /// The same response with token usage.
     pub fn with_usage(mut self, usage: Option<TokenUsage>) -> Self {
         self.usage = usage;
+        self
+    }
+
+    /// The same response, naming the model that answered.
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
         self
     }
 }

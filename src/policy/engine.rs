@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use crate::catalog::CapabilityKind;
 use crate::graph::PlanNode;
 
+use super::budget::{BudgetResource, Budgets, Spend};
 use super::condition::Condition;
 use super::model::{NodeSelector, PolicyAction, PolicyTrigger, RuntimePolicy};
 
@@ -228,6 +229,7 @@ impl PolicyEngine {
                 | PolicyTrigger::OnNodeComplete { .. }
                 | PolicyTrigger::OnTimeout { .. }
                 | PolicyTrigger::OnMetricBelow { .. }
+                | PolicyTrigger::OnBudget { .. }
                 | PolicyTrigger::Manual { .. } => false,
             },
             || {
@@ -248,6 +250,7 @@ impl PolicyEngine {
                 | PolicyTrigger::OnNodeComplete { .. }
                 | PolicyTrigger::OnValidationFail { .. }
                 | PolicyTrigger::OnMetricBelow { .. }
+                | PolicyTrigger::OnBudget { .. }
                 | PolicyTrigger::Manual { .. } => false,
             },
             || format!("run exceeded its time limit ({elapsed_ms} ms elapsed)"),
@@ -266,6 +269,7 @@ impl PolicyEngine {
                 | PolicyTrigger::OnNodeComplete { .. }
                 | PolicyTrigger::OnValidationFail { .. }
                 | PolicyTrigger::OnMetricBelow { .. }
+                | PolicyTrigger::OnBudget { .. }
                 | PolicyTrigger::Manual { .. } => None,
             })
             .min()
@@ -284,6 +288,7 @@ impl PolicyEngine {
                 | PolicyTrigger::OnNodeComplete { .. }
                 | PolicyTrigger::OnValidationFail { .. }
                 | PolicyTrigger::OnTimeout { .. }
+                | PolicyTrigger::OnBudget { .. }
                 | PolicyTrigger::Manual { .. } => false,
             },
             || format!("metric \"{metric}\" fell to {value}"),
@@ -309,6 +314,66 @@ impl PolicyEngine {
             }
         }
         firings
+    }
+
+    /// Spend changed: `onBudget` policies whose threshold the spend of their resource has
+    /// reached under `limits`. A fraction threshold of a resource without a limit never fires.
+    pub fn on_budget(&mut self, spend: &Spend, limits: &Budgets) -> Vec<Firing> {
+        let mut firings = Vec::new();
+        for slot in &mut self.slots {
+            if !slot.is_live() {
+                continue;
+            }
+            let PolicyTrigger::OnBudget {
+                resource,
+                threshold,
+            } = &slot.policy.trigger
+            else {
+                continue;
+            };
+            let limit = limits.get(resource).copied();
+            let Some(amount) = threshold.amount(limit) else {
+                continue;
+            };
+            let spent = spend.of(*resource);
+            if spent >= amount {
+                let name = resource.as_str();
+                firings.push(slot.fire(|| match limit {
+                    Some(limit) => format!("spent {spent} of the `{name}` budget of {limit}"),
+                    None => format!("spent {spent} `{name}`"),
+                }));
+            }
+        }
+        firings
+    }
+
+    /// The smallest amount of executing time, in milliseconds, at which an `onBudget` policy
+    /// on `wallTimeMs` that can still fire would fire under `limits`.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    pub fn next_wall_time_budget_ms(&self, limits: &Budgets) -> Option<u64> {
+        self.slots
+            .iter()
+            .filter(|slot| slot.is_live())
+            .filter_map(|slot| match &slot.policy.trigger {
+                PolicyTrigger::OnBudget {
+                    resource: BudgetResource::WallTimeMs,
+                    threshold,
+                } => threshold
+                    .amount(limits.get(&BudgetResource::WallTimeMs).copied())
+                    .map(|ms| ms.max(0.0).ceil() as u64),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// A budget was raised: `onBudget` policies on `resource` may fire again.
+    pub fn rearm_budget(&mut self, resource: BudgetResource) {
+        for slot in &mut self.slots {
+            if matches!(&slot.policy.trigger, PolicyTrigger::OnBudget { resource: r, .. } if *r == resource)
+            {
+                slot.fires = 0;
+            }
+        }
     }
 
     /// How many times each policy fired (policies that never fired are absent).

@@ -29,12 +29,14 @@
 //! # Ok::<(), flexrun::policy::PolicyError>(())
 //! ```
 
+pub mod budget;
 mod condition;
 mod engine;
 mod error;
 mod model;
 mod normalize;
 
+pub use budget::{BudgetResource, Budgets, Ledger, Pricing, Spend, Threshold, TokenPrice};
 pub use condition::Condition;
 pub use engine::{EvalData, Evaluation, Firing, NodeFacts, PolicyEngine, PolicyWarning};
 pub use error::PolicyError;

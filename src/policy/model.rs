@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::CapabilityKind;
 use crate::hitl::{FollowUp, HitlKind};
 
+use super::budget::{BudgetResource, Budgets, Threshold};
 use super::condition::Condition;
 use super::error::PolicyError;
 use super::normalize::normalize;
@@ -33,6 +34,10 @@ pub struct NormalizedPolicies {
     pub planner: PlannerPolicy,
     /// Runtime policies, in declaration order.
     pub runtime: Vec<RuntimePolicy>,
+    /// Limits on what the run spends, by resource (`onBudget` triggers measure against
+    /// them); empty when the run has none.
+    #[serde(default, skip_serializing_if = "Budgets::is_empty")]
+    pub budgets: Budgets,
 }
 
 impl TryFrom<serde_json::Value> for NormalizedPolicies {
@@ -144,6 +149,13 @@ pub enum PolicyTrigger {
         /// Only this signal name; `None` accepts every signal.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signal: Option<String>,
+    },
+    /// When the run's spend of `resource` reaches `threshold`.
+    OnBudget {
+        /// The resource measured.
+        resource: BudgetResource,
+        /// A fraction of the resource's budget, or an absolute amount.
+        threshold: Threshold,
     },
 }
 

@@ -19,6 +19,7 @@ use crate::catalog::CapabilityKind;
 use crate::hitl::{FollowUp, HitlKind};
 use crate::ids::{IdKind, check_id};
 
+use super::budget::{BudgetResource, Budgets, Threshold};
 use super::condition::Condition;
 use super::error::PolicyError;
 use super::model::{
@@ -82,8 +83,66 @@ pub fn normalize(raw: &Value) -> Result<NormalizedPolicies, PolicyError> {
             }
         }
     }
+    let budgets = budgets(&mut root)?;
     root.finish()?;
-    Ok(NormalizedPolicies { planner, runtime })
+    add_exhaustion_policies(&mut runtime, &budgets);
+    Ok(NormalizedPolicies {
+        planner,
+        runtime,
+        budgets,
+    })
+}
+
+/// `budgets`: resource → a positive limit.
+fn budgets(root: &mut Obj<'_>) -> Result<Budgets, PolicyError> {
+    let Some(found) = root.get("budgets", &[])? else {
+        return Ok(Budgets::new());
+    };
+    let mut obj = require_object(&found, "an object of budgets by resource")?;
+    let mut out = Budgets::new();
+    for resource in BudgetResource::ALL {
+        if let Some(field) = obj.get(resource.as_str(), &[])? {
+            let limit = number(field.field())?;
+            if limit <= 0.0 {
+                return Err(invalid_value(
+                    &field.path,
+                    "a budget must be greater than 0",
+                ));
+            }
+            out.insert(resource, limit);
+        }
+    }
+    obj.finish()?;
+    Ok(out)
+}
+
+/// A budget that no `onBudget` policy watches pauses the run when it is spent: policy
+/// `budget-<resource>` (trigger at the whole budget, action `pause`), appended after the
+/// declared policies.
+fn add_exhaustion_policies(runtime: &mut Vec<RuntimePolicy>, budgets: &Budgets) {
+    for &resource in budgets.keys() {
+        let watched = runtime.iter().any(
+            |p| matches!(&p.trigger, PolicyTrigger::OnBudget { resource: r, .. } if *r == resource),
+        );
+        if watched {
+            continue;
+        }
+        runtime.push(RuntimePolicy {
+            id: format!("budget-{}", resource.as_str().to_ascii_lowercase()),
+            enabled: true,
+            max_fires: super::model::DEFAULT_MAX_FIRES,
+            trigger: PolicyTrigger::OnBudget {
+                resource,
+                threshold: Threshold::Fraction(1.0),
+            },
+            action: PolicyAction::Pause {
+                reason: Some(format!(
+                    "the `{}` budget is spent; resume with a larger budget to continue",
+                    resource.as_str()
+                )),
+            },
+        });
+    }
 }
 
 /// A field found in an object: its value and its path as spelled in the document.
@@ -409,6 +468,7 @@ enum TriggerKind {
     OnValidationFail,
     OnTimeout,
     OnMetricBelow,
+    OnBudget,
     Manual,
 }
 
@@ -430,6 +490,7 @@ const TRIGGER_KINDS: &[(&str, &[&str], TriggerKind)] = &[
         &["on_metric_below"],
         TriggerKind::OnMetricBelow,
     ),
+    ("onBudget", &["on_budget"], TriggerKind::OnBudget),
     ("manual", &["signal"], TriggerKind::Manual),
 ];
 
@@ -624,6 +685,27 @@ fn parse_trigger(found: &Found<'_>) -> Result<PolicyTrigger, PolicyError> {
             let threshold = number(obj.require("threshold", &[])?.field())?;
             PolicyTrigger::OnMetricBelow { metric, threshold }
         }
+        TriggerKind::OnBudget => {
+            let resource_field = obj.require("resource", &[])?;
+            let name = string(resource_field.field())?;
+            let resource = BudgetResource::parse(&name).ok_or_else(|| {
+                invalid_value(
+                    &resource_field.path,
+                    format!(
+                        "unknown budget resource {name:?}; expected one of {}",
+                        BudgetResource::ALL.map(BudgetResource::as_str).join(", ")
+                    ),
+                )
+            })?;
+            let threshold = match obj.get("threshold", &[])? {
+                None => Threshold::Fraction(1.0),
+                Some(found) => threshold(&found)?,
+            };
+            PolicyTrigger::OnBudget {
+                resource,
+                threshold,
+            }
+        }
         TriggerKind::Manual => PolicyTrigger::Manual {
             signal: obj
                 .get("signal", &[])?
@@ -633,6 +715,40 @@ fn parse_trigger(found: &Found<'_>) -> Result<PolicyTrigger, PolicyError> {
     };
     obj.finish()?;
     Ok(trigger)
+}
+
+/// `{"fraction": f}` (0 < f) or `{"absolute": n}` (0 ≤ n).
+fn threshold(found: &Found<'_>) -> Result<Threshold, PolicyError> {
+    let mut obj = require_object(
+        found,
+        "a threshold object ({\"fraction\": f} or {\"absolute\": n})",
+    )?;
+    let fraction = obj.get("fraction", &[])?;
+    let absolute = obj.get("absolute", &[])?;
+    let out = match (fraction, absolute) {
+        (Some(f), None) => {
+            let value = number(f.field())?;
+            if value <= 0.0 {
+                return Err(invalid_value(&f.path, "a fraction must be greater than 0"));
+            }
+            Threshold::Fraction(value)
+        }
+        (None, Some(a)) => {
+            let value = number(a.field())?;
+            if value < 0.0 {
+                return Err(invalid_value(&a.path, "an amount cannot be negative"));
+            }
+            Threshold::Absolute(value)
+        }
+        _ => {
+            return Err(invalid_value(
+                &found.path,
+                "give exactly one of `fraction` and `absolute`",
+            ));
+        }
+    };
+    obj.finish()?;
+    Ok(out)
 }
 
 fn selector(parent: &mut Obj<'_>) -> Result<Option<NodeSelector>, PolicyError> {
@@ -905,6 +1021,7 @@ mod tests {
                 required_kinds: vec![],
             },
             runtime: vec![],
+            budgets: Budgets::new(),
         };
         assert_eq!(
             (
@@ -1087,12 +1204,72 @@ mod tests {
     }
 
     #[test]
+    fn budgets_and_on_budget_triggers_are_normalized() {
+        let p = normalize(&json!({
+            "budgets": {"cost": 10, "nodes": 8},
+            "runtime": [{"id": "p", "trigger":
+                {"kind": "onBudget", "resource": "cost", "threshold": {"fraction": 0.8}},
+                "action": replan()}]
+        }))
+        .unwrap();
+        assert_eq!(
+            p.budgets,
+            Budgets::from([(BudgetResource::Cost, 10.0), (BudgetResource::Nodes, 8.0)])
+        );
+        assert_eq!(
+            p.runtime[0].trigger,
+            PolicyTrigger::OnBudget {
+                resource: BudgetResource::Cost,
+                threshold: Threshold::Fraction(0.8)
+            }
+        );
+        // `nodes` has no policy watching it: spending it pauses the run.
+        assert_eq!(p.runtime.len(), 2);
+        assert_eq!(p.runtime[1].id, "budget-nodes");
+        assert_eq!(
+            p.runtime[1].trigger,
+            PolicyTrigger::OnBudget {
+                resource: BudgetResource::Nodes,
+                threshold: Threshold::Fraction(1.0)
+            }
+        );
+        assert_eq!(p.runtime[1].action.name(), "pause");
+        // The canonical form normalizes to itself (no second implicit policy).
+        let again = normalize(&serde_json::to_value(&p).unwrap()).unwrap();
+        assert_eq!(again, p);
+    }
+
+    #[test]
+    fn bad_budgets_name_the_field() {
+        let cases = [
+            (json!({"budgets": {"cost": 0}}), "budgets.cost"),
+            (json!({"budgets": {"dollars": 3}}), "budgets"),
+            (
+                json!({"budgets": {"cost": 1}, "runtime": [{"id": "p",
+                    "trigger": {"kind": "onBudget", "resource": "money"}, "action": replan()}]}),
+                "runtime[0].trigger.resource",
+            ),
+            (
+                json!({"budgets": {"cost": 1}, "runtime": [{"id": "p",
+                    "trigger": {"kind": "onBudget", "resource": "cost",
+                                "threshold": {"fraction": 0.5, "absolute": 1}},
+                    "action": replan()}]}),
+                "runtime[0].trigger.threshold",
+            ),
+        ];
+        for (raw, path) in cases {
+            let e = err(raw.clone());
+            assert_eq!(e.path(), path, "{raw}: {e}");
+        }
+    }
+
+    #[test]
     fn snapshot_unknown_trigger_kind() {
         let e = err(policy(json!({"kind": "onFoo"}), replan()));
         assert_eq!(
             e.to_string(),
             "runtime[0].trigger.kind: unknown trigger kind \"onFoo\"; expected one of onStart, \
-             onNodeComplete, onValidationFail, onTimeout, onMetricBelow, manual"
+             onNodeComplete, onValidationFail, onTimeout, onMetricBelow, onBudget, manual"
         );
         assert_eq!(e.path(), "runtime[0].trigger.kind");
     }
@@ -1575,7 +1752,11 @@ mod tests {
                         })
                         .collect()
                 });
-        (planner(), runtime).prop_map(|(planner, runtime)| NormalizedPolicies { planner, runtime })
+        (planner(), runtime).prop_map(|(planner, runtime)| NormalizedPolicies {
+            planner,
+            runtime,
+            budgets: Budgets::new(),
+        })
     }
 
     /// Rewrite canonical JSON into accepted legacy spellings.

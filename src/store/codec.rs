@@ -1,4 +1,4 @@
-//! Stored value shapes (format 3): a format byte, then a binary layout per table.
+//! Stored value shapes (format 4): a format byte, then a binary layout per table.
 //!
 //! The layouts are decoupled from the public records so that the public types can evolve (and
 //! carry whatever serde shape the API wants) without silently changing the file format.
@@ -19,11 +19,14 @@
 //!
 //! Event bodies: `node_start` is attempt, capability id, then 0 when the idempotency key is the
 //! usual `{runId}/{nodeId}` (rebuilt on decode) or 1 and the key; `node_complete` is attempt,
-//! duration in microseconds, packed output object; every other kind is its packed payload.
+//! duration in microseconds, packed output object, then the attempt's spend (a flags byte: 1
+//! cost, 2 token usage, 0 none; the cost as `f64` LE, the prompt and completion tokens as
+//! varints); every other kind is its packed payload.
 //!
-//! Format 2 (written by store formats 2 to 4) has the same layouts except one: a
+//! Format 3 (written by store format 5) is format 4 without the spend of `node_complete`.
+//! Format 2 (written by store formats 2 to 4) has the same layouts as format 3 except one: a
 //! `node_complete` duration is in milliseconds, and is read as that many thousand
-//! microseconds. Both formats are read; only format 3 is written. The format byte is the
+//! microseconds. All three formats are read; only format 4 is written. The format byte is the
 //! value's own, so a file upgraded from store format 4, whose old events keep format 2 beside
 //! new ones in format 3, needs no rewrite, and neither do commit-log entries written before the
 //! upgrade.
@@ -39,9 +42,9 @@ use super::pack::{
     Malformed, Reader, pack_object, pack_value, put_str, put_varint, unpack_object, unpack_value,
 };
 use super::pack_ser::{pack_field, pack_serialize};
-use super::tables::{MILLIS_VALUE_FORMAT, VALUE_FORMAT};
+use super::tables::{MICROS_VALUE_FORMAT, MILLIS_VALUE_FORMAT, VALUE_FORMAT};
 use super::types::{HitlRecord, HitlStatus, NodeRecord, NodeStatus, RunHead, RunStatus};
-use crate::fsm::{EventBody, EventKind, RunEvent, RunState};
+use crate::fsm::{EventBody, EventKind, NodeSpend, RunEvent, RunState, TokenUsage};
 use crate::graph::PlanSnapshot;
 use crate::ids::{RunId, Timestamp};
 
@@ -108,7 +111,7 @@ impl Bad {
 /// The value's format byte, and a reader positioned after it.
 fn open_format<'a>(bytes: &'a [u8], at: At<'_>) -> Result<(u8, Reader<'a>), StoreError> {
     match bytes.split_first() {
-        Some((&format @ (VALUE_FORMAT | MILLIS_VALUE_FORMAT), rest)) => {
+        Some((&format @ (VALUE_FORMAT | MICROS_VALUE_FORMAT | MILLIS_VALUE_FORMAT), rest)) => {
             Ok((format, Reader::new(rest)))
         }
         Some((other, _)) => Err(StoreError::corrupt(format!(
@@ -336,6 +339,48 @@ fn is_derived_key(run: RunId, node: &str, key: &str) -> bool {
     write!(text, "{run}").is_ok() && text.bytes.get(..text.len) == Some(rest.as_bytes())
 }
 
+const SPEND_COST: u8 = 1;
+const SPEND_USAGE: u8 = 2;
+
+/// A node attempt's spend: flags (1 cost, 2 usage; 0 = none), then the cost as `f64` LE and
+/// the prompt and completion tokens as varints, each when flagged.
+fn put_spend(out: &mut Vec<u8>, spend: Option<&NodeSpend>) {
+    let Some(spend) = spend else {
+        out.push(0);
+        return;
+    };
+    let mut flags = SPEND_COST;
+    if spend.usage.is_some() {
+        flags |= SPEND_USAGE;
+    }
+    out.push(flags);
+    out.extend_from_slice(&spend.cost.to_le_bytes());
+    if let Some(usage) = spend.usage {
+        put_varint(out, usage.prompt_tokens);
+        put_varint(out, usage.completion_tokens);
+    }
+}
+
+fn read_spend(reader: &mut Reader<'_>) -> Result<Option<NodeSpend>, Bad> {
+    let flags = reader.u8()?;
+    if flags == 0 {
+        return Ok(None);
+    }
+    if flags & !(SPEND_COST | SPEND_USAGE) != 0 || flags & SPEND_COST == 0 {
+        return Err(Bad::Tag("spend flags", flags));
+    }
+    let cost = f64::from_le_bytes(reader.array::<8>()?);
+    let usage = if flags & SPEND_USAGE == 0 {
+        None
+    } else {
+        Some(TokenUsage {
+            prompt_tokens: reader.varint()?,
+            completion_tokens: reader.varint()?,
+        })
+    };
+    Ok(Some(NodeSpend { cost, usage }))
+}
+
 pub(crate) fn encode_event(event: &RunEvent, out: &mut Vec<u8>) -> Result<(), StoreError> {
     out.push(VALUE_FORMAT);
     out.push(kind_tag(event.body.kind()));
@@ -371,10 +416,12 @@ pub(crate) fn encode_event(event: &RunEvent, out: &mut Vec<u8>) -> Result<(), St
             attempt,
             output,
             duration_us,
+            spend,
         } => {
             put_varint(out, u64::from(*attempt));
             put_varint(out, *duration_us);
             pack_object(out, output);
+            put_spend(out, spend.as_ref());
         }
         body @ (EventBody::PlanRequested { .. }
         | EventBody::PlanGenerated { .. }
@@ -429,10 +476,17 @@ fn read_event_body(
             } else {
                 duration
             };
+            let output = unpack_object(reader)?;
+            let spend = if format == VALUE_FORMAT {
+                read_spend(reader)?
+            } else {
+                None
+            };
             Ok(EventBody::NodeComplete {
                 attempt,
                 duration_us,
-                output: unpack_object(reader)?,
+                output,
+                spend,
             })
         }
         EventKind::PlanRequested
@@ -643,6 +697,48 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_node_attempts_spend_round_trips() {
+        let run = RunId::new();
+        for spend in [
+            None,
+            Some(NodeSpend {
+                cost: 2.5,
+                usage: None,
+            }),
+            Some(NodeSpend {
+                cost: 0.125,
+                usage: Some(TokenUsage {
+                    prompt_tokens: 300,
+                    completion_tokens: 70_000,
+                }),
+            }),
+        ] {
+            let event = RunEvent {
+                seq: 3,
+                run_id: run,
+                timestamp: Timestamp(1),
+                plan_version: 1,
+                node_id: Some("n".into()),
+                body: EventBody::NodeComplete {
+                    attempt: 1,
+                    output: Map::new(),
+                    duration_us: 9,
+                    spend,
+                },
+            };
+            let bytes = encoded(&event);
+            let mut bad = bytes.clone();
+            *bad.last_mut().unwrap() = 0xff;
+            if spend.is_none() {
+                assert!(
+                    decode_event(&bad, run, 3).is_err(),
+                    "unknown flags are refused"
+                );
+            }
+        }
+    }
+
     fn encoded(event: &RunEvent) -> Vec<u8> {
         let mut out = Vec::new();
         encode_event(event, &mut out).unwrap();
@@ -696,6 +792,7 @@ mod tests {
                 attempt: 1,
                 output: output.as_object().cloned().unwrap(),
                 duration_us: 0,
+                spend: None,
             },
         ));
         assert!(bytes.len() <= 48, "node_complete is {} bytes", bytes.len());
@@ -714,17 +811,26 @@ mod tests {
                     attempt: 2,
                     output: json!({"ok": true}).as_object().cloned().unwrap(),
                     duration_us,
+                    spend: None,
                 },
             )
         };
-        let mut bytes = encoded(&complete(1_234_567));
+        // Formats 2 and 3 have no spend byte after the output.
+        let older = |event: &RunEvent| {
+            let mut bytes = encoded(event);
+            assert_eq!(bytes.pop(), Some(0), "no spend");
+            bytes
+        };
+        let mut bytes = older(&complete(1_234_567));
         assert_eq!(bytes[0], VALUE_FORMAT);
+        bytes[0] = MICROS_VALUE_FORMAT;
+        assert_eq!(decode_event(&bytes, run, 7).unwrap(), complete(1_234_567));
         bytes[0] = MILLIS_VALUE_FORMAT;
         assert_eq!(
             decode_event(&bytes, run, 7).unwrap(),
             complete(1_234_567_000)
         );
-        let mut huge = encoded(&complete(u64::MAX / 10));
+        let mut huge = older(&complete(u64::MAX / 10));
         huge[0] = MILLIS_VALUE_FORMAT;
         assert_eq!(decode_event(&huge, run, 7).unwrap(), complete(u64::MAX));
 
@@ -781,11 +887,13 @@ mod tests {
                 attempt: 2,
                 error: RunError::new("TIMEOUT", "too slow"),
                 will_retry: false,
+                spend: None,
             },
             EventBody::ValidationError {
                 attempt: 1,
                 errors: vec!["missing copyVariants".to_owned()],
                 will_retry: true,
+                spend: None,
             },
             EventBody::PolicyTriggered {
                 policy_id: "qa".to_owned(),
@@ -814,6 +922,7 @@ mod tests {
             },
             EventBody::RunResumed {
                 reason: "ops".to_owned(),
+                budgets: Default::default(),
             },
             EventBody::Complete {
                 status: RunOutcome::Failed,

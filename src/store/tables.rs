@@ -12,8 +12,10 @@
 //! `log_state` table of the commit log (the store id and the checkpointed log seq, see
 //! `redb_store/log.rs`); 5 stores `node_complete` durations in microseconds instead of
 //! milliseconds (values written from version 5 on carry value format 3, older ones keep format
-//! 2 and are read as before, their durations × 1000; nothing is rewritten). A version-1 file is
-//! refused with `UpgradeRequired`; a version-2, -3 or -4 file is upgraded in place on open (the
+//! 2 and are read as before, their durations × 1000; nothing is rewritten); 6 adds the
+//! attempt's spend after a `node_complete` event's output (value format 4; format-3 values are
+//! read as having spent nothing). A version-1 file is
+//! refused with `UpgradeRequired`; a version-2 to -5 file is upgraded in place on open (the
 //! missing tables are created empty, a store id is made if there is none, and the version is
 //! recorded), after which builds that only know the older version refuse it with
 //! `UpgradeRequired` instead of misreading its values.
@@ -28,13 +30,17 @@ use redb::TableHandle;
 use crate::ids::RunId;
 
 /// The on-disk format version this build reads and writes.
-pub(crate) const SCHEMA_VERSION: u32 = 5;
+pub(crate) const SCHEMA_VERSION: u32 = 6;
 
 /// The oldest format version this build upgrades in place.
 pub(crate) const UPGRADABLE_FROM: u32 = 2;
 
 /// The leading byte of every stored value this build writes.
-pub(crate) const VALUE_FORMAT: u8 = 3;
+pub(crate) const VALUE_FORMAT: u8 = 4;
+
+/// The leading byte of values written by store format 5: read like [`VALUE_FORMAT`], except
+/// that a `node_complete` event has no spend after its output (see `codec.rs`).
+pub(crate) const MICROS_VALUE_FORMAT: u8 = 3;
 
 /// The leading byte of values written by store formats 2 to 4: read like [`VALUE_FORMAT`],
 /// except that a `node_complete` event's duration is in milliseconds (see `codec.rs`).

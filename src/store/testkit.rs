@@ -139,6 +139,7 @@ impl RunScript {
                 attempt: 1,
                 output: output.as_object().cloned().unwrap_or_default(),
                 duration_us: 42,
+                spend: None,
             },
         );
         let mut batch = self.batch(vec![event]);
@@ -292,6 +293,7 @@ impl RunScript {
                 attempt: 1,
                 output: output.as_object().cloned().unwrap_or_default(),
                 duration_us: 0,
+                spend: None,
             },
         );
         let start = self.event(

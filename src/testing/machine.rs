@@ -173,6 +173,8 @@ pub fn plan_returned(draft: bool, base_version: u32) -> RunInput {
         planner: "model".into(),
         latency_ms: 0,
         usage: None,
+        model: None,
+        cost: None,
         diagnostics: vec![],
     }
 }
@@ -244,16 +246,19 @@ fn node_result(node: BoxedStrategy<String>) -> BoxedStrategy<RunInput> {
                 node_id,
                 error: RunError::new("E", "e"),
                 will_retry,
+                spend: None,
             },
             1 => RunInput::OutputInvalid {
                 node_id,
                 errors: vec!["x".into()],
                 will_retry,
+                spend: None,
             },
             _ => RunInput::NodeSucceeded {
                 node_id,
                 output: Map::new(),
                 duration_us: 0,
+                spend: None,
             },
         })
         .boxed()
@@ -323,7 +328,10 @@ pub fn any_input() -> BoxedStrategy<RunInput> {
         Just(RunInput::OperatorPause { reason: "o".into() }),
         Just(RunInput::Drained),
         answered,
-        Just(RunInput::Resume { reason: "r".into() }),
+        Just(RunInput::Resume {
+            reason: "r".into(),
+            budgets: Default::default(),
+        }),
         Just(RunInput::AllDone {
             output: Value::Null
         }),
@@ -387,7 +395,14 @@ pub fn likely_input(state: &ModelState) -> BoxedStrategy<RunInput> {
         RunState::Replanning => options.push((2, Just(RunInput::Drained).boxed())),
         RunState::Paused => match run.pending_hitl() {
             Some(pending) => options.push((3, hitl_answered(pending.request_id.clone()))),
-            None => options.push((3, Just(RunInput::Resume { reason: "r".into() }).boxed())),
+            None => options.push((
+                3,
+                Just(RunInput::Resume {
+                    reason: "r".into(),
+                    budgets: Default::default(),
+                })
+                .boxed(),
+            )),
         },
         RunState::Done => options.push((1, any_input())),
     }

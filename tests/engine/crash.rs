@@ -134,6 +134,7 @@ async fn a_crashed_engine_resumes_the_run_from_the_store() {
         error,
         will_retry,
         attempt,
+        ..
     } = &all[before.len()].body
     else {
         panic!()

@@ -212,7 +212,7 @@ fn every_json_block_of_the_policies_doc_is_accepted() {
             continue;
         } else if has("trigger") {
             normalize(&json!({ "runtime": [v.clone()] })).map(drop)
-        } else if has("planner") || has("runtime") {
+        } else if has("planner") || has("runtime") || has("budgets") {
             normalize(&v).map(drop)
         } else if has("type") {
             normalize(&runtime_policy(json!({"kind": "manual"}), v.clone())).map(drop)

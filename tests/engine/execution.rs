@@ -149,6 +149,7 @@ async fn output_that_breaks_the_contract_is_a_validation_error_then_retried_then
                 attempt,
                 will_retry,
                 errors,
+                ..
             } => Some((*attempt, *will_retry, errors.join(";"))),
             _ => None,
         })

@@ -65,6 +65,7 @@ fn node_errors(events: &[RunEvent]) -> Vec<(u32, String, String, bool)> {
                 attempt,
                 will_retry,
                 error,
+                ..
             } => Some((
                 *attempt,
                 error.code.clone(),

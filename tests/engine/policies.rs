@@ -16,7 +16,7 @@ use crate::support::*;
 
 /// Every envelope under `examples/`; each has a test below.
 const EXAMPLES: &[&str] = &[
-    "approval", "deadline", "kickoff", "operator", "replan", "tagline",
+    "approval", "budget", "deadline", "kickoff", "operator", "replan", "tagline",
 ];
 
 /// `(policyId, action, source, trigger nodeId)` of every `policy_triggered`.
@@ -159,6 +159,41 @@ async fn replan_example_adds_a_qa_pass_after_the_writer() {
     assert_eq!(complete_status(&events).as_deref(), Some("completed"));
     assert_eq!(env.engine.store().plan_versions(run).unwrap(), [1, 2]);
     assert!(capabilities_of_version(&env, run, 2).contains(&"qa.copy".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_example_replans_cheaper_when_three_quarters_are_spent() {
+    let mut env = TestEnv::start(None).await;
+    let run = env
+        .engine
+        .submit(envelope(example("budget")))
+        .await
+        .unwrap();
+    let events = env.until_complete(run).await;
+    assert_eq!(fired_ids(&events), ["qa-gate", "thrift"]);
+    assert_eq!(complete_status(&events).as_deref(), Some("completed"));
+    assert_eq!(env.engine.store().plan_versions(run).unwrap(), [1, 2, 3]);
+    assert!(capabilities_of_version(&env, run, 2).contains(&"qa.copy".to_owned()));
+    assert!(
+        !capabilities_of_version(&env, run, 3).contains(&"qa.copy".to_owned()),
+        "the budget's replan drops the QA pass nothing needs"
+    );
+    let stored = env.engine.store().events_after(run, 0, usize::MAX).unwrap();
+    let policies = flexrun::policy::normalize(&example("budget")["policies"]).unwrap();
+    let ledger = flexrun::engine::ledger_of(&policies, &stored, flexrun::ids::Timestamp::now());
+    assert!((ledger.spend.cost - 3.5).abs() < 1e-9, "{ledger:?}");
+    assert_eq!(ledger.spend.nodes, 3);
+    let thrift = events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::PlanRequested {
+                trigger: Some(trigger),
+                ..
+            } if trigger.policy_id.as_deref() == Some("thrift") => Some(trigger.clone()),
+            _ => None,
+        })
+        .expect("the budget's replan request");
+    assert!(thrift.reason.contains("three quarters"), "{thrift:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

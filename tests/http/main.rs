@@ -11,6 +11,7 @@ mod fake;
 mod plans;
 mod support;
 
+mod budgets;
 mod catalog;
 mod console;
 mod corpus_replies;

@@ -31,6 +31,8 @@ pub struct Options {
     pub event_buffer: usize,
     /// How the `http` executor signs its calls.
     pub http: HttpExecutorBuilder,
+    /// What model tokens cost.
+    pub pricing: flexrun::policy::Pricing,
 }
 
 impl Default for Options {
@@ -40,6 +42,7 @@ impl Default for Options {
             config: ApiConfig::default(),
             event_buffer: 4096,
             http: HttpExecutor::builder(),
+            pricing: flexrun::policy::Pricing::default(),
         }
     }
 }
@@ -74,6 +77,7 @@ impl Server {
             config.planner = p;
         }
         config.event_buffer = opts.event_buffer;
+        config.pricing = opts.pricing;
         let (http, binding) = opts.http.for_engine().unwrap();
         config.executors = config.executors.clone().with_type("http", Arc::new(http));
         let engine = Engine::open(config).await.unwrap();

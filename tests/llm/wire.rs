@@ -859,6 +859,7 @@ async fn our_side_of_a_planner_call_is_small_next_to_the_round_trip() {
         trigger: None,
         diagnostics: vec![],
         previous_error: None,
+        budget: Default::default(),
     };
     let started = std::time::Instant::now();
     for _ in 0..CALLS {

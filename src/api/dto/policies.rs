@@ -147,6 +147,10 @@ tag!(
     OnMetricBelowKind::OnMetricBelow = "onMetricBelow"
 );
 tag!(
+    /// `onBudget`.
+    OnBudgetKind::OnBudget = "onBudget"
+);
+tag!(
     /// `manual`.
     ManualKind::Manual = "manual"
 );
@@ -178,6 +182,10 @@ pub struct PoliciesDto {
     /// Runtime policies, evaluated in declaration order; ids are unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runtime: Vec<RuntimePolicyDto>,
+    /// Limits on what the run spends. A limited resource that no `onBudget` policy watches
+    /// pauses the run when it is spent (policy `budget-<resource>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<BudgetsDto>,
     /// Deprecated location of `planner.maxAttempts` (giving both is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(deprecated, minimum = 1, maximum = 4294967295u32, format = Int64)]
@@ -292,6 +300,7 @@ pub struct NodeSelectorDto {
     ("onValidationFail" = "#/components/schemas/OnValidationFailTrigger"),
     ("onTimeout" = "#/components/schemas/OnTimeoutTrigger"),
     ("onMetricBelow" = "#/components/schemas/OnMetricBelowTrigger"),
+    ("onBudget" = "#/components/schemas/OnBudgetTrigger"),
     ("manual" = "#/components/schemas/ManualTrigger"),
 )))]
 pub enum PolicyTriggerDto {
@@ -305,6 +314,8 @@ pub enum PolicyTriggerDto {
     OnTimeout(OnTimeoutTrigger),
     /// `onMetricBelow`.
     OnMetricBelow(OnMetricBelowTrigger),
+    /// `onBudget`.
+    OnBudget(OnBudgetTrigger),
     /// `manual`.
     Manual(ManualTrigger),
 }
@@ -379,6 +390,92 @@ pub struct OnMetricBelowTrigger {
     pub metric: String,
     /// Fires when the value is `< threshold`.
     pub threshold: f64,
+}
+
+/// Limits on what a run spends, by resource; each is greater than 0.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BudgetsDto {
+    /// Prompt + completion tokens of planner calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
+    pub planner_tokens: Option<f64>,
+    /// Tokens executors report for node attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
+    pub node_tokens: Option<f64>,
+    /// Capability `cost` of node attempts plus model tokens priced by the server's table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
+    pub cost: Option<f64>,
+    /// Milliseconds spent executing (the clock of `onTimeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
+    pub wall_time_ms: Option<f64>,
+    /// Node attempts dispatched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
+    pub nodes: Option<f64>,
+}
+
+/// A budgeted resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BudgetResourceDto {
+    /// Prompt + completion tokens of planner calls.
+    PlannerTokens,
+    /// Tokens executors report for node attempts.
+    NodeTokens,
+    /// Capability cost plus priced tokens.
+    Cost,
+    /// Milliseconds spent executing.
+    WallTimeMs,
+    /// Node attempts dispatched.
+    Nodes,
+}
+
+/// Where an `onBudget` trigger fires: a fraction of the resource's budget, or an amount.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ThresholdDto {
+    /// A fraction of the budget.
+    Fraction(FractionThreshold),
+    /// An absolute amount.
+    Absolute(AbsoluteThreshold),
+}
+
+/// A fraction of the resource's budget (`1` is all of it); the budget must be set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FractionThreshold {
+    /// Greater than 0.
+    #[schema(exclusive_minimum = 0)]
+    pub fraction: f64,
+}
+
+/// An absolute amount of the resource.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AbsoluteThreshold {
+    /// At least 0.
+    #[schema(minimum = 0)]
+    pub absolute: f64,
+}
+
+/// Fires when the run's spend of `resource` reaches `threshold` (default: the whole budget),
+/// checked whenever spend changes; at most `maxFires` times, re-armed when an operator
+/// raises that budget on resume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OnBudgetTrigger {
+    /// `onBudget`.
+    #[schema(schema_with = OnBudgetKind::property)]
+    pub kind: OnBudgetKind,
+    /// The resource measured.
+    pub resource: BudgetResourceDto,
+    /// Where it fires; `{"fraction": 1}` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<ThresholdDto>,
 }
 
 /// Fires on an external signal (`POST /v1/runs/{id}/signals`) with a matching name, or

@@ -88,6 +88,7 @@ impl Script {
             node_id: node.to_owned(),
             output: Map::from_iter([("copy".to_owned(), json!(node))]),
             duration_us: 3,
+            spend: None,
         })
     }
 
@@ -96,6 +97,7 @@ impl Script {
             node_id: node.to_owned(),
             error: RunError::new("HTTP_500", "the webhook answered 500"),
             will_retry,
+            spend: None,
         })
     }
 
@@ -178,6 +180,8 @@ pub(super) fn returned(output: PlannerOutput) -> RunInput {
         latency_ms: 1,
         usage: None,
         diagnostics: vec![],
+        cost: None,
+        model: None,
     }
 }
 
@@ -296,6 +300,7 @@ pub(super) fn node_complete(model: &RunEvent, node: &str, attempt: u32) -> RunEv
             attempt,
             output: Map::new(),
             duration_us: 1,
+            spend: None,
         },
     )
 }

@@ -45,6 +45,7 @@ fn retries_pauses_cancels_and_failures_conform() {
         .succeed("write")
         .go(RunInput::Resume {
             reason: "back".into(),
+            budgets: Default::default(),
         })
         .go(RunInput::PolicyPause {
             policy_id: "hold".into(),
@@ -52,6 +53,7 @@ fn retries_pauses_cancels_and_failures_conform() {
         })
         .go(RunInput::Resume {
             reason: "go".into(),
+            budgets: Default::default(),
         })
         .start("human", 1)
         .ask("human-1", Some("human"), FollowUp::Fail)
@@ -163,6 +165,7 @@ fn legal_sequence_names_the_first_refused_event_and_stops() {
         None,
         EventBody::RunResumed {
             reason: "nothing was paused".into(),
+            budgets: Default::default(),
         },
     );
     let at = insert(&mut events, 5, vec![resumed.clone(), resumed]);
@@ -262,6 +265,7 @@ fn dispatch_while_paused_names_the_start() {
         })
         .go(RunInput::Resume {
             reason: "go".into(),
+            budgets: Default::default(),
         })
         .run_node("write")
         .done();

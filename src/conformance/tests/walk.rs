@@ -39,16 +39,19 @@ impl Walker {
                 node_id: node.clone(),
                 output: Map::new(),
                 duration_us: 1,
+                spend: None,
             });
             out.push(RunInput::NodeFailed {
                 node_id: node.clone(),
                 error: RunError::new("HTTP_500", "boom"),
                 will_retry,
+                spend: None,
             });
             out.push(RunInput::OutputInvalid {
                 node_id: node.clone(),
                 errors: vec!["/copy: missing".into()],
                 will_retry,
+                spend: None,
             });
         }
     }
@@ -155,6 +158,7 @@ impl Walker {
                     }),
                     None => out.push(RunInput::Resume {
                         reason: "op".into(),
+                        budgets: Default::default(),
                     }),
                 }
                 out.push(RunInput::Cancel {

@@ -52,6 +52,7 @@ fn sse_frames_may_arrive_in_any_chunks() {
         })
         .go(RunInput::Resume {
             reason: "weiter".into(),
+            budgets: Default::default(),
         })
         .run_node("write")
         .done();

@@ -47,6 +47,7 @@ impl RunDriver {
                             "the engine stopped while the node was running",
                         ),
                         will_retry: true,
+                        spend: None,
                     };
                     self.feed_or_log(input);
                 }
@@ -62,6 +63,7 @@ impl RunDriver {
         for firing in self.policy_engine.on_timeout(elapsed) {
             self.defer(firing, TriggerSource::Policy, None);
         }
+        self.budget_dirty = true;
     }
 
     /// Queues a firing; it is applied when the run executes, and stored until then.
@@ -87,13 +89,25 @@ impl RunDriver {
             return;
         }
         let input = match result {
-            Ok(response) => RunInput::PlanReturned {
-                output: Arc::new(response.output),
-                planner: self.planner_name.clone(),
-                latency_ms,
-                usage: response.usage,
-                diagnostics: response.diagnostics,
-            },
+            Ok(response) => {
+                let cost = response
+                    .usage
+                    .map(|u| {
+                        let model = response.model.as_deref();
+                        self.pricing
+                            .price(model, u.prompt_tokens, u.completion_tokens)
+                    })
+                    .filter(|cost| *cost > 0.0);
+                RunInput::PlanReturned {
+                    output: Arc::new(response.output),
+                    planner: self.planner_name.clone(),
+                    latency_ms,
+                    usage: response.usage,
+                    model: response.model,
+                    cost,
+                    diagnostics: response.diagnostics,
+                }
+            }
             Err(e) => RunInput::PlannerFailed {
                 retryable: e.is_retryable(),
                 error: e.to_string(),
@@ -114,6 +128,7 @@ impl RunDriver {
         }
         let max_attempts = self.max_attempts(&node_id);
         let may_retry = attempt < max_attempts;
+        let spend = self.attempt_spend(&node_id, None);
         match result {
             Ok(output) => {
                 let value = Value::Object(output);
@@ -130,6 +145,7 @@ impl RunDriver {
                             node_id: node_id.clone(),
                             output,
                             duration_us,
+                            spend,
                         };
                         self.feed_ref(&input);
                         if let RunInput::NodeSucceeded { output, .. } = &input {
@@ -141,6 +157,7 @@ impl RunDriver {
                             node_id: node_id.clone(),
                             errors,
                             will_retry: may_retry,
+                            spend,
                         });
                         if let Some(node) = self.plan_node(&node_id).cloned() {
                             for firing in
@@ -158,6 +175,7 @@ impl RunDriver {
                     node_id,
                     error: RunError::new(e.code, e.message),
                     will_retry,
+                    spend,
                 });
             }
         }
@@ -170,7 +188,9 @@ impl RunDriver {
             Steer::Pause { reason } => self
                 .feed(RunInput::OperatorPause { reason })
                 .map_err(conflict),
-            Steer::Resume { reason } => self.feed(RunInput::Resume { reason }).map_err(conflict),
+            Steer::Resume { reason, budgets } => self
+                .feed(RunInput::Resume { reason, budgets })
+                .map_err(conflict),
             Steer::Answer { request_id, answer } => {
                 let pending = self.machine.pending_hitl().map(|p| p.request_id.as_str());
                 if pending != Some(request_id.as_str()) {

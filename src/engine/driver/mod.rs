@@ -32,10 +32,11 @@ use crate::fsm::{
     Command, FsmError, Limits, PlanCall, Purpose, RunError, RunEvent, RunInput, RunMachine,
     RunState,
 };
+use crate::fsm::{NodeSpend, TokenUsage, TriggerSource};
 use crate::graph::{PlanGraph, PlanSnapshot};
 use crate::ids::{RunId, Timestamp};
 use crate::planner::{CompletedNode, PlanRequest};
-use crate::policy::{NormalizedPolicies, PolicyEngine};
+use crate::policy::{Ledger, NormalizedPolicies, PolicyEngine, Pricing};
 use crate::store::{
     CommitBatch, HitlRecord, NodeRecord, QueuedFiring, RequestRecord, RunHead, RunStatus,
 };
@@ -109,6 +110,12 @@ pub(crate) struct RunDriver {
     required_outputs: Vec<String>,
     policies: NormalizedPolicies,
     policy_engine: PolicyEngine,
+    /// Budgets and spend, from the events.
+    ledger: Ledger,
+    /// What model tokens cost.
+    pricing: Arc<Pricing>,
+    /// Spend or limits changed since `onBudget` policies were last checked.
+    budget_dirty: bool,
     plan: Option<Arc<PlanGraph>>,
     pending_plan: Option<Validated>,
     contracts: HashMap<String, Arc<CompiledContract>>,
@@ -180,6 +187,9 @@ impl RunDriver {
             now,
             required_outputs,
             policy_engine: PolicyEngine::new(&policies.runtime),
+            ledger: Ledger::new(policies.budgets.clone()),
+            pricing: Arc::default(),
+            budget_dirty: false,
             policies,
             plan: None,
             pending_plan: None,
@@ -245,6 +255,48 @@ impl RunDriver {
         Ok(())
     }
 
+    /// Prices model tokens with `pricing` (the engine's table).
+    pub(crate) fn set_pricing(&mut self, pricing: Arc<Pricing>) {
+        self.pricing = pricing;
+    }
+
+    /// What a node attempt that ends now spent: its capability's cost, plus `usage` priced
+    /// by the table; `None` when that is nothing.
+    pub(super) fn attempt_spend(
+        &self,
+        node_id: &str,
+        usage: Option<TokenUsage>,
+    ) -> Option<NodeSpend> {
+        let capability = self.capability(node_id).map_or(0.0, |c| c.cost);
+        let tokens = usage.map_or(0.0, |u| {
+            self.pricing
+                .price(None, u.prompt_tokens, u.completion_tokens)
+        });
+        let cost = capability + tokens;
+        (cost > 0.0 || usage.is_some()).then_some(NodeSpend { cost, usage })
+    }
+
+    /// The ledger with the executing time up to now.
+    fn current_ledger(&self) -> Ledger {
+        let mut ledger = self.ledger.clone();
+        ledger.spend.wall_time_ms = self.clock.elapsed_ms(self.now).unwrap_or(0);
+        ledger
+    }
+
+    /// `onBudget` policies the spend now reaches fire (applied when the run executes).
+    pub(super) fn check_budgets(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.ledger.spend.wall_time_ms = self.clock.elapsed_ms(self.now).unwrap_or(0);
+        let firings = self
+            .policy_engine
+            .on_budget(&self.ledger.spend, &self.ledger.limits);
+        for firing in firings {
+            self.defer(firing, TriggerSource::Policy, None);
+        }
+    }
+
     /// Begins a round at `now`.
     pub(crate) fn begin(&mut self, now: Timestamp) {
         self.now = now;
@@ -292,7 +344,14 @@ impl RunDriver {
         if self.machine.state() != RunState::Executing {
             return None;
         }
-        let ms = self.policy_engine.next_timeout_ms()?;
+        let ms = match (
+            self.policy_engine.next_timeout_ms(),
+            self.policy_engine
+                .next_wall_time_budget_ms(&self.ledger.limits),
+        ) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
         let elapsed = self.clock.elapsed_ms(now)?;
         Some(ms.saturating_sub(elapsed))
     }
@@ -451,6 +510,7 @@ impl RunDriver {
             trigger: call.trigger,
             diagnostics: call.diagnostics,
             previous_error: call.error,
+            budget: self.current_ledger(),
         };
         self.after.push(After::CallPlanner(id, request));
     }

@@ -23,6 +23,15 @@ impl RunDriver {
         let replaying = replay.is_some();
         let now = event.timestamp;
         self.clock.observe(event);
+        let accounted = crate::engine::budget::account(&mut self.ledger, &event.body);
+        if let (true, EventBody::RunResumed { budgets, .. }) = (accounted.raised, &event.body) {
+            for &resource in budgets.keys() {
+                self.policy_engine.rearm_budget(resource);
+            }
+        }
+        if (accounted.spent || accounted.raised) && !replaying {
+            self.budget_dirty = true;
+        }
         match &event.body {
             EventBody::PlanAccepted { version, .. } | EventBody::PlanUpdated { version, .. } => {
                 let validated = if let Some(plans) = replay {
@@ -96,6 +105,7 @@ impl RunDriver {
                 attempt,
                 will_retry,
                 error,
+                ..
             } => {
                 let message = error.message.clone();
                 self.node_failed(event, *attempt, *will_retry, message, replaying)?;
@@ -104,6 +114,7 @@ impl RunDriver {
                 attempt,
                 will_retry,
                 errors,
+                ..
             } => {
                 self.node_failed(event, *attempt, *will_retry, errors.join("; "), replaying)?;
             }

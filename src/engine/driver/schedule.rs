@@ -18,6 +18,11 @@ impl RunDriver {
     /// drain. Loops until the machine waits on something outside.
     pub(super) fn settle(&mut self) {
         loop {
+            // After the round's other policies: a budget reached in this round fires last.
+            if self.budget_dirty {
+                self.budget_dirty = false;
+                self.check_budgets();
+            }
             match self.machine.state() {
                 RunState::Executing => {
                     if !self.started_execution {

@@ -211,6 +211,7 @@ fn a_signal_while_paused_is_queued_with_the_commit_and_fired_on_resume() {
 
     d.on_control(Steer::Resume {
         reason: "go".into(),
+        budgets: Default::default(),
     })
     .unwrap();
     let ready = d.ready();

@@ -139,7 +139,9 @@ impl Planner for OpenAiPlanner {
         metrics.overhead(building.elapsed());
         let reply = self.client.complete(&chat).await.map_err(planner_error)?;
         let reading = Instant::now();
-        let response = PlanResponse::from_text(&reply.content, &request).with_usage(reply.usage);
+        let response = PlanResponse::from_text(&reply.content, &request)
+            .with_usage(reply.usage)
+            .with_model(self.client.config().model.clone());
         metrics.overhead(reading.elapsed());
         if let PlannerOutput::Unparsed(text) = &response.output {
             tracing::warn!(

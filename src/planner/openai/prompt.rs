@@ -271,6 +271,14 @@ pub(crate) fn context_message(req: &PlanRequest, caps: &[&Capability]) -> String
     if let Some(trigger) = &req.trigger {
         doc["trigger"] = serde_json::to_value(trigger).unwrap_or(Value::Null);
     }
+    if !req.budget.limits.is_empty() {
+        // Capability `cost` above is in the same units as the `cost` budget.
+        doc["budget"] = json!({
+            "limits": req.budget.limits,
+            "spent": req.budget.spend,
+            "remaining": req.budget.spend.remaining(&req.budget.limits),
+        });
+    }
     doc.to_string()
 }
 
@@ -352,6 +360,7 @@ mod tests {
             trigger: None,
             diagnostics: vec![],
             previous_error: None,
+            budget: Default::default(),
         }
     }
 

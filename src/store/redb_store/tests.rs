@@ -68,14 +68,14 @@ fn a_file_with_another_schema_version_requires_an_upgrade() {
             err,
             StoreError::UpgradeRequired {
                 found: 99,
-                expected: 5
+                expected: SCHEMA_VERSION
             }
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "store format version 99 found, version 5 expected: upgrade required"
+        "store format version 99 found, version 6 expected: upgrade required"
     );
 }
 
@@ -284,7 +284,8 @@ const FIXTURE_V1: &str = "tests/fixtures/store-v1.redb";
 const FIXTURE_V2: &str = "tests/fixtures/store-v2.redb";
 const FIXTURE_V3: &str = "tests/fixtures/store-v3.redb";
 const FIXTURE_V4: &str = "tests/fixtures/store-v4.redb";
-const FIXTURE: &str = "tests/fixtures/store-v5.redb";
+const FIXTURE_V5: &str = "tests/fixtures/store-v5.redb";
+const FIXTURE: &str = "tests/fixtures/store-v6.redb";
 
 fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
@@ -445,7 +446,7 @@ fn the_frozen_v1_fixture_requires_an_upgrade() {
                 err,
                 StoreError::UpgradeRequired {
                     found: 1,
-                    expected: 5
+                    expected: SCHEMA_VERSION
                 }
             ),
             "{err:?}"
@@ -549,8 +550,35 @@ fn the_frozen_v4_fixture_is_upgraded_in_place_and_reads_durations_as_micros() {
 
 #[test]
 fn the_frozen_v5_fixture_opens_and_reads_back() {
-    let (_dir, path) = fixture_copy(FIXTURE);
+    let (_dir, path) = fixture_copy(FIXTURE_V5);
     assert_eq!(schema_version_of(&path), 5);
+    let id = store_id_of(&path).unwrap();
+    let store = RedbStore::open(&path, Durability::Fsync).unwrap();
+    let (done, live, batches) = fixture_v3_runs();
+    assert_fixture_reads_back(&store, &done, &live, &batches);
+    assert_eq!(node_durations(&store, done.run), vec![42]);
+    assert_eq!(
+        store.queued_firings(live.run).unwrap(),
+        vec![fixture_queued()]
+    );
+    assert!(store.queued_firings(done.run).unwrap().is_empty());
+    assert_eq!(
+        store.request("retry-me").unwrap(),
+        Some(fixture_request(live.run))
+    );
+    drop(store);
+    assert_eq!(store_id_of(&path), Some(id));
+    assert_eq!(
+        schema_version_of(&path),
+        SCHEMA_VERSION,
+        "upgraded in place"
+    );
+}
+
+#[test]
+fn the_frozen_v6_fixture_opens_and_reads_back() {
+    let (_dir, path) = fixture_copy(FIXTURE);
+    assert_eq!(schema_version_of(&path), 6);
     let id = store_id_of(&path).unwrap();
     let store = RedbStore::open(&path, Durability::Fsync).unwrap();
     let (done, live, batches) = fixture_v3_runs();

@@ -193,8 +193,12 @@ fn translate(op: &SteerOp, pending: Option<String>) -> (Steer, Option<RunInput>)
         SteerOp::Resume => (
             Steer::Resume {
                 reason: reason.clone(),
+                budgets: Default::default(),
             },
-            Some(RunInput::Resume { reason }),
+            Some(RunInput::Resume {
+                reason,
+                budgets: Default::default(),
+            }),
         ),
         SteerOp::Cancel => (
             Steer::Cancel {
