@@ -21,6 +21,7 @@ mod idempotency;
 mod ids;
 mod kill;
 mod listing;
+mod otel;
 mod plan_svg;
 mod restart;
 mod retention;
