@@ -23,6 +23,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use crate::fake::{FakeOpenAi, chat};
 use crate::support::*;
 
 /// The caller's span of the replan run: trace id and parent span id, as hex.
@@ -182,6 +183,11 @@ struct Process {
 
 impl Process {
     fn start(data: &Path, otlp: &str) -> Self {
+        Self::start_with(data, otlp, &[])
+    }
+
+    /// With these further `serve` arguments.
+    fn start_with(data: &Path, otlp: &str, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flexrun"))
             .args(["serve", "--addr", "127.0.0.1:0", "--data"])
             .arg(data)
@@ -191,6 +197,8 @@ impl Process {
                 "--otlp-service-name",
                 "flexrun-test",
             ])
+            .args(args)
+            .env("FLEXRUN_TEST_OTEL_KEY", "sk-otel")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -459,5 +467,58 @@ async fn a_run_resumed_after_a_restart_stays_in_the_callers_trace() {
         seen[1],
         Some(format!("00-{HOOK_TRACE}-{}-01", writer.span_id)),
         "the call after the restart is in the caller's trace too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_planner_call_carries_its_span_context_and_records_model_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (otlp, received) = receiver().await;
+    let fake = FakeOpenAi::start([chat(crate::corpus::DRAFT)]).await;
+    let server = Process::start_with(
+        dir.path(),
+        &otlp,
+        &[
+            "--planner",
+            "openai",
+            "--planner-base-url",
+            &fake.base_url,
+            "--planner-model",
+            "fake-model",
+            "--planner-max-attempts",
+            "1",
+            "--planner-api-key-env",
+            "FLEXRUN_TEST_OTEL_KEY",
+        ],
+    );
+    let run = server
+        .run(
+            crate::corpus::envelope(false),
+            &format!("00-{REPLAN_TRACE}-{REPLAN_PARENT}-01"),
+        )
+        .await;
+    server.terminate();
+    let spans = received.lock().unwrap().clone();
+
+    let run = run_span(&spans, &run, REPLAN_TRACE, REPLAN_PARENT);
+    let calls = children(&spans, "planner_call", run);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let call = calls[0];
+    assert_eq!(call.attr("planner"), "openai");
+    assert_eq!(call.attr("model"), "fake-model");
+    assert_eq!(call.attr("phase"), "initial");
+    assert_eq!(call.attr("prompt_tokens"), "120");
+    assert_eq!(call.attr("completion_tokens"), "45");
+    assert_eq!(call.attr("outcome"), "ok");
+    let requests = fake.received();
+    assert_eq!(requests.len(), 1);
+    let sent = requests[0]
+        .headers
+        .get("traceparent")
+        .map(|v| v.to_str().unwrap());
+    assert_eq!(
+        sent,
+        Some(format!("00-{REPLAN_TRACE}-{}-01", call.span_id).as_str()),
+        "the model request carries the planner call's context"
     );
 }
