@@ -86,6 +86,7 @@ pub mod ids;
 pub mod planner;
 pub mod policy;
 pub mod store;
+pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;

@@ -18,8 +18,12 @@ use flexrun::planner::{OpenAiConfig, ResponseFormat};
 use flexrun::webhook::WebhookSecret;
 use flexrun::{Durability, Engine, HitlAnswer, RedbStore, RunEnvelope, Store};
 use futures::StreamExt as _;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 mod bench_sse;
+mod otel;
 mod remote;
 mod serve;
 mod verify;
@@ -218,6 +222,14 @@ enum Cmd {
         webhook_secret_env: Option<String>,
         #[command(flatten)]
         model: ModelArgs,
+        /// Export traces (a span per run, planner call and node attempt) over OTLP/HTTP to
+        /// this collector, e.g. `http://127.0.0.1:4318` (`/v1/traces` is appended). Off
+        /// unless given.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
+        /// The `service.name` of exported traces.
+        #[arg(long, default_value = "flexrun", requires = "otlp_endpoint")]
+        otlp_service_name: String,
     },
     /// Compact a store file offline (no server may have it open) and print its size before and
     /// after as one JSON line.
@@ -392,14 +404,32 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let logging = std::env::var_os("FLEXRUN_LOG").is_some();
     let default_level = if cli.verbose { "info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLEXRUN_LOG")
                 .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match command(cli.command).await {
+        );
+    let (provider, export) = match &cli.command {
+        Cmd::Serve {
+            otlp_endpoint: Some(endpoint),
+            otlp_service_name,
+            ..
+        } => match otel::layer(endpoint, otlp_service_name) {
+            Ok((provider, layer)) => (Some(provider), Some(layer)),
+            Err(e) => {
+                eprintln!("error: --otlp-endpoint: {}", one_line(&e));
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => (None, None),
+    };
+    tracing_subscriber::registry().with(log).with(export).init();
+    let outcome = command(cli.command).await;
+    if let Some(provider) = provider {
+        otel::shutdown(provider).await;
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if cli.verbose || logging => {
             eprintln!("error: {e:?}");
@@ -583,6 +613,8 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
             retain_terminal_runs,
             webhook_secret_env,
             model,
+            otlp_endpoint: _,
+            otlp_service_name: _,
         } => {
             let cors_origins = cors_origins
                 .iter()

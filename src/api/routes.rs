@@ -166,7 +166,9 @@ pub(crate) struct CreateQuery {
 
 /// Creates a run from an envelope and starts it.
 #[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = RunRequest,
-    params(CreateQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeats the answer of an earlier request with this key instead of applying it again (see docs/API.md)")),
+    params(CreateQuery,
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeats the answer of an earlier request with this key instead of applying it again (see docs/API.md)"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: the run's spans join this trace when the server exports traces; an invalid value is ignored (see docs/TELEMETRY.md)")),
     responses(
         (status = 201, description = "The run was created", body = RunCreated,
          headers(("location" = String, description = "The run's URL"))),
@@ -184,6 +186,14 @@ pub(crate) async fn create_run(
 ) -> Result<Response, ApiError> {
     let mut submission = Submission::new(body.into());
     submission.idempotency_key = idempotency_key(&headers)?;
+    // A caller's trace context: the run's spans join that trace. An invalid header is
+    // ignored (W3C Trace Context: a receiver restarts the trace), never an error.
+    submission.traceparent = headers
+        .get(crate::telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| crate::telemetry::is_valid_traceparent(v))
+        .map(str::to_owned);
     let submitted = st.engine.submit_request(submission).await?;
     let run = submitted.run_id;
     let location = format!("/v1/runs/{run}");

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use super::driver::{After, Local, Plans, Ready, RunDriver, limits_of};
 use super::executor::{self, ExecError, NodeCall, Work};
@@ -18,9 +20,10 @@ use super::validation;
 use super::{EngineError, Inner, Steered};
 use crate::catalog::{Capability, ExecutorSpec};
 use crate::envelope::RunEnvelope;
-use crate::fsm::{RunError, RunMachine, RunState};
+use crate::fsm::{PlanPhase, RunError, RunMachine, RunState};
 use crate::ids::{RunId, Timestamp};
 use crate::planner::{PlanRequest, PlanResponse, Planner, PlannerError};
+use crate::telemetry;
 
 /// Everything a run actor receives.
 pub(crate) enum Msg {
@@ -68,13 +71,26 @@ pub(crate) struct RunActor {
     local: VecDeque<Msg>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
+    /// The `run` span: parent of this driver's `planner_call` and `node` spans, itself a
+    /// child of the caller's trace when the run was submitted with a `traceparent`.
+    span: Span,
 }
 
 impl RunActor {
-    fn build(inner: Arc<Inner>, driver: RunDriver, planner: Arc<dyn Planner>) -> Self {
+    fn build(
+        inner: Arc<Inner>,
+        driver: RunDriver,
+        planner: Arc<dyn Planner>,
+        parent: Option<String>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let run_id = driver.machine().run_id();
+        let span = tracing::info_span!("run", run_id = %run_id);
+        if let Some(parent) = parent {
+            telemetry::set_parent(&span, &parent);
+        }
         Self {
-            run_id: driver.machine().run_id(),
+            run_id,
             inner,
             driver,
             planner,
@@ -82,6 +98,7 @@ impl RunActor {
             local: VecDeque::new(),
             tx,
             rx,
+            span,
         }
     }
 
@@ -110,9 +127,10 @@ impl RunActor {
             })?;
         let now = Timestamp::now();
         let name = planner.name().to_owned();
+        let parent = telemetry::parent_of(&envelope.metadata).map(str::to_owned);
         let mut driver = RunDriver::new(envelope, policies, machine, name, inner.catalog(), now);
         driver.set_pricing(inner.pricing());
-        let mut actor = Self::build(inner, driver, planner);
+        let mut actor = Self::build(inner, driver, planner, parent);
         actor.driver.applied_opt(request);
         actor
             .driver
@@ -161,10 +179,11 @@ impl RunActor {
         let queued = store.queued_firings(run_id)?;
         let name = planner.name().to_owned();
         let now = Timestamp::now();
+        let parent = telemetry::parent_of(&envelope.metadata).map(str::to_owned);
         let mut driver = RunDriver::new(envelope, policies, machine, name, inner.catalog(), now);
         driver.set_pricing(inner.pricing());
         driver.restore(created_at, &events, &plans, queued)?;
-        Ok(Self::build(inner, driver, planner))
+        Ok(Self::build(inner, driver, planner, parent))
     }
 
     /// Rebuilds a run from its committed events and decides how to continue it.
@@ -342,6 +361,19 @@ impl RunActor {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let planner = self.planner.clone();
         let tx = self.tx.clone();
+        let span = tracing::info_span!(
+            parent: &self.span,
+            "planner_call",
+            run_id = %self.run_id,
+            planner = planner.name(),
+            model = Empty,
+            phase = phase_name(request.phase),
+            attempt = request.attempt,
+            prompt_tokens = Empty,
+            completion_tokens = Empty,
+            latency_ms = Empty,
+            outcome = Empty,
+        );
         let started = Instant::now();
         let mut fut = Box::pin(
             AssertUnwindSafe(async move { planner.plan(request).await })
@@ -353,22 +385,27 @@ impl RunActor {
                             executor::panic_message(payload.as_ref())
                         )))
                     })
-                }),
+                })
+                .instrument(span.clone()),
         );
         if let Some(result) = fut.as_mut().now_or_never() {
+            let latency_ms = started.elapsed().as_millis() as u64;
+            planner_call_done(&span, &result, latency_ms);
             self.local.push_back(Msg::Planned {
                 call: id,
                 result,
-                latency_ms: started.elapsed().as_millis() as u64,
+                latency_ms,
             });
             return;
         }
         tokio::spawn(async move {
             let result = fut.await;
+            let latency_ms = started.elapsed().as_millis() as u64;
+            planner_call_done(&span, &result, latency_ms);
             let _ = tx.send(Msg::Planned {
                 call: id,
                 result,
-                latency_ms: started.elapsed().as_millis() as u64,
+                latency_ms,
             });
         });
     }
@@ -390,37 +427,54 @@ impl RunActor {
             ExecutorSpec::Custom { executor_type, .. } => self.typed_executor(executor_type),
             ExecutorSpec::Human => return,
         };
+        let span = tracing::info_span!(
+            parent: &self.span,
+            "node",
+            run_id = %self.run_id,
+            node_id = call.node_id.as_str(),
+            capability_id = call.capability_id.as_str(),
+            attempt,
+            outcome = Empty,
+            duration_us = Empty,
+        );
         let work = match work {
             Ok(work) => work,
             Err(e) => {
+                let result = Err(e);
+                node_done(&span, &result, 0);
                 self.local.push_back(Msg::NodeDone {
                     node_id,
                     attempt,
-                    result: Err(e),
+                    result,
                     duration_us: 0,
                 });
                 return;
             }
         };
         call.executor = Some(cap.executor.clone());
-        let mut attempt_fut = Box::pin(executor::attempt(work, call, timeout));
+        let mut attempt_fut =
+            Box::pin(executor::attempt(work, call, timeout).instrument(span.clone()));
         if let Some(result) = attempt_fut.as_mut().now_or_never() {
+            let duration_us = started.elapsed().as_micros() as u64;
+            node_done(&span, &result, duration_us);
             self.local.push_back(Msg::NodeDone {
                 node_id,
                 attempt,
                 result,
-                duration_us: started.elapsed().as_micros() as u64,
+                duration_us,
             });
             return;
         }
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let result = attempt_fut.await;
+            let duration_us = started.elapsed().as_micros() as u64;
+            node_done(&span, &result, duration_us);
             let _ = tx.send(Msg::NodeDone {
                 node_id,
                 attempt,
                 result,
-                duration_us: started.elapsed().as_micros() as u64,
+                duration_us,
             });
         });
     }
@@ -438,4 +492,45 @@ impl RunActor {
                 )
             })
     }
+}
+
+fn phase_name(phase: PlanPhase) -> &'static str {
+    match phase {
+        PlanPhase::Initial => "initial",
+        PlanPhase::Revision => "revision",
+        PlanPhase::Replan => "replan",
+    }
+}
+
+/// Records how a planner call went on its span: `ok`, `retryable` or `fatal`, with the
+/// reply's token counts when the planner reports them.
+fn planner_call_done(span: &Span, result: &Result<PlanResponse, PlannerError>, latency_ms: u64) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("latency_ms", latency_ms);
+    let outcome = match result {
+        Ok(response) => {
+            if let Some(usage) = &response.usage {
+                span.record("prompt_tokens", usage.prompt_tokens);
+                span.record("completion_tokens", usage.completion_tokens);
+            }
+            "ok"
+        }
+        Err(PlannerError::Retryable(_)) => "retryable",
+        Err(PlannerError::Fatal(_)) => "fatal",
+    };
+    span.record("outcome", outcome);
+}
+
+/// Records how a node attempt went on its span: `ok`, or the error's code.
+fn node_done(span: &Span, result: &Result<Map<String, Value>, ExecError>, duration_us: u64) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("duration_us", duration_us);
+    match result {
+        Ok(_) => span.record("outcome", "ok"),
+        Err(e) => span.record("outcome", e.code.as_str()),
+    };
 }

@@ -313,6 +313,10 @@ pub struct Submission {
     /// The client's key for this submission; a retry with the same key and envelope gets the
     /// same run.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The caller's W3C `traceparent`: the run's spans join that trace. Stored with the run
+    /// (see [`crate::telemetry`]) but not part of the idempotency fingerprint, so a retry
+    /// from another span is still the same request. An invalid value is ignored.
+    pub traceparent: Option<String>,
 }
 
 impl Submission {
@@ -321,7 +325,14 @@ impl Submission {
         Self {
             envelope,
             idempotency_key: None,
+            traceparent: None,
         }
+    }
+
+    /// With this parent trace context (a W3C `traceparent` header value).
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
     }
 
     /// With this idempotency key.
@@ -635,8 +646,9 @@ impl Engine {
 
     async fn create(&self, submission: Submission) -> Result<Submitted, EngineError> {
         let Submission {
-            envelope,
+            mut envelope,
             idempotency_key,
+            traceparent,
         } = submission;
         let mut claim = None;
         let mut request = None;
@@ -658,6 +670,12 @@ impl Engine {
                 key: key.as_str().to_owned(),
                 fingerprint,
             });
+        }
+        if let Some(parent) = traceparent.filter(|t| crate::telemetry::is_valid_traceparent(t)) {
+            envelope.metadata.insert(
+                crate::telemetry::TRACEPARENT_METADATA_KEY.to_owned(),
+                Value::String(parent),
+            );
         }
         let actor = RunActor::create(self.inner.clone(), envelope, request).await?;
         let run_id = actor.run_id();

@@ -380,6 +380,9 @@ impl NodeExecutor for HttpExecutor {
             .timeout(target.timeout)
             .header("idempotency-key", &call.idempotency_key)
             .header(CONTENT_TYPE, "application/json");
+        if let Some(traceparent) = crate::telemetry::traceparent(&tracing::Span::current()) {
+            request = request.header(crate::telemetry::TRACEPARENT, traceparent);
+        }
         if !secrets.is_empty() {
             let timestamp = unix_now();
             let signatures: Vec<String> = secrets

@@ -22,6 +22,7 @@ mod idempotency;
 mod ids;
 mod kill;
 mod listing;
+mod otel;
 mod plan_svg;
 mod restart;
 mod retention;

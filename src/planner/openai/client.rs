@@ -312,6 +312,8 @@ impl ChatClient {
     /// once, a body that is not a chat completion, a truncated or empty reply.
     pub async fn complete(&self, request: &ChatRequest) -> Result<ChatReply, ChatError> {
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
+        let model = request.model.as_deref().unwrap_or(&self.config.model);
+        tracing::Span::current().record("model", model);
         let result = self.complete_inner(request).await;
         if result.is_err() {
             self.metrics.failed();
@@ -465,6 +467,9 @@ impl ChatClient {
             .body(body);
         if let Some(ApiKey(key)) = &self.api_key {
             builder = builder.bearer_auth(key);
+        }
+        if let Some(traceparent) = crate::telemetry::traceparent(&tracing::Span::current()) {
+            builder = builder.header(crate::telemetry::TRACEPARENT, traceparent);
         }
         let timeout = self.config.timeout;
         let exchange = async {
