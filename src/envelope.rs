@@ -106,6 +106,7 @@ impl RunEnvelope {
     /// let policies = NormalizedPolicies {
     ///     planner: PlannerPolicy { max_nodes: 8, ..PlannerPolicy::default() },
     ///     runtime: Vec::new(),
+    ///     fallback: None,
     /// };
     /// let envelope = RunEnvelope::builder("Tagline for a bakery")
     ///     .input("objectiveBrief", "Fresh sourdough baked daily, for busy parents")
@@ -245,6 +246,7 @@ mod tests {
 
     fn policies() -> NormalizedPolicies {
         NormalizedPolicies {
+            fallback: None,
             planner: PlannerPolicy {
                 max_attempts: 2,
                 max_replans: 5,

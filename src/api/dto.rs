@@ -171,9 +171,14 @@ pub struct CapabilityDto {
     /// Per-attempt timeout in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Attempts per node before the node fails.
+    /// Attempts per node before the node fails (when `fallback.retry.maxAttempts` is not
+    /// given).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// The fallback ladder of its nodes; each field given wins over the run's
+    /// `policies.fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<policies::FallbackDto>,
     /// How nodes run.
     pub executor: ExecutorDto,
     /// Active or inactive.
@@ -1116,8 +1121,21 @@ impl TryFrom<CapabilityDto> for Capability {
                 ),
             ));
         }
+        let fallback = match &c.fallback {
+            Some(dto) => {
+                let raw = serde_json::to_value(dto).unwrap_or(Value::Null);
+                Some(crate::policy::Fallback::try_from(raw).map_err(|e| {
+                    ApiError::invalid_field(
+                        "fallback",
+                        format!("capability `{}` {e}", c.capability_id),
+                    )
+                })?)
+            }
+            None => None,
+        };
         Ok(Self {
             executor: c.executor.try_into()?,
+            fallback,
             capability_id: c.capability_id,
             version: c.version,
             display_name: c.display_name,
@@ -1148,6 +1166,18 @@ impl From<&Capability> for CapabilityDto {
             cost: c.cost,
             timeout_ms: c.timeout_ms,
             max_attempts: c.max_attempts,
+            fallback: c.fallback.as_ref().map(|f| policies::FallbackDto {
+                retry: f.retry.as_ref().map(|r| policies::RetryDto {
+                    max_attempts: r.max_attempts,
+                    backoff_ms: Some(r.backoff_ms),
+                    multiplier: Some(r.multiplier),
+                    max_backoff_ms: r.max_backoff_ms,
+                }),
+                then: f.then.map(|t| match t {
+                    crate::policy::Then::Hitl => policies::ThenDto::Hitl,
+                    crate::policy::Then::Fail => policies::ThenDto::Fail,
+                }),
+            }),
             executor: (&c.executor).into(),
             status: c.status.into(),
         }

@@ -175,6 +175,7 @@ pub fn summary(event: &RunEvent) -> String {
             attempt,
             error,
             will_retry,
+            ..
         } => {
             let _ = write!(
                 s,
@@ -188,6 +189,7 @@ pub fn summary(event: &RunEvent) -> String {
             attempt,
             errors,
             will_retry,
+            ..
         } => {
             let _ = write!(
                 s,

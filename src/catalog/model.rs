@@ -5,6 +5,8 @@ use serde::ser::SerializeMap as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::policy::Fallback;
+
 /// Which way a facet may flow through a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -326,9 +328,14 @@ pub struct Capability {
     /// Per-attempt timeout.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Attempts per node before the node fails.
+    /// Attempts per node before the node fails (when `fallback.retry.maxAttempts` is not
+    /// given).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// The fallback ladder of its nodes (retry with backoff, then ask a human or fail); each
+    /// field given wins over the run's `policies.fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
     /// How nodes run.
     pub executor: ExecutorSpec,
     /// Active or inactive.
@@ -470,6 +477,7 @@ impl Capability {
             cost: 0.0,
             timeout_ms: default_timeout_ms(),
             max_attempts: default_max_attempts(),
+            fallback: None,
             executor,
             status: CapabilityStatus::default(),
         }
@@ -532,6 +540,12 @@ impl Capability {
     /// The same capability allowing `max_attempts` attempts per node.
     pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
         self.max_attempts = max_attempts;
+        self
+    }
+
+    /// The same capability with the fallback ladder `fallback`.
+    pub fn with_fallback(mut self, fallback: Fallback) -> Self {
+        self.fallback = Some(fallback);
         self
     }
 
@@ -629,6 +643,7 @@ mod tests {
                 cost: 4.5,
                 timeout_ms: 60_000,
                 max_attempts: 3,
+                fallback: None,
                 executor: ExecutorSpec::Http {
                     url: "http://127.0.0.1:9/review".into(),
                     signing_secret_env: None,

@@ -277,6 +277,9 @@ pub enum EventBody {
         error: RunError,
         /// Whether another attempt follows.
         will_retry: bool,
+        /// When the next attempt is due (ms since the epoch), when it waits for a backoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<u64>,
     },
     /// A node's output failed its compiled contract.
     #[serde(rename_all = "camelCase")]
@@ -287,6 +290,9 @@ pub enum EventBody {
         errors: Vec<String>,
         /// Whether another attempt follows.
         will_retry: bool,
+        /// When the next attempt is due (ms since the epoch), when it waits for a backoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<u64>,
     },
     /// A runtime policy fired with a replan or pause action.
     #[serde(rename_all = "camelCase")]

@@ -781,11 +781,13 @@ mod tests {
                 attempt: 2,
                 error: RunError::new("TIMEOUT", "too slow"),
                 will_retry: false,
+                retry_at: None,
             },
             EventBody::ValidationError {
                 attempt: 1,
                 errors: vec!["missing copyVariants".to_owned()],
                 will_retry: true,
+                retry_at: Some(1_700_000_000_250),
             },
             EventBody::PolicyTriggered {
                 policy_id: "qa".to_owned(),

@@ -244,11 +244,13 @@ fn node_result(node: BoxedStrategy<String>) -> BoxedStrategy<RunInput> {
                 node_id,
                 error: RunError::new("E", "e"),
                 will_retry,
+                retry_at: None,
             },
             1 => RunInput::OutputInvalid {
                 node_id,
                 errors: vec!["x".into()],
                 will_retry,
+                retry_at: None,
             },
             _ => RunInput::NodeSucceeded {
                 node_id,

@@ -24,6 +24,7 @@ fn writer(id: &str, executor: ExecutorSpec, timeout_ms: u64, max_attempts: u32) 
         cost: 0.1,
         timeout_ms,
         max_attempts,
+        fallback: None,
         executor,
         status: CapabilityStatus::Active,
     }
@@ -149,6 +150,7 @@ async fn output_that_breaks_the_contract_is_a_validation_error_then_retried_then
                 attempt,
                 will_retry,
                 errors,
+                ..
             } => Some((*attempt, *will_retry, errors.join(";"))),
             _ => None,
         })

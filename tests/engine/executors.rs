@@ -33,6 +33,7 @@ fn writer(id: &str, executor: ExecutorSpec, timeout_ms: u64, max_attempts: u32) 
         cost: 0.1,
         timeout_ms,
         max_attempts,
+        fallback: None,
         executor,
         status: CapabilityStatus::Active,
     }
@@ -65,6 +66,7 @@ fn node_errors(events: &[RunEvent]) -> Vec<(u32, String, String, bool)> {
                 attempt,
                 will_retry,
                 error,
+                ..
             } => Some((
                 *attempt,
                 error.code.clone(),

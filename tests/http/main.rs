@@ -20,6 +20,7 @@ mod hitl;
 mod idempotency;
 mod ids;
 mod kill;
+mod ladder;
 mod listing;
 mod plan_svg;
 mod restart;

@@ -96,6 +96,7 @@ impl Script {
             node_id: node.to_owned(),
             error: RunError::new("HTTP_500", "the webhook answered 500"),
             will_retry,
+            retry_at: None,
         })
     }
 
