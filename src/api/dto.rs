@@ -1124,12 +1124,14 @@ impl TryFrom<CapabilityDto> for Capability {
         let fallback = match &c.fallback {
             Some(dto) => {
                 let raw = serde_json::to_value(dto).unwrap_or(Value::Null);
-                Some(crate::policy::Fallback::try_from(raw).map_err(|e| {
-                    ApiError::invalid_field(
-                        "fallback",
-                        format!("capability `{}` {e}", c.capability_id),
-                    )
-                })?)
+                Some(
+                    crate::policy::normalize_fallback(&raw, "fallback").map_err(|e| {
+                        ApiError::invalid_field(
+                            "fallback",
+                            format!("capability `{}` {e}", c.capability_id),
+                        )
+                    })?,
+                )
             }
             None => None,
         };
@@ -1174,8 +1176,8 @@ impl From<&Capability> for CapabilityDto {
                     max_backoff_ms: r.max_backoff_ms,
                 }),
                 then: f.then.map(|t| match t {
-                    crate::policy::Then::Hitl => policies::ThenDto::Hitl,
-                    crate::policy::Then::Fail => policies::ThenDto::Fail,
+                    crate::catalog::Then::Hitl => policies::ThenDto::Hitl,
+                    crate::catalog::Then::Fail => policies::ThenDto::Fail,
                 }),
             }),
             executor: (&c.executor).into(),
@@ -1378,6 +1380,44 @@ mod tests {
         );
         assert_eq!((cap.max_attempts, cap.timeout_ms), (2, 30_000));
         assert_eq!(CapabilityDto::from(&cap), dto, "round trip");
+    }
+
+    #[test]
+    fn a_capability_fallback_is_normalized_and_its_bounds_are_checked() {
+        let with = |fallback: Value| -> Result<Capability, ApiError> {
+            let dto: CapabilityDto = serde_json::from_value(json!({
+                "capabilityId": "writer.hook", "kind": "execution",
+                "executor": {"type": "http", "url": "http://127.0.0.1:9/exec"},
+                "fallback": fallback}))
+            .unwrap();
+            Capability::try_from(dto)
+        };
+        let cap = with(json!({"retry": {"backoffMs": 100}, "then": "hitl"})).unwrap();
+        let fallback = cap.fallback.clone().unwrap();
+        let retry = fallback.retry.unwrap();
+        assert_eq!(
+            (retry.max_attempts, retry.backoff_ms, retry.multiplier),
+            (None, 100, crate::catalog::DEFAULT_BACKOFF_MULTIPLIER)
+        );
+        assert_eq!(fallback.then, Some(crate::catalog::Then::Hitl));
+        let back = serde_json::to_value(CapabilityDto::from(&cap)).unwrap();
+        assert_eq!(
+            back["fallback"],
+            json!({"retry": {"backoffMs": 100, "multiplier": 2.0}, "then": "hitl"})
+        );
+        let err = with(json!({"retry": {"multiplier": 0.5}})).unwrap_err();
+        assert!(
+            err.message.contains("fallback.retry.multiplier"),
+            "{}",
+            err.message
+        );
+        assert!(with(json!({"retry": {"maxAttempts": 0}})).is_err());
+        assert!(
+            serde_json::from_value::<CapabilityDto>(json!({
+            "capabilityId": "x", "kind": "execution", "executor": {"type": "human"},
+            "fallback": {"then": "pray"}}))
+            .is_err()
+        );
     }
 
     #[test]

@@ -5,8 +5,6 @@ use serde::ser::SerializeMap as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::policy::Fallback;
-
 /// Which way a facet may flow through a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -293,6 +291,61 @@ impl<'de> Deserialize<'de> for ExecutorSpec {
             KnownSpec::Human => Self::Human,
         })
     }
+}
+
+/// What happens to a node whose attempt fails: retry (with backoff), then ask a human or fail
+/// the run. Set per capability (`fallback`) and per run (`policies.fallback`); each field the
+/// capability gives wins over the run's, and what neither gives takes the default (the
+/// capability's `maxAttempts`, no backoff, then `fail`).
+///
+/// The policy normalizer reads it with every bound checked (`crate::policy::normalize`, and
+/// `POST /v1/capabilities`); plain deserialization fills in the same defaults.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fallback {
+    /// How failed attempts are retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// What follows the last failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<Then>,
+}
+
+/// Retries of a failed node attempt, with exponential backoff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts per round (the first one included), at least 1; `None` takes the
+    /// capability's `maxAttempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Delay before the first retry, in milliseconds (0: none).
+    #[serde(default)]
+    pub backoff_ms: u64,
+    /// Factor applied to the delay for each further retry, at least 1.
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+    /// Upper bound of the delay, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff_ms: Option<u64>,
+}
+
+/// The default backoff multiplier.
+pub const DEFAULT_BACKOFF_MULTIPLIER: f64 = 2.0;
+
+fn default_multiplier() -> f64 {
+    DEFAULT_BACKOFF_MULTIPLIER
+}
+
+/// What follows a node's last failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Then {
+    /// The run fails with `NODE_FAILED`.
+    #[default]
+    Fail,
+    /// A human is asked: retry, skip with a supplied output, replan, or fail.
+    Hitl,
 }
 
 /// Something that can execute a plan node.

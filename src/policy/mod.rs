@@ -39,8 +39,8 @@ pub use condition::Condition;
 pub use engine::{EvalData, Evaluation, Firing, NodeFacts, PolicyEngine, PolicyWarning};
 pub use error::PolicyError;
 pub use model::{
-    DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_FIRES,
-    DEFAULT_MAX_NODES, DEFAULT_MAX_REPLANS, Fallback, Ladder, MAX_FIRES_LIMIT, NodeSelector,
-    NormalizedPolicies, PlannerPolicy, PolicyAction, PolicyTrigger, Retry, RuntimePolicy, Then,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_FIRES, DEFAULT_MAX_NODES,
+    DEFAULT_MAX_REPLANS, Ladder, MAX_FIRES_LIMIT, NodeSelector, NormalizedPolicies, PlannerPolicy,
+    PolicyAction, PolicyTrigger, RuntimePolicy,
 };
-pub use normalize::normalize;
+pub use normalize::{normalize, normalize_fallback};

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::CapabilityKind;
+use crate::catalog::{CapabilityKind, DEFAULT_BACKOFF_MULTIPLIER, Fallback, Then};
 use crate::hitl::{FollowUp, HitlKind};
 
 use super::condition::Condition;
@@ -235,62 +235,6 @@ impl PolicyAction {
     }
 }
 
-/// What happens to a node whose attempt fails: retry (with backoff), then ask a human or fail
-/// the run. Set per capability (`fallback`) and per run (`policies.fallback`); each field the
-/// capability gives wins over the run's, and what neither gives takes the default (the
-/// capability's `maxAttempts`, no backoff, then `fail`).
-///
-/// Deserializing runs the policy normalizer's rules (see [`normalize`]).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", try_from = "serde_json::Value")]
-pub struct Fallback {
-    /// How failed attempts are retried.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<Retry>,
-    /// What follows the last failed attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub then: Option<Then>,
-}
-
-impl TryFrom<serde_json::Value> for Fallback {
-    type Error = PolicyError;
-
-    fn try_from(raw: serde_json::Value) -> Result<Self, Self::Error> {
-        super::normalize::fallback(&raw, "fallback")
-    }
-}
-
-/// Retries of a failed node attempt, with exponential backoff.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Retry {
-    /// Attempts per round (the first one included), at least 1; `None` takes the
-    /// capability's `maxAttempts`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_attempts: Option<u32>,
-    /// Delay before the first retry, in milliseconds (0: none).
-    pub backoff_ms: u64,
-    /// Factor applied to the delay for each further retry, at least 1.
-    pub multiplier: f64,
-    /// Upper bound of the delay, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_backoff_ms: Option<u64>,
-}
-
-/// The default backoff multiplier.
-pub const DEFAULT_BACKOFF_MULTIPLIER: f64 = 2.0;
-
-/// What follows a node's last failed attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Then {
-    /// The run fails with `NODE_FAILED`.
-    #[default]
-    Fail,
-    /// A human is asked: retry, skip with a supplied output, replan, or fail.
-    Hitl,
-}
-
 /// The ladder one node follows, resolved from its capability's and the run's [`Fallback`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ladder {
@@ -358,7 +302,7 @@ mod ladder_tests {
     use super::*;
 
     fn fallback(json: serde_json::Value) -> Fallback {
-        serde_json::from_value(json).unwrap()
+        super::super::normalize::normalize_fallback(&json, "fallback").unwrap()
     }
 
     #[test]

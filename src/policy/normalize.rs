@@ -22,9 +22,10 @@ use crate::ids::{IdKind, check_id};
 use super::condition::Condition;
 use super::error::PolicyError;
 use super::model::{
-    DEFAULT_BACKOFF_MULTIPLIER, Fallback, MAX_FIRES_LIMIT, NodeSelector, NormalizedPolicies,
-    PlannerPolicy, PolicyAction, PolicyTrigger, Retry, RuntimePolicy, Then,
+    MAX_FIRES_LIMIT, NodeSelector, NormalizedPolicies, PlannerPolicy, PolicyAction, PolicyTrigger,
+    RuntimePolicy,
 };
+use crate::catalog::{DEFAULT_BACKOFF_MULTIPLIER, Fallback, Retry, Then};
 
 /// Name used for the document itself in error paths.
 const ROOT: &str = "policies";
@@ -98,7 +99,15 @@ const THENS: &[(&str, &[&str], Then)] = &[("hitl", &[], Then::Hitl), ("fail", &[
 
 /// Normalize a fallback ladder (`policies.fallback`, or a capability's `fallback`) found at
 /// `path`: `{retry?: {maxAttempts?, backoffMs?, multiplier?, maxBackoffMs?}, then?}`.
-pub(super) fn fallback(raw: &Value, path: &str) -> Result<Fallback, PolicyError> {
+///
+/// # Errors
+/// A [`PolicyError`] naming the JSON path of the first offending field: wrong types, unknown
+/// keys or variants, `maxAttempts` 0, `multiplier` outside 1..=100.
+pub fn normalize_fallback(raw: &Value, path: &str) -> Result<Fallback, PolicyError> {
+    fallback(raw, path)
+}
+
+fn fallback(raw: &Value, path: &str) -> Result<Fallback, PolicyError> {
     if !raw.is_object() {
         return Err(invalid_type(path, "a fallback object", raw));
     }

@@ -4,6 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::RunDriver;
+use crate::catalog::Then;
 use crate::engine::HitlAnswer;
 use crate::engine::executor::ExecError;
 use crate::engine::validation;
@@ -11,7 +12,7 @@ use crate::fsm::{
     self, FallbackChoice, FollowUp, HitlKind, Next, RunError, RunInput, RunState, Trigger,
     TriggerSource,
 };
-use crate::policy::{EvalData, NodeFacts, PolicyAction, Then};
+use crate::policy::{EvalData, NodeFacts, PolicyAction};
 use crate::store::QueuedFiring;
 
 impl RunDriver {
