@@ -440,6 +440,7 @@ mod tests {
                 cost: 2.0,
                 timeout_ms: 5_000,
                 max_attempts: 2,
+                fallback: None,
                 executor: ExecutorSpec::Builtin {
                     handler: "write_copy".into()
                 },

@@ -107,6 +107,7 @@ impl RunEnvelope {
     ///     planner: PlannerPolicy { max_nodes: 8, ..PlannerPolicy::default() },
     ///     runtime: Vec::new(),
     ///     budgets: Default::default(),
+    ///     fallback: None,
     /// };
     /// let envelope = RunEnvelope::builder("Tagline for a bakery")
     ///     .input("objectiveBrief", "Fresh sourdough baked daily, for busy parents")
@@ -246,6 +247,7 @@ mod tests {
 
     fn policies() -> NormalizedPolicies {
         NormalizedPolicies {
+            fallback: None,
             planner: PlannerPolicy {
                 max_attempts: 2,
                 max_replans: 5,

@@ -709,6 +709,7 @@ mod tests {
             cost: 1.0,
             timeout_ms: 1_000,
             max_attempts: 1,
+            fallback: None,
             executor: ExecutorSpec::Builtin {
                 handler: id.to_owned(),
             },

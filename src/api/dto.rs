@@ -172,9 +172,14 @@ pub struct CapabilityDto {
     /// Per-attempt timeout in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Attempts per node before the node fails.
+    /// Attempts per node before the node fails (when `fallback.retry.maxAttempts` is not
+    /// given).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// The fallback ladder of its nodes; each field given wins over the run's
+    /// `policies.fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<policies::FallbackDto>,
     /// How nodes run.
     pub executor: ExecutorDto,
     /// Active or inactive.
@@ -1194,8 +1199,23 @@ impl TryFrom<CapabilityDto> for Capability {
                 ),
             ));
         }
+        let fallback = match &c.fallback {
+            Some(dto) => {
+                let raw = serde_json::to_value(dto).unwrap_or(Value::Null);
+                Some(
+                    crate::policy::normalize_fallback(&raw, "fallback").map_err(|e| {
+                        ApiError::invalid_field(
+                            "fallback",
+                            format!("capability `{}` {e}", c.capability_id),
+                        )
+                    })?,
+                )
+            }
+            None => None,
+        };
         Ok(Self {
             executor: c.executor.try_into()?,
+            fallback,
             capability_id: c.capability_id,
             version: c.version,
             display_name: c.display_name,
@@ -1226,6 +1246,18 @@ impl From<&Capability> for CapabilityDto {
             cost: c.cost,
             timeout_ms: c.timeout_ms,
             max_attempts: c.max_attempts,
+            fallback: c.fallback.as_ref().map(|f| policies::FallbackDto {
+                retry: f.retry.as_ref().map(|r| policies::RetryDto {
+                    max_attempts: r.max_attempts,
+                    backoff_ms: Some(r.backoff_ms),
+                    multiplier: Some(r.multiplier),
+                    max_backoff_ms: r.max_backoff_ms,
+                }),
+                then: f.then.map(|t| match t {
+                    crate::catalog::Then::Hitl => policies::ThenDto::Hitl,
+                    crate::catalog::Then::Fail => policies::ThenDto::Fail,
+                }),
+            }),
             executor: (&c.executor).into(),
             status: c.status.into(),
         }
@@ -1426,6 +1458,44 @@ mod tests {
         );
         assert_eq!((cap.max_attempts, cap.timeout_ms), (2, 30_000));
         assert_eq!(CapabilityDto::from(&cap), dto, "round trip");
+    }
+
+    #[test]
+    fn a_capability_fallback_is_normalized_and_its_bounds_are_checked() {
+        let with = |fallback: Value| -> Result<Capability, ApiError> {
+            let dto: CapabilityDto = serde_json::from_value(json!({
+                "capabilityId": "writer.hook", "kind": "execution",
+                "executor": {"type": "http", "url": "http://127.0.0.1:9/exec"},
+                "fallback": fallback}))
+            .unwrap();
+            Capability::try_from(dto)
+        };
+        let cap = with(json!({"retry": {"backoffMs": 100}, "then": "hitl"})).unwrap();
+        let fallback = cap.fallback.clone().unwrap();
+        let retry = fallback.retry.unwrap();
+        assert_eq!(
+            (retry.max_attempts, retry.backoff_ms, retry.multiplier),
+            (None, 100, crate::catalog::DEFAULT_BACKOFF_MULTIPLIER)
+        );
+        assert_eq!(fallback.then, Some(crate::catalog::Then::Hitl));
+        let back = serde_json::to_value(CapabilityDto::from(&cap)).unwrap();
+        assert_eq!(
+            back["fallback"],
+            json!({"retry": {"backoffMs": 100, "multiplier": 2.0}, "then": "hitl"})
+        );
+        let err = with(json!({"retry": {"multiplier": 0.5}})).unwrap_err();
+        assert!(
+            err.message.contains("fallback.retry.multiplier"),
+            "{}",
+            err.message
+        );
+        assert!(with(json!({"retry": {"maxAttempts": 0}})).is_err());
+        assert!(
+            serde_json::from_value::<CapabilityDto>(json!({
+            "capabilityId": "x", "kind": "execution", "executor": {"type": "human"},
+            "fallback": {"then": "pray"}}))
+            .is_err()
+        );
     }
 
     #[test]

@@ -104,6 +104,10 @@ impl From<EngineError> for ApiError {
             EngineError::IllegalTransition(_) => {
                 Self::new(StatusCode::CONFLICT, "CONFLICT", message)
             }
+            EngineError::InvalidAnswer {
+                request_id, field, ..
+            } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ANSWER", message)
+                .with_details(json!({ "requestId": request_id, "field": field })),
             EngineError::UnknownHitlRequest { run, request_id } => {
                 Self::new(StatusCode::CONFLICT, "CONFLICT", message)
                     .with_details(json!({ "runId": run, "requestId": request_id }))

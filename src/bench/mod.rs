@@ -228,6 +228,7 @@ pub fn bench_config(store: Arc<dyn Store>, nodes: usize) -> EngineConfig {
         cost: 0.0,
         timeout_ms: 60_000,
         max_attempts: 1,
+        fallback: None,
         executor: ExecutorSpec::Builtin {
             handler: "noop".to_owned(),
         },

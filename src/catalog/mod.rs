@@ -13,6 +13,7 @@ pub use contract::{
 pub use error::CatalogError;
 pub use facets::FacetCatalog;
 pub use model::{
-    AgentType, Capability, CapabilityKind, CapabilityStatus, ExecutorSpec, Facet, FacetDirection,
+    AgentType, Capability, CapabilityKind, CapabilityStatus, DEFAULT_BACKOFF_MULTIPLIER,
+    ExecutorSpec, Facet, FacetDirection, Fallback, Retry, Then,
 };
 pub use registry::{CapabilityRegistry, check_capability_facets, check_capability_ids};

@@ -293,6 +293,61 @@ impl<'de> Deserialize<'de> for ExecutorSpec {
     }
 }
 
+/// What happens to a node whose attempt fails: retry (with backoff), then ask a human or fail
+/// the run. Set per capability (`fallback`) and per run (`policies.fallback`); each field the
+/// capability gives wins over the run's, and what neither gives takes the default (the
+/// capability's `maxAttempts`, no backoff, then `fail`).
+///
+/// The policy normalizer reads it with every bound checked (`crate::policy::normalize`, and
+/// `POST /v1/capabilities`); plain deserialization fills in the same defaults.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fallback {
+    /// How failed attempts are retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// What follows the last failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<Then>,
+}
+
+/// Retries of a failed node attempt, with exponential backoff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts per round (the first one included), at least 1; `None` takes the
+    /// capability's `maxAttempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Delay before the first retry, in milliseconds (0: none).
+    #[serde(default)]
+    pub backoff_ms: u64,
+    /// Factor applied to the delay for each further retry, at least 1.
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+    /// Upper bound of the delay, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff_ms: Option<u64>,
+}
+
+/// The default backoff multiplier.
+pub const DEFAULT_BACKOFF_MULTIPLIER: f64 = 2.0;
+
+fn default_multiplier() -> f64 {
+    DEFAULT_BACKOFF_MULTIPLIER
+}
+
+/// What follows a node's last failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Then {
+    /// The run fails with `NODE_FAILED`.
+    #[default]
+    Fail,
+    /// A human is asked: retry, skip with a supplied output, replan, or fail.
+    Hitl,
+}
+
 /// Something that can execute a plan node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -326,9 +381,14 @@ pub struct Capability {
     /// Per-attempt timeout.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Attempts per node before the node fails.
+    /// Attempts per node before the node fails (when `fallback.retry.maxAttempts` is not
+    /// given).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// The fallback ladder of its nodes (retry with backoff, then ask a human or fail); each
+    /// field given wins over the run's `policies.fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
     /// How nodes run.
     pub executor: ExecutorSpec,
     /// Active or inactive.
@@ -470,6 +530,7 @@ impl Capability {
             cost: 0.0,
             timeout_ms: default_timeout_ms(),
             max_attempts: default_max_attempts(),
+            fallback: None,
             executor,
             status: CapabilityStatus::default(),
         }
@@ -532,6 +593,12 @@ impl Capability {
     /// The same capability allowing `max_attempts` attempts per node.
     pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
         self.max_attempts = max_attempts;
+        self
+    }
+
+    /// The same capability with the fallback ladder `fallback`.
+    pub fn with_fallback(mut self, fallback: Fallback) -> Self {
+        self.fallback = Some(fallback);
         self
     }
 
@@ -629,6 +696,7 @@ mod tests {
                 cost: 4.5,
                 timeout_ms: 60_000,
                 max_attempts: 3,
+                fallback: None,
                 executor: ExecutorSpec::Http {
                     url: "http://127.0.0.1:9/review".into(),
                     signing_secret_env: None,

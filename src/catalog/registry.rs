@@ -232,6 +232,7 @@ mod tests {
             cost: 0.0,
             timeout_ms: 1_000,
             max_attempts: 1,
+            fallback: None,
             executor: ExecutorSpec::Human,
             status: CapabilityStatus::Active,
         }

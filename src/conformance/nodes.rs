@@ -17,6 +17,9 @@ pub(super) struct NodeTrack {
     completed_at: Option<u64>,
     /// The plan version and seq of a failure with `willRetry: false`.
     final_failure: Option<(u32, u64)>,
+    /// A human's answer to the node's fallback request skipped it: its `node_complete`
+    /// follows without a running attempt.
+    skipped: bool,
 }
 
 impl RunCheck<'_> {
@@ -42,6 +45,7 @@ impl RunCheck<'_> {
                 status: RunOutcome::Completed,
                 ..
             } => self.nothing_running(),
+            EventBody::HitlResolved { text, .. } => self.fallback_answered(event, text.as_deref()),
             EventBody::PlanRequested { .. }
             | EventBody::PlanGenerated { .. }
             | EventBody::PlanAccepted { .. }
@@ -49,7 +53,6 @@ impl RunCheck<'_> {
             | EventBody::PlanRejected { .. }
             | EventBody::PolicyTriggered { .. }
             | EventBody::HitlRequest { .. }
-            | EventBody::HitlResolved { .. }
             | EventBody::RunPaused { .. }
             | EventBody::RunResumed { .. }
             | EventBody::Complete { .. } => {}
@@ -112,7 +115,9 @@ impl RunCheck<'_> {
         let kind = event.kind();
         let version = self.version;
         let track = self.nodes.entry(node.to_owned()).or_default();
+        let skipped = std::mem::take(&mut track.skipped);
         let problem = match track.running.take() {
+            None if skipped && will_retry.is_none() => None,
             None => Some(format!("`{kind}` for node `{node}`, which is not running")),
             Some((running, at)) if running != attempt => Some(format!(
                 "`{kind}` for attempt {attempt} of node `{node}`, but attempt {running} started at seq {at}"
@@ -126,6 +131,25 @@ impl RunCheck<'_> {
         }
         if let Some(message) = problem {
             self.flag(Rule::NodeLifecycle, message);
+        }
+    }
+
+    /// An answer about a node whose last attempt failed (a fallback request): `retry` and
+    /// `replan` let it start again, `skip` lets it complete without a running attempt.
+    fn fallback_answered(&mut self, event: &RunEvent, text: Option<&str>) {
+        let Some(track) = event.node_id.as_deref().and_then(|n| self.nodes.get_mut(n)) else {
+            return;
+        };
+        if track.running.is_some() || track.final_failure.is_none() {
+            return;
+        }
+        match text {
+            Some("retry" | "replan") | None => track.final_failure = None,
+            Some("skip") => {
+                track.final_failure = None;
+                track.skipped = true;
+            }
+            Some(_) => {}
         }
     }
 

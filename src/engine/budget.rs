@@ -117,6 +117,7 @@ mod tests {
                 error: crate::fsm::RunError::new("E", "e"),
                 will_retry: false,
                 spend,
+                retry_at: None,
             },
         ];
         for body in &bodies {

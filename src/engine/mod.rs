@@ -120,6 +120,18 @@ pub enum EngineError {
         /// The request id given.
         request_id: String,
     },
+    /// A HITL answer that the request cannot take (an unknown option of a fallback
+    /// request, a skip whose output breaks the node's contract); the request stays pending.
+    #[error("invalid answer to hitl request `{request_id}`: `{field}`: {message}")]
+    InvalidAnswer {
+        /// The request answered.
+        request_id: String,
+        /// The offending field of the answer (`optionId`, `text`, or a JSON pointer into
+        /// the output given in `text`, e.g. `text/copyVariants`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The run has ended.
     #[error("run {0} has ended")]
     RunEnded(RunId),

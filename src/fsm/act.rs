@@ -1,6 +1,6 @@
 //! The row actions: each changes the run's data and emits its row's one event.
 
-use super::data::{Ctx, RunCore, node_of};
+use super::data::{Ctx, FallbackChoice, RunCore, node_of};
 use super::event::{EventBody, FollowUp, PlanPhase, RunError, RunOutcome, Trigger, TriggerSource};
 use super::vocab::{PendingHitl, PendingOutput, Purpose, RunInput};
 
@@ -204,27 +204,84 @@ pub fn end_node(core: &mut RunCore, ctx: &mut Ctx, input: &RunInput) {
             error,
             will_retry,
             spend,
+            retry_at,
             ..
-        } => EventBody::NodeError {
-            attempt,
-            error: error.clone(),
-            will_retry: *will_retry,
-            spend: *spend,
-        },
+        } => {
+            if !will_retry {
+                core.exhausted
+                    .insert(node_id.clone(), (attempt, error.message.clone()));
+            }
+            EventBody::NodeError {
+                attempt,
+                error: error.clone(),
+                will_retry: *will_retry,
+                retry_at: retry_at.filter(|_| *will_retry),
+                spend: *spend,
+            }
+        }
         RunInput::OutputInvalid {
             errors,
             will_retry,
             spend,
+            retry_at,
             ..
-        } => EventBody::ValidationError {
-            attempt,
-            errors: errors.clone(),
-            will_retry: *will_retry,
-            spend: *spend,
-        },
+        } => {
+            if !will_retry {
+                core.exhausted
+                    .insert(node_id.clone(), (attempt, errors.join("; ")));
+            }
+            EventBody::ValidationError {
+                attempt,
+                errors: errors.clone(),
+                will_retry: *will_retry,
+                retry_at: retry_at.filter(|_| *will_retry),
+                spend: *spend,
+            }
+        }
         _ => return,
     };
     core.emit(ctx, Some(&node_id), body);
+}
+
+/// A human skipped a node whose last attempt failed: it completes with the supplied output,
+/// under its last attempt.
+pub fn skip_node(core: &mut RunCore, ctx: &mut Ctx, input: &RunInput) {
+    let RunInput::NodeSkipped { node_id, output } = input else {
+        return;
+    };
+    let Some((attempt, _)) = core.exhausted.remove(node_id) else {
+        return;
+    };
+    let body = EventBody::NodeComplete {
+        attempt,
+        output: output.clone(),
+        duration_us: 0,
+        spend: None,
+    };
+    core.emit(ctx, Some(node_id), body);
+}
+
+/// The human chose to fail (or rejected) a fallback request: the node failed for good.
+pub fn node_gave_up(core: &mut RunCore, ctx: &mut Ctx, input: &RunInput) {
+    let RunInput::HitlAnswered {
+        request_id, text, ..
+    } = input
+    else {
+        return;
+    };
+    let Some(node) = core.fallback_node().map(str::to_owned) else {
+        return;
+    };
+    let (attempt, error) = core.exhausted.get(&node).cloned().unwrap_or_default();
+    let by = match text.as_deref() {
+        Some("fail") | None => String::new(),
+        Some(t) => format!(": {t}"),
+    };
+    let message = format!(
+        "node `{node}` failed after its last attempt ({attempt}): {error}; \
+         hitl request `{request_id}` ended the run{by}"
+    );
+    core.fail(ctx, "NODE_FAILED", message);
 }
 
 /// A policy stops dispatch for a replan (or a pause).
@@ -318,6 +375,8 @@ pub fn request_delta(core: &mut RunCore, ctx: &mut Ctx, _: &RunInput) {
 
 /// The human answered: continue or replan (the rows' targets say which).
 pub fn resolve_hitl(core: &mut RunCore, ctx: &mut Ctx, input: &RunInput) {
+    let choice = core.fallback_choice(input).and_then(Result::ok);
+    let fallback = core.fallback_node().map(str::to_owned);
     let (Ok((next, _)), Some(pending)) = (core.follow_up(input), core.hitl.take()) else {
         return;
     };
@@ -330,6 +389,28 @@ pub fn resolve_hitl(core: &mut RunCore, ctx: &mut Ctx, input: &RunInput) {
     else {
         return;
     };
+    if let (Some(node), Some(choice)) = (fallback, choice) {
+        // A skip keeps the node exhausted until its `node_skipped` completes it.
+        if choice != FallbackChoice::Skip
+            && let Some((attempt, error)) = core.exhausted.remove(&node)
+            && choice == FallbackChoice::Replan
+        {
+            core.trigger = Some(Trigger {
+                source: TriggerSource::Hitl,
+                policy_id: None,
+                node_id: Some(node.clone()),
+                reason: format!("node `{node}` failed after its last attempt ({attempt}): {error}"),
+            });
+        }
+        let body = EventBody::HitlResolved {
+            request_id: request_id.clone(),
+            decision: *decision,
+            text: text.clone(),
+            responder: responder.clone(),
+            next,
+        };
+        return core.emit(ctx, Some(&node), body);
+    }
     if next == FollowUp::Replan {
         core.trigger = Some(Trigger {
             source: TriggerSource::Hitl,

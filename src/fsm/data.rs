@@ -29,6 +29,57 @@ pub struct RunCore {
     pub(super) in_flight: BTreeMap<String, u32>,
     pub(super) hitl: Option<PendingHitl>,
     pub(super) outcome: Option<RunOutcome>,
+    /// Nodes whose last attempt failed, waiting for what the fallback ladder does next (a
+    /// human's answer, or the end of the run): node → (last attempt, last error).
+    pub(super) exhausted: BTreeMap<String, (u32, String)>,
+}
+
+/// What a human chose for a node whose last attempt failed (the option of a fallback
+/// request; see docs/POLICIES.md, "Fallback ladder").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackChoice {
+    /// Run the node again, a fresh round of attempts.
+    Retry,
+    /// Complete the node with a supplied output.
+    Skip,
+    /// Ask the planner for a delta, the failure as the reason.
+    Replan,
+    /// Fail the run (`NODE_FAILED`).
+    Fail,
+}
+
+impl FallbackChoice {
+    /// The options a fallback request offers, in order.
+    pub const OPTIONS: [&'static str; 4] = ["retry", "skip", "replan", "fail"];
+
+    /// The choice an answer makes: its option (`retry`, `skip`, `replan`, `fail`); a
+    /// rejection fails and a bare approval retries.
+    pub fn of(decision: HitlDecision, text: Option<&str>) -> Result<Self, String> {
+        match (decision, text) {
+            (HitlDecision::Reject, _) => Ok(Self::Fail),
+            (HitlDecision::Approve, None) => Ok(Self::Retry),
+            (_, Some("retry")) => Ok(Self::Retry),
+            (_, Some("skip")) => Ok(Self::Skip),
+            (_, Some("replan")) => Ok(Self::Replan),
+            (_, Some("fail")) => Ok(Self::Fail),
+            (_, Some(other)) => Err(format!(
+                "`{other}` is not an option of a fallback request; expected one of {}",
+                Self::OPTIONS.join(", ")
+            )),
+            (_, None) => Err(format!(
+                "a fallback request is answered with an option: {}",
+                Self::OPTIONS.join(", ")
+            )),
+        }
+    }
+
+    fn follow_up(self) -> FollowUp {
+        match self {
+            Self::Retry | Self::Skip => FollowUp::Continue,
+            Self::Replan => FollowUp::Replan,
+            Self::Fail => FollowUp::Fail,
+        }
+    }
 }
 
 /// What one transition produced (events, commands, the row taken). Not persisted.
@@ -71,6 +122,7 @@ impl RunCore {
             in_flight: BTreeMap::new(),
             hitl: None,
             outcome: None,
+            exhausted: BTreeMap::new(),
         }
     }
 
@@ -123,6 +175,7 @@ impl RunCore {
         self.outcome = Some(status);
         self.hitl = None;
         self.in_flight.clear();
+        self.exhausted.clear();
         self.pending_output = None;
         let error = (status != RunOutcome::Completed).then_some(error);
         let body = EventBody::Complete {
@@ -161,6 +214,9 @@ impl RunCore {
         if pending.request_id != *request_id {
             return Err(format!("hitl request `{request_id}` is not pending"));
         }
+        if let Some(choice) = self.fallback_choice(input) {
+            return Ok((choice?.follow_up(), self.replans < self.limits.max_replans));
+        }
         let next = match decision {
             HitlDecision::Reject => pending.on_reject,
             HitlDecision::Approve | HitlDecision::Option | HitlDecision::Freeform => {
@@ -168,6 +224,29 @@ impl RunCore {
             }
         };
         Ok((next, self.replans < self.limits.max_replans))
+    }
+}
+
+impl RunCore {
+    /// The node the pending request asks about when it is a fallback request (a human asked
+    /// what to do with a node whose last attempt failed).
+    pub(super) fn fallback_node(&self) -> Option<&str> {
+        let pending = self.hitl.as_ref()?;
+        let node = pending.node_id.as_deref()?;
+        (pending.policy_id.is_none() && self.exhausted.contains_key(node)).then_some(node)
+    }
+
+    /// The choice an answer to the pending fallback request makes (`None` when the pending
+    /// request is not a fallback request).
+    pub(super) fn fallback_choice(
+        &self,
+        input: &RunInput,
+    ) -> Option<Result<FallbackChoice, String>> {
+        self.fallback_node()?;
+        let RunInput::HitlAnswered { decision, text, .. } = input else {
+            return None;
+        };
+        Some(FallbackChoice::of(*decision, text.as_deref()))
     }
 }
 
@@ -186,7 +265,8 @@ pub(super) fn node_of(input: &RunInput) -> &str {
         RunInput::NodeDispatched { node_id, .. }
         | RunInput::NodeSucceeded { node_id, .. }
         | RunInput::NodeFailed { node_id, .. }
-        | RunInput::OutputInvalid { node_id, .. } => node_id,
+        | RunInput::OutputInvalid { node_id, .. }
+        | RunInput::NodeSkipped { node_id, .. } => node_id,
         _ => "",
     }
 }
@@ -236,5 +316,11 @@ impl RunCore {
     /// How the run ended, once done.
     pub fn outcome(&self) -> Option<RunOutcome> {
         self.outcome
+    }
+
+    /// Nodes whose last attempt failed, waiting for the fallback ladder's next step, with
+    /// their last attempt and error.
+    pub fn exhausted(&self) -> &BTreeMap<String, (u32, String)> {
+        &self.exhausted
     }
 }

@@ -304,6 +304,9 @@ pub enum EventBody {
         /// What the attempt spent (capability cost, priced tokens), when it cost anything.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         spend: Option<NodeSpend>,
+        /// When the next attempt is due (ms since the epoch), when it waits for a backoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<u64>,
     },
     /// A node's output failed its compiled contract.
     #[serde(rename_all = "camelCase")]
@@ -317,6 +320,9 @@ pub enum EventBody {
         /// What the attempt spent (capability cost, priced tokens), when it cost anything.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         spend: Option<NodeSpend>,
+        /// When the next attempt is due (ms since the epoch), when it waits for a backoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<u64>,
     },
     /// A runtime policy fired with a replan or pause action.
     #[serde(rename_all = "camelCase")]

@@ -103,13 +103,32 @@ pub fn follow_up_replan(core: &RunCore, input: &RunInput) -> Result<(), String> 
     })
 }
 
-/// The answer's follow-up is `fail`, or `replan` with no replans left.
+/// The answer's follow-up is `fail` (of a request other than a fallback request), or
+/// `replan` with no replans left.
 pub fn follow_up_fail(core: &RunCore, input: &RunInput) -> Result<(), String> {
     let (next, room) = core.follow_up(input)?;
+    let fallback = core.fallback_node().is_some();
     require(
-        next == FollowUp::Fail || (next == FollowUp::Replan && !room),
+        (next == FollowUp::Fail && !fallback) || (next == FollowUp::Replan && !room),
         || format!("follow-up is {next:?}"),
     )
+}
+
+/// The answer to a fallback request fails the node for good (option `fail`, or a rejection).
+pub fn fallback_fail(core: &RunCore, input: &RunInput) -> Result<(), String> {
+    let (next, _) = core.follow_up(input)?;
+    require(
+        next == FollowUp::Fail && core.fallback_node().is_some(),
+        || "not a fallback request answered with `fail`".into(),
+    )
+}
+
+/// The node named by the input failed its last attempt and waits for the fallback ladder.
+pub fn node_exhausted(core: &RunCore, input: &RunInput) -> Result<(), String> {
+    let node = node_of(input);
+    require(core.exhausted.contains_key(node), || {
+        format!("node `{node}` has not failed its last attempt")
+    })
 }
 
 /// No HITL request is pending (the run was paused by an operator or a policy).

@@ -219,6 +219,17 @@ impl RunMachine {
         self.core().hitl.as_ref()
     }
 
+    /// Nodes whose last attempt failed, waiting for the fallback ladder's next step (a
+    /// human's answer, or the end of the run), with their last attempt and error.
+    pub fn exhausted(&self) -> &BTreeMap<String, (u32, String)> {
+        &self.core().exhausted
+    }
+
+    /// The node the pending request asks about, when it is a fallback request.
+    pub fn fallback_node(&self) -> Option<&str> {
+        self.core().fallback_node()
+    }
+
     /// The planner output awaiting validation (in Validating).
     pub fn pending_output(&self) -> Option<&PendingOutput> {
         self.core().pending_output.as_ref()

@@ -21,7 +21,7 @@ mod replay;
 pub mod table;
 mod vocab;
 
-pub use data::{Ctx, RunCore};
+pub use data::{Ctx, FallbackChoice, RunCore};
 pub use event::{
     EventBody, EventKind, FollowUp, HitlDecision, HitlKind, NodeSpend, PlanPhase, PlannerOutput,
     RunError, RunEvent, RunOutcome, TokenUsage, Trigger, TriggerSource, UnparsedReply,

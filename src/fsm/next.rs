@@ -23,8 +23,12 @@ pub struct Progress<'a> {
     pub nodes: usize,
     /// Nodes completed.
     pub completed: usize,
-    /// The first node that failed after its last attempt, if any.
+    /// The first node that failed after its last attempt and whose ladder ends the run, if any.
     pub exhausted: Option<&'a str>,
+    /// The first node that failed after its last attempt and whose ladder asks a human, if any.
+    pub ask: Option<&'a str>,
+    /// Nodes waiting for a retry's backoff to pass.
+    pub waiting: usize,
 }
 
 /// What the driver does next.
@@ -36,6 +40,9 @@ pub enum Next {
     Wait,
     /// Feed this input to the machine.
     Feed(RunInput),
+    /// Ask a human what to do with this node, whose last attempt failed (the fallback
+    /// ladder's `hitl` step).
+    Ask(String),
 }
 
 /// What a run in `state` does next. `goal` computes the run's output and checks the goal
@@ -55,10 +62,13 @@ pub fn next(
                 let message = format!("node `{node}` failed after its last attempt");
                 return fail("NODE_FAILED", message);
             }
+            if let Some(node) = progress.ask {
+                return Next::Ask(node.to_owned());
+            }
             if progress.ready > 0 && progress.slots > 0 {
                 return Next::Dispatch;
             }
-            if !idle || progress.ready > 0 {
+            if !idle || progress.ready > 0 || progress.waiting > 0 {
                 return Next::Wait;
             }
             if progress.completed < progress.nodes {
@@ -113,6 +123,8 @@ mod tests {
             nodes: 4,
             completed: 1,
             exhausted: None,
+            ask: None,
+            waiting: 0,
         };
         assert_eq!(next(RunState::Executing, &running, ok), Next::Dispatch);
         let full = Progress {
@@ -147,6 +159,8 @@ mod tests {
             nodes: 4,
             completed: 2,
             exhausted: None,
+            ask: None,
+            waiting: 0,
         };
         assert_eq!(code(next(RunState::Executing, &stuck, ok)), "PLAN_STUCK");
         let all = Progress {
@@ -156,6 +170,42 @@ mod tests {
         assert_eq!(code(next(RunState::Executing, &all, ok)), "completed");
         let unmet = next(RunState::Executing, &all, || Err("score below 3".into()));
         assert_eq!(code(unmet), "GOAL_CONDITIONS_UNMET");
+    }
+
+    #[test]
+    fn an_exhausted_node_asks_a_human_at_once_and_a_backoff_waits() {
+        let asking = Progress {
+            in_flight: 1,
+            ready: 1,
+            slots: 1,
+            nodes: 3,
+            completed: 0,
+            ask: Some("w"),
+            ..Progress::default()
+        };
+        assert_eq!(
+            next(RunState::Executing, &asking, ok),
+            Next::Ask("w".into()),
+            "no drain before asking"
+        );
+        let failing = Progress {
+            exhausted: Some("x"),
+            in_flight: 0,
+            ..asking
+        };
+        assert_eq!(code(next(RunState::Executing, &failing, ok)), "NODE_FAILED");
+        let backing_off = Progress {
+            waiting: 1,
+            nodes: 2,
+            completed: 1,
+            slots: 1,
+            ..Progress::default()
+        };
+        assert_eq!(
+            next(RunState::Executing, &backing_off, || panic!("not yet")),
+            Next::Wait,
+            "a node in backoff is not stuck"
+        );
     }
 
     #[test]

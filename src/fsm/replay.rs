@@ -137,33 +137,51 @@ fn input_for(event: &RunEvent, machine: &RunMachine) -> Result<RunInput, FsmErro
             duration_us,
             spend,
             ..
-        } => RunInput::NodeSucceeded {
-            node_id: node()?,
-            output: output.clone(),
-            duration_us: *duration_us,
-            spend: *spend,
-        },
+        } => {
+            let node_id = node()?;
+            // A node that is not running but waits for its fallback ladder was skipped by a
+            // human (`executing.node_skipped`); any other completion is a result.
+            let skipped = !machine.in_flight().contains_key(&node_id)
+                && machine.exhausted().contains_key(&node_id);
+            if skipped {
+                RunInput::NodeSkipped {
+                    node_id,
+                    output: output.clone(),
+                }
+            } else {
+                RunInput::NodeSucceeded {
+                    node_id,
+                    output: output.clone(),
+                    duration_us: *duration_us,
+                    spend: *spend,
+                }
+            }
+        }
         EventBody::NodeError {
             error,
             will_retry,
             spend,
+            retry_at,
             ..
         } => RunInput::NodeFailed {
             node_id: node()?,
             error: error.clone(),
             will_retry: *will_retry,
             spend: *spend,
+            retry_at: *retry_at,
         },
         EventBody::ValidationError {
             errors,
             will_retry,
             spend,
+            retry_at,
             ..
         } => RunInput::OutputInvalid {
             node_id: node()?,
             errors: errors.clone(),
             will_retry: *will_retry,
             spend: *spend,
+            retry_at: *retry_at,
         },
         EventBody::PolicyTriggered {
             policy_id,

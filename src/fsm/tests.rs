@@ -126,6 +126,30 @@ fn answer(request_id: &str, decision: HitlDecision) -> RunInput {
     }
 }
 
+/// The fallback ladder's question about node `node`, whose last attempt (1) failed.
+fn fallback_request(node: &str) -> RunInput {
+    RunInput::HitlRequested {
+        request_id: format!("{node}-f1"),
+        kind: HitlKind::Clarify,
+        question: format!("node `{node}` failed"),
+        policy_id: None,
+        node_id: Some(node.into()),
+        options: FallbackChoice::OPTIONS.map(str::to_owned).to_vec(),
+        contract_summary: None,
+        on_approve: FollowUp::Continue,
+        on_reject: FollowUp::Fail,
+    }
+}
+
+fn option(request_id: &str, option: &str) -> RunInput {
+    RunInput::HitlAnswered {
+        request_id: request_id.into(),
+        decision: HitlDecision::Option,
+        text: Some(option.into()),
+        responder: None,
+    }
+}
+
 /// Sample inputs of one kind: a few shapes each, legal in some situations, not in others.
 /// Adding an input kind means adding its samples here (the match is exhaustive).
 fn samples(kind: InputKind) -> Vec<RunInput> {
@@ -159,17 +183,34 @@ fn samples(kind: InputKind) -> Vec<RunInput> {
                 spend: None,
             })
             .to_vec(),
-        InputKind::NodeFailed => vec![RunInput::NodeFailed {
-            node_id: "n".into(),
-            error: RunError::new("E", "e"),
-            will_retry: false,
-            spend: None,
-        }],
+        InputKind::NodeFailed => vec![
+            RunInput::NodeFailed {
+                node_id: "n".into(),
+                error: RunError::new("E", "e"),
+                will_retry: false,
+                retry_at: None,
+                spend: None,
+            },
+            RunInput::NodeFailed {
+                node_id: "n".into(),
+                error: RunError::new("E", "e"),
+                will_retry: true,
+                retry_at: Some(NOW.millis() + 200),
+                spend: None,
+            },
+        ],
+        InputKind::NodeSkipped => ["n", "ghost"]
+            .map(|node| RunInput::NodeSkipped {
+                node_id: node.into(),
+                output: Map::from_iter([("x".to_owned(), json!(1))]),
+            })
+            .to_vec(),
         InputKind::OutputInvalid => vec![RunInput::OutputInvalid {
             node_id: "n".into(),
             errors: vec!["bad".into()],
             will_retry: true,
             spend: None,
+            retry_at: None,
         }],
         InputKind::PolicyReplan => vec![RunInput::PolicyReplan {
             policy_id: "p".into(),
@@ -182,6 +223,7 @@ fn samples(kind: InputKind) -> Vec<RunInput> {
         InputKind::HitlRequested => vec![
             hitl(FollowUp::Continue, FollowUp::Fail),
             hitl(FollowUp::Replan, FollowUp::Fail),
+            fallback_request("n"),
         ],
         InputKind::OperatorPause => vec![RunInput::OperatorPause {
             reason: "op".into(),
@@ -191,6 +233,11 @@ fn samples(kind: InputKind) -> Vec<RunInput> {
             answer("h1", HitlDecision::Approve),
             answer("h1", HitlDecision::Reject),
             answer("nope", HitlDecision::Approve),
+            option("n-f1", "retry"),
+            option("n-f1", "skip"),
+            option("n-f1", "replan"),
+            option("n-f1", "fail"),
+            option("n-f1", "shrug"),
         ],
         InputKind::Resume => vec![RunInput::Resume {
             reason: "go".into(),
@@ -241,6 +288,18 @@ fn scripts() -> Vec<Vec<RunInput>> {
             s(K::DraftValid, 0),
             s(K::HitlRequested, 1),
             s(K::HitlAnswered, 0),
+        ],
+        vec![
+            s(K::Start, 0),
+            s(K::PlanReturned, 0),
+            s(K::DraftValid, 0),
+            s(K::NodeDispatched, 0),
+            s(K::NodeFailed, 1),
+            s(K::NodeDispatched, 0),
+            s(K::NodeFailed, 0),
+            s(K::HitlRequested, 2),
+            s(K::HitlAnswered, 4),
+            s(K::NodeSkipped, 0),
         ],
     ]
 }
@@ -536,4 +595,153 @@ fn event_serializes_to_the_wire_shape() {
     assert!(v.get("nodeId").is_none());
     let back: RunEvent = serde_json::from_value(v).unwrap();
     assert_eq!(back, ev);
+}
+
+/// Runs `inputs` from an executing run and checks that replaying the events rebuilds the
+/// same machine.
+fn ladder(inputs: Vec<RunInput>) -> (RunMachine, Vec<RunEvent>) {
+    let mut m = executing(limits(3, 1));
+    let mut events = Vec::new();
+    for input in inputs {
+        events.extend(apply(&mut m, input).events);
+    }
+    let mut all = RunMachine::restore(m.run_id(), limits(3, 1), &[]).unwrap();
+    let mut prefix = executing_events(m.run_id());
+    prefix.extend(events.iter().cloned());
+    for event in &prefix {
+        all.replay(event).unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(all.core(), m.core(), "replay rebuilds the same state");
+    assert_eq!(all.state(), m.state());
+    (m, events)
+}
+
+/// The events of [`executing`] for a run with this id.
+fn executing_events(run_id: RunId) -> Vec<RunEvent> {
+    let mut m = RunMachine::new(run_id, limits(3, 1));
+    let mut events = apply(&mut m, RunInput::Start).events;
+    events.extend(apply(&mut m, draft_returned()).events);
+    events.extend(
+        apply(
+            &mut m,
+            RunInput::DraftValid {
+                nodes: 1,
+                edges: 0,
+                warnings: vec![],
+            },
+        )
+        .events,
+    );
+    events
+}
+
+fn failed_for_good(node: &str) -> Vec<RunInput> {
+    vec![
+        dispatched(node),
+        RunInput::NodeFailed {
+            node_id: node.into(),
+            error: RunError::new("HTTP_STATUS", "503"),
+            will_retry: false,
+            retry_at: None,
+            spend: None,
+        },
+        fallback_request(node),
+    ]
+}
+
+#[test]
+fn a_retry_records_its_due_time_and_replays() {
+    let at = NOW.millis() + 250;
+    let (m, events) = ladder(vec![
+        dispatched("n"),
+        RunInput::NodeFailed {
+            node_id: "n".into(),
+            error: RunError::new("HTTP_STATUS", "503"),
+            will_retry: true,
+            retry_at: Some(at),
+            spend: None,
+        },
+    ]);
+    let EventBody::NodeError { retry_at, .. } = &events[1].body else {
+        panic!("{events:?}")
+    };
+    assert_eq!(*retry_at, Some(at));
+    let wire = serde_json::to_value(&events[1]).unwrap();
+    assert_eq!(wire["payload"]["retryAt"], json!(at));
+    assert!(m.exhausted().is_empty(), "a retry is not the last attempt");
+}
+
+#[test]
+fn the_ladder_asks_and_each_answer_takes_its_row() {
+    let (m, _) = ladder(failed_for_good("n"));
+    assert_eq!(m.state(), RunState::Paused);
+    assert_eq!(m.fallback_node(), Some("n"));
+    assert_eq!(m.exhausted()["n"].0, 1);
+
+    let (m, events) = ladder([failed_for_good("n"), vec![option("n-f1", "retry")]].concat());
+    assert_eq!(m.state(), RunState::Executing);
+    assert!(m.exhausted().is_empty(), "a retry starts a new round");
+    assert!(matches!(
+        events.last().unwrap().body,
+        EventBody::HitlResolved {
+            next: FollowUp::Continue,
+            ..
+        }
+    ));
+
+    let skip = RunInput::NodeSkipped {
+        node_id: "n".into(),
+        output: Map::from_iter([("x".to_owned(), json!(1))]),
+    };
+    let (m, events) = ladder([failed_for_good("n"), vec![option("n-f1", "skip"), skip]].concat());
+    let EventBody::NodeComplete {
+        attempt, output, ..
+    } = &events.last().unwrap().body
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (*attempt, &output["x"]),
+        (1, &json!(1)),
+        "attempt unchanged"
+    );
+    assert!(m.exhausted().is_empty());
+
+    let (m, _) = ladder([failed_for_good("n"), vec![option("n-f1", "replan")]].concat());
+    assert_eq!(m.state(), RunState::Replanning);
+    let trigger = m.trigger().unwrap();
+    assert_eq!(
+        (trigger.source, trigger.node_id.as_deref()),
+        (TriggerSource::Hitl, Some("n"))
+    );
+    assert!(trigger.reason.contains("503"), "{}", trigger.reason);
+
+    for decision in [option("n-f1", "fail"), answer("n-f1", HitlDecision::Reject)] {
+        let (m, events) = ladder([failed_for_good("n"), vec![decision]].concat());
+        assert_eq!(m.outcome(), Some(RunOutcome::Failed));
+        let EventBody::Complete { error, .. } = &events.last().unwrap().body else {
+            panic!("{events:?}")
+        };
+        assert_eq!(error.as_ref().unwrap().code, "NODE_FAILED");
+    }
+
+    let mut m = executing(limits(3, 1));
+    for input in failed_for_good("n") {
+        apply(&mut m, input);
+    }
+    assert!(
+        m.apply(&option("n-f1", "shrug"), NOW).is_err(),
+        "an unknown option is refused"
+    );
+    assert!(
+        m.apply(
+            &RunInput::NodeSkipped {
+                node_id: "n".into(),
+                output: Map::new()
+            },
+            NOW
+        )
+        .is_err(),
+        "no skip while paused"
+    );
 }

@@ -177,6 +177,8 @@ pub enum RunInput {
         will_retry: bool,
         /// What the attempt spent.
         spend: Option<NodeSpend>,
+        /// When the next attempt is due (ms since the epoch), when it waits for a backoff.
+        retry_at: Option<u64>,
     },
     /// A node's output failed its contract.
     OutputInvalid {
@@ -188,6 +190,15 @@ pub enum RunInput {
         will_retry: bool,
         /// What the attempt spent.
         spend: Option<NodeSpend>,
+        /// When the next attempt is due (ms since the epoch), when it waits for a backoff.
+        retry_at: Option<u64>,
+    },
+    /// A human skipped a node whose last attempt failed, supplying its output.
+    NodeSkipped {
+        /// The node.
+        node_id: String,
+        /// The supplied facet values (already checked against the node's contract).
+        output: Map<String, Value>,
     },
     /// A runtime policy asks for a replan.
     PolicyReplan {

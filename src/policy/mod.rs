@@ -42,7 +42,7 @@ pub use engine::{EvalData, Evaluation, Firing, NodeFacts, PolicyEngine, PolicyWa
 pub use error::PolicyError;
 pub use model::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_FIRES, DEFAULT_MAX_NODES,
-    DEFAULT_MAX_REPLANS, MAX_FIRES_LIMIT, NodeSelector, NormalizedPolicies, PlannerPolicy,
+    DEFAULT_MAX_REPLANS, Ladder, MAX_FIRES_LIMIT, NodeSelector, NormalizedPolicies, PlannerPolicy,
     PolicyAction, PolicyTrigger, RuntimePolicy,
 };
-pub use normalize::normalize;
+pub use normalize::{normalize, normalize_fallback};

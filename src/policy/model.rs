@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::CapabilityKind;
+use crate::catalog::{CapabilityKind, DEFAULT_BACKOFF_MULTIPLIER, Fallback, Then};
 use crate::hitl::{FollowUp, HitlKind};
 
 use super::budget::{BudgetResource, Budgets, Threshold};
@@ -38,6 +38,10 @@ pub struct NormalizedPolicies {
     /// them); empty when the run has none.
     #[serde(default, skip_serializing_if = "Budgets::is_empty")]
     pub budgets: Budgets,
+    /// The run's default fallback ladder for failing nodes (a capability's own `fallback`
+    /// fields win over it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
 }
 
 impl TryFrom<serde_json::Value> for NormalizedPolicies {
@@ -240,5 +244,109 @@ impl PolicyAction {
             Self::Pause { .. } => "pause",
             Self::Fail { .. } => "fail",
         }
+    }
+}
+
+/// The ladder one node follows, resolved from its capability's and the run's [`Fallback`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ladder {
+    /// Attempts per round, at least 1.
+    pub max_attempts: u32,
+    /// Delay before the first retry, in milliseconds.
+    pub backoff_ms: u64,
+    /// Growth of the delay per retry.
+    pub multiplier: f64,
+    /// Upper bound of the delay.
+    pub max_backoff_ms: Option<u64>,
+    /// What follows the last attempt of a round.
+    pub then: Then,
+}
+
+impl Ladder {
+    /// The ladder of a node: each field of the capability's `fallback` wins over the run's;
+    /// without either, `max_attempts` (the capability's), no backoff, then fail.
+    pub fn resolve(
+        capability: Option<&Fallback>,
+        run: Option<&Fallback>,
+        max_attempts: u32,
+    ) -> Self {
+        let retry = capability
+            .and_then(|f| f.retry.as_ref())
+            .or_else(|| run.and_then(|f| f.retry.as_ref()));
+        let then = capability
+            .and_then(|f| f.then)
+            .or_else(|| run.and_then(|f| f.then))
+            .unwrap_or_default();
+        Self {
+            max_attempts: retry
+                .and_then(|r| r.max_attempts)
+                .unwrap_or(max_attempts)
+                .max(1),
+            backoff_ms: retry.map_or(0, |r| r.backoff_ms),
+            multiplier: retry.map_or(DEFAULT_BACKOFF_MULTIPLIER, |r| r.multiplier),
+            max_backoff_ms: retry.and_then(|r| r.max_backoff_ms),
+            then,
+        }
+    }
+
+    /// The delay before the attempt that follows failed attempt `n` of a round (from 1):
+    /// `backoffMs * multiplier^(n-1)`, at most `maxBackoffMs`.
+    pub fn delay_ms(&self, n: u32) -> u64 {
+        if self.backoff_ms == 0 {
+            return 0;
+        }
+        let exponent = i32::try_from(n.saturating_sub(1)).unwrap_or(i32::MAX);
+        let raw = self.backoff_ms as f64 * self.multiplier.powi(exponent);
+        let capped = match self.max_backoff_ms {
+            Some(max) => raw.min(max as f64),
+            None => raw,
+        };
+        if capped.is_finite() && capped < u64::MAX as f64 {
+            capped as u64
+        } else {
+            self.max_backoff_ms.unwrap_or(u64::MAX)
+        }
+    }
+}
+
+#[cfg(test)]
+mod ladder_tests {
+    use super::*;
+
+    fn fallback(json: serde_json::Value) -> Fallback {
+        super::super::normalize::normalize_fallback(&json, "fallback").unwrap()
+    }
+
+    #[test]
+    fn capability_fields_win_and_defaults_are_todays_behaviour() {
+        let none = Ladder::resolve(None, None, 2);
+        assert_eq!(
+            (none.max_attempts, none.backoff_ms, none.then),
+            (2, 0, Then::Fail)
+        );
+        assert_eq!(none.delay_ms(1), 0);
+        let run = fallback(serde_json::json!({
+            "retry": {"maxAttempts": 3, "backoffMs": 100}, "then": "hitl"}));
+        let cap = fallback(serde_json::json!({"then": "fail"}));
+        let ladder = Ladder::resolve(Some(&cap), Some(&run), 1);
+        assert_eq!((ladder.max_attempts, ladder.then), (3, Then::Fail));
+        let ladder = Ladder::resolve(None, Some(&run), 1);
+        assert_eq!(ladder.then, Then::Hitl);
+        assert_eq!(
+            [1, 2, 3].map(|n| ladder.delay_ms(n)),
+            [100, 200, 400],
+            "the default multiplier doubles"
+        );
+        let capped = fallback(serde_json::json!({
+            "retry": {"backoffMs": 200, "multiplier": 3.0, "maxBackoffMs": 1000}}));
+        let ladder = Ladder::resolve(Some(&capped), None, 4);
+        assert_eq!(
+            ladder.max_attempts, 4,
+            "maxAttempts falls back to the capability's"
+        );
+        assert_eq!(
+            [1, 2, 3, 60].map(|n| ladder.delay_ms(n)),
+            [200, 600, 1000, 1000]
+        );
     }
 }

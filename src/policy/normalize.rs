@@ -26,6 +26,7 @@ use super::model::{
     MAX_FIRES_LIMIT, NodeSelector, NormalizedPolicies, PlannerPolicy, PolicyAction, PolicyTrigger,
     RuntimePolicy,
 };
+use crate::catalog::{DEFAULT_BACKOFF_MULTIPLIER, Fallback, Retry, Then};
 
 /// Name used for the document itself in error paths.
 const ROOT: &str = "policies";
@@ -84,12 +85,17 @@ pub fn normalize(raw: &Value) -> Result<NormalizedPolicies, PolicyError> {
         }
     }
     let budgets = budgets(&mut root)?;
+    let fallback = root
+        .get("fallback", &[])?
+        .map(|found| fallback(found.value, &found.path))
+        .transpose()?;
     root.finish()?;
     add_exhaustion_policies(&mut runtime, &budgets);
     Ok(NormalizedPolicies {
         planner,
         runtime,
         budgets,
+        fallback,
     })
 }
 
@@ -143,6 +149,70 @@ fn add_exhaustion_policies(runtime: &mut Vec<RuntimePolicy>, budgets: &Budgets) 
             },
         });
     }
+}
+
+const THENS: &[(&str, &[&str], Then)] = &[("hitl", &[], Then::Hitl), ("fail", &[], Then::Fail)];
+
+/// Normalize a fallback ladder (`policies.fallback`, or a capability's `fallback`) found at
+/// `path`: `{retry?: {maxAttempts?, backoffMs?, multiplier?, maxBackoffMs?}, then?}`.
+///
+/// # Errors
+/// A [`PolicyError`] naming the JSON path of the first offending field: wrong types, unknown
+/// keys or variants, `maxAttempts` 0, `multiplier` outside 1..=100.
+pub fn normalize_fallback(raw: &Value, path: &str) -> Result<Fallback, PolicyError> {
+    fallback(raw, path)
+}
+
+fn fallback(raw: &Value, path: &str) -> Result<Fallback, PolicyError> {
+    if !raw.is_object() {
+        return Err(invalid_type(path, "a fallback object", raw));
+    }
+    let mut obj = Obj::new(raw, path)?;
+    let retry = match obj.get("retry", &[])? {
+        Some(found) => {
+            let mut r = require_object(&found, "a retry object")?;
+            let max_attempts = r
+                .get("maxAttempts", &[])?
+                .map(|f| uint32(f.field(), 1))
+                .transpose()?;
+            let backoff_ms = r
+                .get("backoffMs", &[])?
+                .map(|f| uint(f.field(), 0, u64::from(u32::MAX)))
+                .transpose()?
+                .unwrap_or(0);
+            let multiplier = match r.get("multiplier", &[])? {
+                Some(f) => {
+                    let m = number(f.field())?;
+                    if !(1.0..=100.0).contains(&m) {
+                        return Err(invalid_value(
+                            &f.path,
+                            format!("must be within 1..=100, found {m}"),
+                        ));
+                    }
+                    m
+                }
+                None => DEFAULT_BACKOFF_MULTIPLIER,
+            };
+            let max_backoff_ms = r
+                .get("maxBackoffMs", &[])?
+                .map(|f| uint(f.field(), 0, u64::from(u32::MAX)))
+                .transpose()?;
+            r.finish()?;
+            Some(Retry {
+                max_attempts,
+                backoff_ms,
+                multiplier,
+                max_backoff_ms,
+            })
+        }
+        None => None,
+    };
+    let then = obj
+        .get("then", &[])?
+        .map(|f| variant(f.field(), "fallback step", THENS))
+        .transpose()?;
+    obj.finish()?;
+    Ok(Fallback { retry, then })
 }
 
 /// A field found in an object: its value and its path as spelled in the document.
@@ -1010,6 +1080,7 @@ mod tests {
     #[test]
     fn absent_or_null_policies_are_defaults() {
         let defaults = NormalizedPolicies {
+            fallback: None,
             planner: PlannerPolicy {
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
                 max_replans: DEFAULT_MAX_REPLANS,
@@ -1752,10 +1823,30 @@ mod tests {
                         })
                         .collect()
                 });
-        (planner(), runtime).prop_map(|(planner, runtime)| NormalizedPolicies {
+        let fallback = proptest::option::of(
+            (
+                proptest::option::of(1u32..5),
+                0u64..1000,
+                proptest::option::of(0u64..5000),
+                any::<bool>(),
+            )
+                .prop_map(|(max_attempts, backoff_ms, max_backoff_ms, hitl)| {
+                    Fallback {
+                        retry: Some(Retry {
+                            max_attempts,
+                            backoff_ms,
+                            multiplier: 1.5,
+                            max_backoff_ms,
+                        }),
+                        then: Some(if hitl { Then::Hitl } else { Then::Fail }),
+                    }
+                }),
+        );
+        (planner(), runtime, fallback).prop_map(|(planner, runtime, fallback)| NormalizedPolicies {
             planner,
             runtime,
             budgets: Budgets::new(),
+            fallback,
         })
     }
 

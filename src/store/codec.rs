@@ -888,12 +888,14 @@ mod tests {
                 error: RunError::new("TIMEOUT", "too slow"),
                 will_retry: false,
                 spend: None,
+                retry_at: None,
             },
             EventBody::ValidationError {
                 attempt: 1,
                 errors: vec!["missing copyVariants".to_owned()],
                 will_retry: true,
                 spend: None,
+                retry_at: Some(1_700_000_000_250),
             },
             EventBody::PolicyTriggered {
                 policy_id: "qa".to_owned(),

@@ -274,6 +274,7 @@ pub(crate) fn capability() -> Capability {
         cost: 1.5,
         timeout_ms: 30_000,
         max_attempts: 2,
+        fallback: None,
         executor: ExecutorSpec::Http {
             url: "http://127.0.0.1:9000/exec".to_owned(),
             signing_secret_env: None,

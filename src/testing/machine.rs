@@ -247,12 +247,14 @@ fn node_result(node: BoxedStrategy<String>) -> BoxedStrategy<RunInput> {
                 error: RunError::new("E", "e"),
                 will_retry,
                 spend: None,
+                retry_at: None,
             },
             1 => RunInput::OutputInvalid {
                 node_id,
                 errors: vec!["x".into()],
                 will_retry,
                 spend: None,
+                retry_at: None,
             },
             _ => RunInput::NodeSucceeded {
                 node_id,

@@ -51,6 +51,7 @@ fn slow_writer() -> Capability {
         cost: 0.1,
         timeout_ms: 60_000,
         max_attempts: 1,
+        fallback: None,
         executor: ExecutorSpec::Http {
             url: "http://127.0.0.1:9/exec".into(),
             signing_secret_env: None,

@@ -214,6 +214,8 @@ fn every_json_block_of_the_policies_doc_is_accepted() {
             normalize(&json!({ "runtime": [v.clone()] })).map(drop)
         } else if has("planner") || has("runtime") || has("budgets") {
             normalize(&v).map(drop)
+        } else if has("retry") || has("then") {
+            normalize(&json!({ "fallback": v.clone() })).map(drop)
         } else if has("type") {
             normalize(&runtime_policy(json!({"kind": "manual"}), v.clone())).map(drop)
         } else if has("kind") {

@@ -33,6 +33,7 @@ fn writer(id: &str, executor: ExecutorSpec, timeout_ms: u64, max_attempts: u32) 
         cost: 0.1,
         timeout_ms,
         max_attempts,
+        fallback: None,
         executor,
         status: CapabilityStatus::Active,
     }

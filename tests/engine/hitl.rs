@@ -186,6 +186,7 @@ fn human_summarizer() -> flexrun::catalog::Capability {
         cost: 0.1,
         timeout_ms: 60_000,
         max_attempts: 2,
+        fallback: None,
         executor: ExecutorSpec::Human,
         status: CapabilityStatus::Active,
     }

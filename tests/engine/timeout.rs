@@ -54,6 +54,7 @@ fn writer(capability_id: &str, executor_type: &str) -> Capability {
         cost: 0.1,
         timeout_ms: 60_000,
         max_attempts: 1,
+        fallback: None,
         executor: ExecutorSpec::Custom {
             executor_type: executor_type.into(),
             config: Map::new(),

@@ -21,6 +21,7 @@ mod hitl;
 mod idempotency;
 mod ids;
 mod kill;
+mod ladder;
 mod listing;
 mod otel;
 mod plan_svg;

@@ -394,6 +394,8 @@ pub enum Reply {
 pub struct Call {
     pub body: Value,
     pub idempotency_key: Option<String>,
+    /// When the webhook received it.
+    pub at: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -431,6 +433,7 @@ async fn hook(
             .get("idempotency-key")
             .map(|v| v.to_str().unwrap().to_owned()),
         body: body.clone(),
+        at: std::time::Instant::now(),
     };
     let _ = st.calls.send(call);
     match reply {

@@ -338,6 +338,7 @@ async fn a_real_llm_node_output_is_schema_valid() {
         cost: 1.0,
         timeout_ms: 120_000,
         max_attempts: 2,
+        fallback: None,
         executor: ExecutorSpec::Llm {
             model: None,
             instructions: "You write short ad copy lines for the brief.".into(),

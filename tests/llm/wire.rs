@@ -705,6 +705,7 @@ fn llm_writer() -> Capability {
         cost: 1.0,
         timeout_ms: 5_000,
         max_attempts: 1,
+        fallback: None,
         executor: ExecutorSpec::Llm {
             model: Some("writer-model".into()),
             instructions: "You write short ad copy.".into(),

@@ -210,6 +210,57 @@ pub struct PoliciesDto {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(schema_with = deprecated_capability_ids)]
     pub hitl_after: Vec<String>,
+    /// The run's default fallback ladder for failing nodes; a capability's own `fallback`
+    /// fields win over it (docs/POLICIES.md, "Fallback ladder").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackDto>,
+}
+
+/// What happens to a node whose attempt fails: retry with backoff, then ask a human or fail
+/// the run. Omitted fields take the default: the capability's `maxAttempts`, no backoff,
+/// then `fail`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FallbackDto {
+    /// How failed attempts are retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryDto>,
+    /// What follows the last failed attempt of a round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<ThenDto>,
+}
+
+/// Retries of a failed node attempt: the attempt after failed attempt `n` of a round waits
+/// `backoffMs * multiplier^(n-1)` milliseconds, at most `maxBackoffMs`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryDto {
+    /// Attempts per round, the first one included; absent: the capability's `maxAttempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4294967295u32, format = Int64)]
+    pub max_attempts: Option<u32>,
+    /// Delay before the first retry, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(default = 0, minimum = 0, maximum = 4294967295u32, format = Int64)]
+    pub backoff_ms: Option<u64>,
+    /// Growth of the delay per further retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(default = 2.0, minimum = 1, maximum = 100)]
+    pub multiplier: Option<f64>,
+    /// Upper bound of the delay, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 4294967295u32, format = Int64)]
+    pub max_backoff_ms: Option<u64>,
+}
+
+/// What follows a node's last failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ThenDto {
+    /// Ask a human: retry, skip with a supplied output, replan, or fail.
+    Hitl,
+    /// Fail the run (`NODE_FAILED`).
+    Fail,
 }
 
 /// Limits and requirements that shape planning; a plan that breaks them is rejected with
@@ -708,7 +759,7 @@ mod tests {
                 }
                 Some("string") => json!("x"),
                 Some("integer") => json!(schema["minimum"].as_u64().unwrap_or(1).max(1)),
-                Some("number") => json!(0.5),
+                Some("number") => json!(schema["minimum"].as_f64().map_or(0.5, |m| m + 0.5)),
                 Some("boolean") => json!(false),
                 Some("array") => json!([]),
                 _ => json!(true),
@@ -752,6 +803,8 @@ mod tests {
         Selector,
         Trigger,
         Action,
+        Fallback,
+        Retry,
     }
 
     impl Slot {
@@ -767,6 +820,8 @@ mod tests {
                 ),
                 Self::Trigger => policy(value, json!({"type": "pause"})),
                 Self::Action => policy(json!({"kind": "manual"}), value),
+                Self::Fallback => json!({ "fallback": value }),
+                Self::Retry => json!({ "fallback": {"retry": value} }),
             }
         }
 
@@ -780,6 +835,8 @@ mod tests {
                 Self::Selector => n["runtime"][0]["trigger"]["selector"].clone(),
                 Self::Trigger => n["runtime"][0]["trigger"].clone(),
                 Self::Action => n["runtime"][0]["action"].clone(),
+                Self::Fallback => n["fallback"].clone(),
+                Self::Retry => n["fallback"]["retry"].clone(),
             }
         }
     }
@@ -804,6 +861,8 @@ mod tests {
             ("PlannerPolicyDto".to_owned(), Slot::Planner),
             ("RuntimePolicyDto".to_owned(), Slot::Runtime),
             ("NodeSelectorDto".to_owned(), Slot::Selector),
+            ("FallbackDto".to_owned(), Slot::Fallback),
+            ("RetryDto".to_owned(), Slot::Retry),
         ];
         for (_, name) in union_variants(schemas, "PolicyTriggerDto") {
             out.push((name, Slot::Trigger));
@@ -1015,7 +1074,9 @@ mod tests {
             accepted(Slot::Action.embed(json!({"type": "hitl", "question": "q", "kind": "?"})));
         let follow_ups =
             accepted(Slot::Action.embed(json!({"type": "hitl", "question": "q", "onReject": "?"})));
+        let thens = accepted(json!({"fallback": {"then": "?"}}));
         for (component, names) in [
+            ("ThenDto", thens),
             ("KindDto", kinds),
             ("HitlKindDto", hitl),
             ("FollowUpDto", follow_ups),

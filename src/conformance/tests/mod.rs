@@ -98,6 +98,7 @@ impl Script {
             error: RunError::new("HTTP_500", "the webhook answered 500"),
             will_retry,
             spend: None,
+            retry_at: None,
         })
     }
 

@@ -46,12 +46,14 @@ impl Walker {
                 error: RunError::new("HTTP_500", "boom"),
                 will_retry,
                 spend: None,
+                retry_at: None,
             });
             out.push(RunInput::OutputInvalid {
                 node_id: node.clone(),
                 errors: vec!["/copy: missing".into()],
                 will_retry,
                 spend: None,
+                retry_at: None,
             });
         }
     }
@@ -192,11 +194,13 @@ impl Walker {
             RunInput::NodeFailed {
                 node_id,
                 will_retry: false,
+                retry_at: None,
                 ..
             }
             | RunInput::OutputInvalid {
                 node_id,
                 will_retry: false,
+                retry_at: None,
                 ..
             } => {
                 self.failed_in.insert(node_id.clone(), version);

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::{Local, RunDriver};
-use crate::engine::EngineError;
 use crate::engine::executor::ExecError;
 use crate::engine::idempotency::Steer;
-use crate::fsm::{RunError, RunInput, RunState, TriggerSource};
+use crate::engine::{EngineError, HitlAnswer};
+use crate::fsm::{FallbackChoice, HitlDecision, RunError, RunInput, RunState, TriggerSource};
 use crate::planner::{PlanResponse, PlannerError};
 use crate::policy::{Firing, NodeFacts};
 use crate::store::QueuedFiring;
@@ -48,6 +48,7 @@ impl RunDriver {
                         ),
                         will_retry: true,
                         spend: None,
+                        retry_at: None,
                     };
                     self.feed_or_log(input);
                 }
@@ -126,8 +127,11 @@ impl RunDriver {
         if self.machine.in_flight().get(&node_id) != Some(&attempt) {
             return;
         }
-        let max_attempts = self.max_attempts(&node_id);
-        let may_retry = attempt < max_attempts;
+        let ladder = self.ladder(&node_id);
+        let in_round = self.attempt_in_round(&node_id, attempt);
+        let may_retry = in_round < ladder.max_attempts;
+        let delay = ladder.delay_ms(in_round);
+        let retry_at = (delay > 0).then(|| self.now.millis().saturating_add(delay));
         let spend = self.attempt_spend(&node_id, None);
         match result {
             Ok(output) => {
@@ -158,6 +162,7 @@ impl RunDriver {
                             errors,
                             will_retry: may_retry,
                             spend,
+                            retry_at,
                         });
                         if let Some(node) = self.plan_node(&node_id).cloned() {
                             for firing in
@@ -176,6 +181,7 @@ impl RunDriver {
                     error: RunError::new(e.code, e.message),
                     will_retry,
                     spend,
+                    retry_at,
                 });
             }
         }
@@ -198,6 +204,9 @@ impl RunDriver {
                         run: self.run_id,
                         request_id,
                     });
+                }
+                if let Some(node_id) = self.machine.fallback_node().map(str::to_owned) {
+                    return self.answer_fallback(request_id, node_id, &answer);
                 }
                 let text = answer.text.clone().or(answer.option_id.clone());
                 self.feed(RunInput::HitlAnswered {
@@ -228,5 +237,108 @@ impl RunDriver {
                 Ok(())
             }
         }
+    }
+
+    /// Applies an answer to a fallback request (a node's last attempt failed): the option
+    /// `retry`, `skip` (with the node's output in `text`), `replan` or `fail`; a rejection
+    /// fails and a bare approval retries. A skip's output must pass the node's contract, or
+    /// the answer is refused and the request stays pending.
+    fn answer_fallback(
+        &mut self,
+        request_id: String,
+        node_id: String,
+        answer: &HitlAnswer,
+    ) -> Result<(), EngineError> {
+        let invalid = |field: &str, message: String| EngineError::InvalidAnswer {
+            request_id: request_id.clone(),
+            field: field.to_owned(),
+            message,
+        };
+        let chosen = answer.option_id.clone().or_else(|| {
+            answer
+                .text
+                .clone()
+                .filter(|t| FallbackChoice::OPTIONS.contains(&t.as_str()))
+        });
+        let text = match answer.decision {
+            HitlDecision::Reject => answer.text.clone(),
+            HitlDecision::Approve | HitlDecision::Option | HitlDecision::Freeform => chosen,
+        };
+        let choice = FallbackChoice::of(answer.decision, text.as_deref())
+            .map_err(|message| invalid("optionId", message))?;
+        let output = match choice {
+            FallbackChoice::Skip => Some(
+                self.skip_output(&node_id, answer)
+                    .map_err(|(field, message)| invalid(&field, message))?,
+            ),
+            FallbackChoice::Retry | FallbackChoice::Replan | FallbackChoice::Fail => None,
+        };
+        self.feed(RunInput::HitlAnswered {
+            request_id,
+            decision: answer.decision,
+            text,
+            responder: answer.responder.clone(),
+        })
+        .map_err(EngineError::IllegalTransition)?;
+        if let Some(output) = output {
+            let input = RunInput::NodeSkipped {
+                node_id: node_id.clone(),
+                output,
+            };
+            self.feed_ref(&input);
+            if let RunInput::NodeSkipped { output, .. } = &input {
+                self.evaluate_node_policies(&node_id, output);
+            }
+        }
+        Ok(())
+    }
+
+    /// The output a `skip` answer supplies for a node, checked against its contract: a JSON
+    /// object of facet values in `text`, or (for a node with one output facet) that facet's
+    /// value. Refusals name the offending field.
+    fn skip_output(
+        &self,
+        node_id: &str,
+        answer: &HitlAnswer,
+    ) -> Result<Map<String, Value>, (String, String)> {
+        let Some(text) = answer.text.as_deref().filter(|t| *t != "skip") else {
+            return Err((
+                "text".to_owned(),
+                format!(
+                    "a skip of node `{node_id}` supplies its output in `text` (a JSON object of its output facets)"
+                ),
+            ));
+        };
+        let given = HitlAnswer {
+            decision: HitlDecision::Freeform,
+            option_id: None,
+            text: Some(text.to_owned()),
+            responder: None,
+        };
+        let output = self
+            .human_output(node_id, &given)
+            .map_err(|e| ("text".to_owned(), e.message))?;
+        if let Some(contract) = self.contracts.get(node_id) {
+            let value = Value::Object(output);
+            if let Err(errors) = contract.validate_value(&value) {
+                let field = errors
+                    .first()
+                    .and_then(|e| e.split(':').next())
+                    .filter(|location| location.starts_with('/'))
+                    .map_or_else(|| "text".to_owned(), |location| format!("text{location}"));
+                return Err((
+                    field,
+                    format!(
+                        "the output supplied for node `{node_id}` breaks its contract: {}",
+                        errors.join("; ")
+                    ),
+                ));
+            }
+            let Value::Object(output) = value else {
+                return Err(("text".to_owned(), "not an object".to_owned()));
+            };
+            return Ok(output);
+        }
+        Ok(output)
     }
 }

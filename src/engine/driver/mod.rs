@@ -36,7 +36,7 @@ use crate::fsm::{NodeSpend, TokenUsage, TriggerSource};
 use crate::graph::{PlanGraph, PlanSnapshot};
 use crate::ids::{RunId, Timestamp};
 use crate::planner::{CompletedNode, PlanRequest};
-use crate::policy::{Ledger, NormalizedPolicies, PolicyEngine, Pricing};
+use crate::policy::{Ladder, Ledger, NormalizedPolicies, PolicyEngine, Pricing};
 use crate::store::{
     CommitBatch, HitlRecord, NodeRecord, QueuedFiring, RequestRecord, RunHead, RunStatus,
 };
@@ -124,6 +124,14 @@ pub(crate) struct RunDriver {
     failed: BTreeSet<String>,
     caps: HashMap<String, Arc<Capability>>,
     attempts: HashMap<String, u32>,
+    /// Attempts a node used before its current round of the fallback ladder (a human's
+    /// `retry` or a `replan` answer starts a new round).
+    round_base: HashMap<String, u32>,
+    /// Nodes waiting for a retry's backoff: node → when the attempt is due (ms since the
+    /// epoch, the `retryAt` of their `node_error` / `validation_error`).
+    backoff: BTreeMap<String, u64>,
+    /// Open fallback requests: request id → the node whose last attempt failed.
+    fallback_requests: HashMap<String, String>,
     started: HashMap<String, Timestamp>,
     ready: ready::ReadySet,
     facets: Map<String, Value>,
@@ -199,6 +207,9 @@ impl RunDriver {
             failed: BTreeSet::new(),
             caps: HashMap::new(),
             attempts: HashMap::new(),
+            round_base: HashMap::new(),
+            backoff: BTreeMap::new(),
+            fallback_requests: HashMap::new(),
             started: HashMap::new(),
             ready: ready::ReadySet::new(),
             facets: envelope.inputs.clone(),
@@ -339,21 +350,33 @@ impl RunDriver {
         }
     }
 
-    /// Milliseconds until the next `onTimeout` policy is due, while executing.
+    /// Milliseconds until the next `onTimeout` policy or retry backoff is due, while
+    /// executing.
     pub(crate) fn timeout_in_ms(&self, now: Timestamp) -> Option<u64> {
         if self.machine.state() != RunState::Executing {
             return None;
         }
-        let ms = match (
+        let timeout = match (
             self.policy_engine.next_timeout_ms(),
             self.policy_engine
                 .next_wall_time_budget_ms(&self.ledger.limits),
         ) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        let elapsed = self.clock.elapsed_ms(now)?;
-        Some(ms.saturating_sub(elapsed))
+        let policy = timeout.and_then(|ms| {
+            let elapsed = self.clock.elapsed_ms(now)?;
+            Some(ms.saturating_sub(elapsed))
+        });
+        let backoff = self
+            .backoff
+            .values()
+            .min()
+            .map(|due| due.saturating_sub(now.millis()));
+        match (policy, backoff) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Fails the run with `error` (a dead driver, found by the engine).
@@ -402,10 +425,19 @@ impl RunDriver {
             .and_then(|n| self.caps.get(&n.capability_id))
     }
 
-    fn max_attempts(&self, node_id: &str) -> u32 {
-        self.capability(node_id)
-            .map_or(1, |c| c.max_attempts)
-            .max(1)
+    /// The fallback ladder of a node: its capability's `fallback` fields over the run's.
+    fn ladder(&self, node_id: &str) -> Ladder {
+        let cap = self.capability(node_id);
+        Ladder::resolve(
+            cap.and_then(|c| c.fallback.as_ref()),
+            self.policies.fallback.as_ref(),
+            cap.map_or(1, |c| c.max_attempts),
+        )
+    }
+
+    /// The attempt number within the node's current round of the ladder (from 1).
+    fn attempt_in_round(&self, node_id: &str, attempt: u32) -> u32 {
+        attempt.saturating_sub(self.round_base.get(node_id).copied().unwrap_or(0))
     }
 
     pub(crate) fn status(&self) -> RunStatus {

@@ -8,7 +8,9 @@ use serde_json::Value;
 use super::{NodeProgress, Plans, RunDriver, node_of};
 use crate::engine::EngineError;
 use crate::engine::validation::{self, Validated};
-use crate::fsm::{EventBody, PendingOutput, Purpose, RunEvent, RunInput};
+use crate::fsm::{
+    EventBody, FallbackChoice, HitlDecision, PendingOutput, Purpose, RunEvent, RunInput,
+};
 use crate::graph::{NodeState, PlanGraph, PlanNode};
 use crate::planner::CompletedNode;
 use crate::store::{HitlRecord, HitlStatus, NodeRecord, NodeStatus};
@@ -75,6 +77,9 @@ impl RunDriver {
                 attempt, output, ..
             } => {
                 let id = node_of(event)?;
+                // A node a human skipped completes from `Failed`: its last attempt's record
+                // is final and stays as it is; the event carries the supplied output.
+                let skipped = self.progress.get(&id) == Some(&NodeProgress::Failed);
                 self.set_progress(&id, NodeProgress::Completed);
                 for (k, v) in output {
                     self.facets.insert(k.clone(), v.clone());
@@ -89,7 +94,7 @@ impl RunDriver {
                     output: output.clone(),
                 });
                 self.release_successors(&id);
-                if !replaying {
+                if !replaying && !skipped {
                     self.batch.nodes.push(NodeRecord {
                         node_id: id.clone(),
                         attempt: *attempt,
@@ -105,18 +110,22 @@ impl RunDriver {
                 attempt,
                 will_retry,
                 error,
+                retry_at,
                 ..
             } => {
+                let retry = will_retry.then_some(*retry_at);
                 let message = error.message.clone();
-                self.node_failed(event, *attempt, *will_retry, message, replaying)?;
+                self.node_failed(event, *attempt, retry, message, replaying)?;
             }
             EventBody::ValidationError {
                 attempt,
                 will_retry,
                 errors,
+                retry_at,
                 ..
             } => {
-                self.node_failed(event, *attempt, *will_retry, errors.join("; "), replaying)?;
+                let retry = will_retry.then_some(*retry_at);
+                self.node_failed(event, *attempt, retry, errors.join("; "), replaying)?;
             }
             EventBody::PolicyTriggered { policy_id, .. } => {
                 if replaying {
@@ -135,7 +144,17 @@ impl RunDriver {
                 let request = serde_json::to_value(&event.body).unwrap_or(Value::Null);
                 self.hitl_requests
                     .insert(request_id.clone(), request.clone());
-                if let (true, None, Some(node)) = (replaying, policy_id, &event.node_id) {
+                let fallback = match (policy_id, &event.node_id) {
+                    (None, Some(node))
+                        if self.progress.get(node) == Some(&NodeProgress::Failed) =>
+                    {
+                        Some(node.clone())
+                    }
+                    _ => None,
+                };
+                if let Some(node) = fallback {
+                    self.fallback_requests.insert(request_id.clone(), node);
+                } else if let (true, None, Some(node)) = (replaying, policy_id, &event.node_id) {
                     let attempt = self.attempts.get(node).copied().unwrap_or(1);
                     self.human_requests
                         .insert(request_id.clone(), (node.clone(), attempt));
@@ -149,9 +168,17 @@ impl RunDriver {
                     });
                 }
             }
-            EventBody::HitlResolved { request_id, .. } => {
+            EventBody::HitlResolved {
+                request_id,
+                decision,
+                text,
+                ..
+            } => {
                 if replaying {
                     self.human_requests.remove(request_id);
+                }
+                if let Some(node) = self.fallback_requests.remove(request_id) {
+                    self.fallback_answered(&node, *decision, text.as_deref());
                 }
                 let request = self.hitl_requests.remove(request_id).unwrap_or(Value::Null);
                 if !replaying {
@@ -164,6 +191,8 @@ impl RunDriver {
                 }
             }
             EventBody::Complete { .. } => {
+                self.backoff.clear();
+                self.fallback_requests.clear();
                 let open: Vec<(String, Value)> = self.hitl_requests.drain().collect();
                 if !replaying {
                     for (request_id, request) in open {
@@ -185,23 +214,29 @@ impl RunDriver {
         Ok(())
     }
 
+    /// A node attempt failed; `retry` is `Some(retry_at)` when another attempt follows
+    /// (after its backoff, when `retry_at` is set).
     pub(super) fn node_failed(
         &mut self,
         event: &RunEvent,
         attempt: u32,
-        will_retry: bool,
+        retry: Option<Option<u64>>,
         message: String,
         replaying: bool,
     ) -> Result<(), EngineError> {
         let id = node_of(event)?;
-        let status = if will_retry {
+        let status = if retry.is_some() {
             NodeProgress::Pending
         } else {
             NodeProgress::Failed
         };
         self.set_progress(&id, status);
-        if will_retry {
-            self.ready.push_front(&id);
+        match retry {
+            Some(Some(at)) => {
+                self.backoff.insert(id.clone(), at);
+            }
+            Some(None) => self.ready.push_front(&id),
+            None => {}
         }
         if !replaying {
             self.batch.nodes.push(NodeRecord {
@@ -215,6 +250,26 @@ impl RunDriver {
             });
         }
         Ok(())
+    }
+
+    /// What a human's answer to a fallback request does to the node's bookkeeping: `retry`
+    /// starts a new round of attempts now, `replan` one after the next plan version; `skip`
+    /// completes it (its `node_complete` follows) and `fail` ends the run.
+    fn fallback_answered(&mut self, node: &str, decision: HitlDecision, text: Option<&str>) {
+        let choice = FallbackChoice::of(decision, text);
+        let (Ok(FallbackChoice::Retry) | Ok(FallbackChoice::Replan)) = choice else {
+            return;
+        };
+        let used = self.attempts.get(node).copied().unwrap_or(0);
+        self.round_base.insert(node.to_owned(), used);
+        self.set_progress(node, NodeProgress::Pending);
+        let ready = self
+            .plan
+            .clone()
+            .is_some_and(|graph| self.preds_done(&graph, node));
+        if choice == Ok(FallbackChoice::Retry) && ready {
+            self.ready.push_front(node);
+        }
     }
 
     pub(super) fn plan_node(&self, id: &str) -> Option<&PlanNode> {
@@ -267,9 +322,12 @@ impl RunDriver {
                     .insert(cap.capability_id.clone(), Arc::new(cap.clone()));
             }
         }
+        self.backoff.retain(|id, _| graph.contains(id));
         self.ready.clear();
         for id in graph.topo_order() {
-            if self.progress.get(id) == Some(&NodeProgress::Pending) && self.preds_done(&graph, id)
+            if self.progress.get(id) == Some(&NodeProgress::Pending)
+                && !self.backoff.contains_key(id)
+                && self.preds_done(&graph, id)
             {
                 self.ready.push_back(id);
             }

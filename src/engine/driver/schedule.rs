@@ -4,11 +4,13 @@
 use serde_json::{Map, Value, json};
 
 use super::RunDriver;
+use crate::catalog::Then;
 use crate::engine::HitlAnswer;
 use crate::engine::executor::ExecError;
 use crate::engine::validation;
 use crate::fsm::{
-    self, FollowUp, HitlKind, Next, RunError, RunInput, RunState, Trigger, TriggerSource,
+    self, FallbackChoice, FollowUp, HitlKind, Next, RunError, RunInput, RunState, Trigger,
+    TriggerSource,
 };
 use crate::policy::{EvalData, NodeFacts, PolicyAction};
 use crate::store::QueuedFiring;
@@ -86,15 +88,26 @@ impl RunDriver {
     /// Asks [`fsm::next`] what follows from the scheduler's facts and does it; true when
     /// something changed (nodes dispatched or an input fed).
     pub(super) fn proceed(&mut self) -> bool {
+        self.release_due();
         let limit = self.policies.planner.max_concurrency.max(1) as usize;
         let in_flight = self.machine.in_flight().len();
+        let (mut exhausted, mut ask) = (None, None);
+        for node in &self.failed {
+            let slot = match self.ladder(node).then {
+                Then::Fail => &mut exhausted,
+                Then::Hitl => &mut ask,
+            };
+            slot.get_or_insert(node.as_str());
+        }
         let progress = fsm::Progress {
             in_flight,
             ready: self.ready.len(),
             slots: limit.saturating_sub(in_flight),
             nodes: self.progress.len(),
             completed: self.completed_count,
-            exhausted: self.failed.first().map(String::as_str),
+            exhausted,
+            ask,
+            waiting: self.backoff.len(),
         };
         let goal = || {
             let mut output = Map::new();
@@ -116,7 +129,54 @@ impl RunDriver {
                 self.feed_or_log(input);
                 true
             }
+            Next::Ask(node_id) => {
+                self.ask_fallback(node_id);
+                true
+            }
         }
+    }
+
+    /// Moves the nodes whose retry backoff has passed into the ready set.
+    fn release_due(&mut self) {
+        let now = self.now.millis();
+        let due: Vec<String> = self
+            .backoff
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(node, _)| node.clone())
+            .collect();
+        for node in due {
+            self.backoff.remove(&node);
+            self.ready.push_front(&node);
+        }
+    }
+
+    /// The fallback ladder's `hitl` step: asks a human what to do with a node whose last
+    /// attempt failed (options `retry`, `skip`, `replan`, `fail`).
+    fn ask_fallback(&mut self, node_id: String) {
+        let Some((attempt, error)) = self.machine.exhausted().get(&node_id).cloned() else {
+            return;
+        };
+        let question = format!(
+            "node `{node_id}` failed after its last attempt ({attempt}): {error}. \
+             Retry it, skip it with its output, replan, or fail the run?"
+        );
+        let mut summary = self.contract_summary(Some(&node_id)).unwrap_or(Value::Null);
+        if let (Value::Object(map), Some(contract)) = (&mut summary, self.contracts.get(&node_id)) {
+            map.insert("outputSchema".to_owned(), contract.schema().clone());
+            map.insert("lastError".to_owned(), Value::String(error));
+        }
+        self.feed_or_log(RunInput::HitlRequested {
+            request_id: format!("{node_id}-f{attempt}"),
+            kind: HitlKind::Clarify,
+            question,
+            policy_id: None,
+            node_id: Some(node_id),
+            options: FallbackChoice::OPTIONS.map(str::to_owned).to_vec(),
+            contract_summary: Some(summary),
+            on_approve: FollowUp::Continue,
+            on_reject: FollowUp::Fail,
+        });
     }
 
     pub(super) fn fire(&mut self, firing: QueuedFiring) {

@@ -291,3 +291,255 @@ fn an_approved_policy_request_resumes_dispatch_in_the_same_round() {
         ready.commit.unwrap().events[0].kind()
     );
 }
+
+fn ladder_driver() -> RunDriver {
+    driver(json!({"fallback": {
+        "retry": {"maxAttempts": 3, "backoffMs": 200, "multiplier": 2.0},
+        "then": "hitl"}}))
+}
+
+fn busy() -> Result<Map<String, Value>, ExecError> {
+    Err(ExecError::retryable("HTTP_STATUS", "503 busy"))
+}
+
+fn events_of(ready: &Ready) -> Vec<RunEvent> {
+    ready
+        .commit
+        .as_ref()
+        .map(|c| c.events.iter().map(|e| (**e).clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Fails `brief` on every attempt of its first round, waiting each backoff out; returns
+/// the events from the start and the stored plans.
+fn exhaust_brief(d: &mut RunDriver) -> (Vec<RunEvent>, Plans) {
+    d.start(json!({})).unwrap();
+    let first = d.ready();
+    let mut events = events_of(&first);
+    d.on_planned(
+        planner_call(&first),
+        Ok(PlanResponse::new(PlannerOutput::Draft(draft()))),
+        1,
+    );
+    let accepted = d.ready();
+    let mut plans = Plans::new();
+    plans.insert(1, accepted.commit.as_ref().unwrap().plan.clone().unwrap());
+    events.extend(events_of(&accepted));
+    let mut now = T0.millis();
+    for (attempt, delay) in [(1, 200), (2, 400)] {
+        d.on_node_done("brief".into(), attempt, busy(), 1);
+        let ready = d.ready();
+        assert_eq!(
+            kinds(&ready),
+            ["node_error:brief"],
+            "no dispatch before the backoff"
+        );
+        let EventBody::NodeError {
+            retry_at,
+            will_retry,
+            ..
+        } = &events_of(&ready)[0].body
+        else {
+            panic!()
+        };
+        assert_eq!((*will_retry, *retry_at), (true, Some(now + delay)));
+        events.extend(events_of(&ready));
+        assert_eq!(d.timeout_in_ms(Timestamp(now)), Some(delay));
+        d.begin(Timestamp(now + delay - 1));
+        d.on_timer();
+        assert!(d.ready().commit.is_none(), "still waiting");
+        now += delay;
+        d.begin(Timestamp(now));
+        d.on_timer();
+        let ready = d.ready();
+        assert_eq!(kinds(&ready), ["node_start:brief"]);
+        assert_eq!(executes(&ready), [("brief".to_owned(), attempt + 1)]);
+        events.extend(events_of(&ready));
+    }
+    d.on_node_done("brief".into(), 3, busy(), 1);
+    let ready = d.ready();
+    assert_eq!(kinds(&ready), ["node_error:brief", "hitl_request:brief"]);
+    let evs = events_of(&ready);
+    let EventBody::HitlRequest {
+        options,
+        kind,
+        question,
+        ..
+    } = &evs[1].body
+    else {
+        panic!()
+    };
+    assert_eq!(options, &["retry", "skip", "replan", "fail"]);
+    assert_eq!(*kind, crate::fsm::HitlKind::Clarify);
+    assert!(
+        question.contains("`brief`") && question.contains("503 busy"),
+        "{question}"
+    );
+    events.extend(evs);
+    (events, plans)
+}
+
+fn option(option: &str, text: Option<Value>) -> HitlAnswer {
+    HitlAnswer {
+        decision: HitlDecision::Option,
+        option_id: Some(option.into()),
+        text: text.map(|t| t.to_string()),
+        responder: Some("ann".into()),
+    }
+}
+
+fn answer_with(d: &mut RunDriver, answer: HitlAnswer) -> Result<(), EngineError> {
+    let request_id = d.machine().pending_hitl().unwrap().request_id.clone();
+    d.on_control(Steer::Answer { request_id, answer })
+}
+
+#[test]
+fn retries_wait_their_backoff_then_a_human_retries_a_fresh_round() {
+    let mut d = ladder_driver();
+    exhaust_brief(&mut d);
+    assert_eq!(d.machine().pending_hitl().unwrap().request_id, "brief-f3");
+    answer_with(&mut d, option("retry", None)).unwrap();
+    let ready = d.ready();
+    assert_eq!(kinds(&ready), ["hitl_resolved:brief", "node_start:brief"]);
+    let [After::Execute(call, _)] = &ready.after[..] else {
+        panic!("{:?}", ready.after)
+    };
+    assert_eq!(
+        (call.attempt, call.idempotency_key.clone()),
+        (4, format!("{}/brief", d.machine().run_id())),
+        "attempts go on, the key stays"
+    );
+    d.on_node_done("brief".into(), 4, busy(), 1);
+    let ready = d.ready();
+    assert_eq!(
+        kinds(&ready),
+        ["node_error:brief"],
+        "a fresh round backs off again"
+    );
+    let EventBody::NodeError { will_retry, .. } = &events_of(&ready)[0].body else {
+        panic!()
+    };
+    assert!(*will_retry);
+}
+
+#[test]
+fn a_skip_must_pass_the_contract_and_completes_the_node() {
+    let mut d = ladder_driver();
+    exhaust_brief(&mut d);
+    let bad = answer_with(
+        &mut d,
+        option("skip", Some(json!({"writerBrief": {"tone": 3}}))),
+    );
+    let Err(EngineError::InvalidAnswer { field, .. }) = bad else {
+        panic!("{bad:?}")
+    };
+    assert!(field.starts_with("text/writerBrief"), "{field}");
+    assert!(
+        d.ready().commit.is_none(),
+        "a refused answer changes nothing"
+    );
+    assert!(
+        d.machine().pending_hitl().is_some(),
+        "the request stays pending"
+    );
+    let Err(EngineError::InvalidAnswer { field, .. }) = answer_with(&mut d, option("shrug", None))
+    else {
+        panic!()
+    };
+    assert_eq!(field, "optionId");
+
+    answer_with(&mut d, option("skip", Some(Value::Object(brief())))).unwrap();
+    let ready = d.ready();
+    assert_eq!(
+        kinds(&ready),
+        [
+            "hitl_resolved:brief",
+            "node_complete:brief",
+            "node_start:write"
+        ]
+    );
+    let EventBody::NodeComplete {
+        attempt, output, ..
+    } = &events_of(&ready)[1].body
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (*attempt, output),
+        (3, &brief()),
+        "the last attempt, the supplied output"
+    );
+}
+
+#[test]
+fn fail_and_replan_answers_end_the_node_their_way() {
+    let mut d = ladder_driver();
+    exhaust_brief(&mut d);
+    answer_with(&mut d, option("fail", None)).unwrap();
+    let ready = d.ready();
+    assert_eq!(kinds(&ready), ["complete"]);
+    let EventBody::Complete { error, .. } = &events_of(&ready)[0].body else {
+        panic!()
+    };
+    assert_eq!(error.as_ref().unwrap().code, "NODE_FAILED");
+
+    let mut d = ladder_driver();
+    exhaust_brief(&mut d);
+    answer_with(&mut d, option("replan", None)).unwrap();
+    let ready = d.ready();
+    assert_eq!(kinds(&ready), ["hitl_resolved:brief", "plan_requested"]);
+    let [After::CallPlanner(_, request)] = &ready.after[..] else {
+        panic!("{:?}", ready.after)
+    };
+    let trigger = request.trigger.as_ref().unwrap();
+    assert_eq!(trigger.node_id.as_deref(), Some("brief"));
+    assert!(trigger.reason.contains("503 busy"), "{}", trigger.reason);
+}
+
+#[test]
+fn a_restored_run_keeps_its_backoff_and_its_fallback_request() {
+    let restore = |d: &RunDriver, events: &[RunEvent], plans: &Plans| {
+        let policies = d.policies.clone();
+        let run_id = d.machine().run_id();
+        let machine = RunMachine::restore(run_id, limits_of(&policies), events).unwrap();
+        let mut r = RunDriver::new(
+            (*d.envelope).clone(),
+            policies,
+            machine,
+            "test".into(),
+            catalog(),
+            T0,
+        );
+        r.restore(None, events, plans, vec![]).unwrap();
+        r.resume_after_restart();
+        r
+    };
+    let mut d = ladder_driver();
+    let (events, plans) = exhaust_brief(&mut d);
+    let mut r = restore(&d, &events, &plans);
+    assert!(
+        r.ready().commit.is_none(),
+        "the request is still pending, nothing redone"
+    );
+    assert_eq!(r.machine().fallback_node(), Some("brief"));
+    answer_with(&mut r, option("retry", None)).unwrap();
+    assert_eq!(
+        kinds(&r.ready()),
+        ["hitl_resolved:brief", "node_start:brief"]
+    );
+
+    // Stopped during the first backoff: the restored driver waits out what is left of it.
+    let first_error = events
+        .iter()
+        .position(|e| e.kind() == EventKind::NodeError)
+        .unwrap();
+    let mut r = restore(&d, &events[..=first_error], &plans);
+    r.begin(Timestamp(T0.millis() + 150));
+    assert!(r.ready().commit.is_none());
+    assert_eq!(r.timeout_in_ms(Timestamp(T0.millis() + 150)), Some(50));
+    r.begin(Timestamp(T0.millis() + 200));
+    r.on_timer();
+    let ready = r.ready();
+    assert_eq!(kinds(&ready), ["node_start:brief"]);
+    assert_eq!(executes(&ready), [("brief".to_owned(), 2)]);
+}
