@@ -417,6 +417,7 @@ mod tests {
             inputs: inputs.as_object().cloned().unwrap_or_default(),
             output_schema: std::sync::Arc::new(Value::Null),
             executor: None,
+            usage: Default::default(),
         }
     }
 

@@ -20,7 +20,7 @@ use super::validation;
 use super::{EngineError, Inner, Steered};
 use crate::catalog::{Capability, ExecutorSpec};
 use crate::envelope::RunEnvelope;
-use crate::fsm::{PlanPhase, RunError, RunMachine, RunState};
+use crate::fsm::{PlanPhase, RunError, RunMachine, RunState, TokenUsage};
 use crate::ids::{RunId, Timestamp};
 use crate::planner::{PlanRequest, PlanResponse, Planner, PlannerError};
 use crate::telemetry;
@@ -34,6 +34,8 @@ pub(crate) enum Msg {
         /// Wall time of the attempt in microseconds: the `node_complete` event carries it and
         /// `/metrics` sums it, so both read the same figure.
         duration_us: u64,
+        /// Tokens the executor reported for the attempt.
+        usage: Option<TokenUsage>,
     },
     Planned {
         call: u64,
@@ -242,6 +244,7 @@ impl RunActor {
                     attempt,
                     result,
                     duration_us,
+                    usage,
                 } => {
                     if self.driver.awaits(&node_id, attempt) {
                         let metrics = &self.inner.metrics;
@@ -250,7 +253,7 @@ impl RunActor {
                         metrics.node_micros.fetch_add(duration_us, relaxed);
                     }
                     self.driver
-                        .on_node_done(node_id, attempt, result, duration_us);
+                        .on_node_done(node_id, attempt, result, duration_us, usage);
                     None
                 }
                 Msg::Planned {
@@ -333,6 +336,7 @@ impl RunActor {
                 attempt,
                 result,
                 duration_us,
+                usage: None,
             },
         }));
         let Some(commit) = commit else {
@@ -447,11 +451,13 @@ impl RunActor {
                     attempt,
                     result,
                     duration_us: 0,
+                    usage: None,
                 });
                 return;
             }
         };
         call.executor = Some(cap.executor.clone());
+        let usage = call.usage.clone();
         let mut attempt_fut =
             Box::pin(executor::attempt(work, call, timeout).instrument(span.clone()));
         if let Some(result) = attempt_fut.as_mut().now_or_never() {
@@ -462,6 +468,7 @@ impl RunActor {
                 attempt,
                 result,
                 duration_us,
+                usage: usage.get(),
             });
             return;
         }
@@ -475,6 +482,7 @@ impl RunActor {
                 attempt,
                 result,
                 duration_us,
+                usage: usage.get(),
             });
         });
     }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::catalog::{Capability, ExecutorSpec};
+use crate::fsm::TokenUsage;
 use crate::ids::RunId;
 
 /// The context bundle handed to an executor (DESIGN §8, "HTTP executor call").
@@ -42,6 +43,45 @@ pub struct NodeCall {
     /// How the capability says its nodes run (not sent over the wire).
     #[serde(skip)]
     pub executor: Option<ExecutorSpec>,
+    /// Where a model-backed executor reports the tokens the attempt used (not sent over the
+    /// wire); they count towards the run's `nodeTokens` and `cost` budgets.
+    #[serde(skip)]
+    pub usage: UsageReport,
+}
+
+/// Where an executor reports the tokens a node attempt used; the engine reads it when the
+/// attempt ends and records it on the attempt's event (`spend.usage`). Reports add up.
+#[derive(Debug, Clone, Default)]
+pub struct UsageReport(Arc<std::sync::Mutex<Option<TokenUsage>>>);
+
+impl UsageReport {
+    /// Adds `usage` to what the attempt used.
+    pub fn report(&self, usage: TokenUsage) {
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total = slot.get_or_insert_with(TokenUsage::default);
+        total.prompt_tokens = total.prompt_tokens.saturating_add(usage.prompt_tokens);
+        total.completion_tokens = total
+            .completion_tokens
+            .saturating_add(usage.completion_tokens);
+    }
+
+    /// What was reported, if anything.
+    pub fn get(&self) -> Option<TokenUsage> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Reports compare equal: they are a channel, not part of the call's content.
+impl PartialEq for UsageReport {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A failed node attempt.
@@ -275,6 +315,7 @@ impl NodeCall {
     ///     inputs: Map::new(),
     ///     output_schema: Arc::new(Value::Null),
     ///     executor: None,
+    ///     usage: Default::default(),
     /// };
     /// assert_eq!(write_copy(&call).unwrap_err().code, "INPUT_INVALID");
     /// call.inputs.insert(
@@ -464,6 +505,7 @@ mod typed_io_tests {
             inputs: inputs.as_object().cloned().unwrap_or_default(),
             output_schema: Arc::new(Value::Null),
             executor: None,
+            usage: Default::default(),
         }
     }
 

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::catalog::{Capability, ExecutorSpec};
 use crate::engine::{CapabilityRefused, Engine, ExecError, NodeCall, NodeExecutor};
+use crate::fsm::TokenUsage;
 use crate::webhook::{self, SECRET_PREFIX, SecretError, WebhookSecret};
 
 /// Largest webhook answer read, in bytes; a longer one is a failed attempt.
@@ -342,6 +343,9 @@ fn unix_now() -> u64 {
 #[derive(Deserialize)]
 struct WebhookReply {
     output: Map<String, Value>,
+    /// Tokens the webhook's own model calls used, when it says (`nodeTokens` budgets).
+    #[serde(default)]
+    usage: Option<TokenUsage>,
 }
 
 #[async_trait]
@@ -434,7 +438,12 @@ impl NodeExecutor for HttpExecutor {
             });
         }
         serde_json::from_slice::<WebhookReply>(&body)
-            .map(|reply| reply.output)
+            .map(|reply| {
+                if let Some(usage) = reply.usage {
+                    call.usage.report(usage);
+                }
+                reply.output
+            })
             .map_err(|e| {
                 ExecError::retryable(
                     "BAD_RESPONSE",
@@ -507,6 +516,7 @@ mod tests {
             inputs: Map::new(),
             output_schema: Arc::new(Value::Null),
             executor: None,
+            usage: Default::default(),
         }
     }
 

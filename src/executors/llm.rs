@@ -189,6 +189,9 @@ impl NodeExecutor for LlmExecutor {
             .complete(&request)
             .await
             .map_err(|e| exec_error(&e))?;
+        if let Some(usage) = reply.usage {
+            call.usage.report(usage);
+        }
         let parsing = Instant::now();
         let parsed: Result<Value, _> = serde_json::from_str(unfenced(&reply.content));
         metrics.overhead(parsing.elapsed());
@@ -250,6 +253,7 @@ mod tests {
                 .unwrap(),
             output_schema: Arc::new(json!({"type": "object", "required": ["copyVariants"]})),
             executor: None,
+            usage: Default::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Budgets over HTTP: a spent budget pauses a run until an operator raises it (across a
-//! restart), and a budget policy's replan moves the rest of the plan to a cheaper capability.
+//! restart), a budget policy's replan moves the rest of the plan to a cheaper capability, and
+//! tokens an executor reports count towards `nodeTokens`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::fake::{FakeOpenAi, chat};
-use crate::support::{Options, Server, labels, temp_store};
+use crate::support::{
+    Options, Reply, Server, Webhook, copy_envelope, labels, only_webhook_writer, temp_store,
+};
 
 fn tagline(policies: Value) -> Value {
     json!({
@@ -218,5 +221,81 @@ async fn a_budget_policy_replans_onto_a_cheaper_capability() {
     assert!((spent - 3.92).abs() < 1e-9, "{detail}");
     assert_eq!(detail["budget"]["spent"]["plannerTokens"], 330);
     assert_eq!(detail["status"], "completed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_a_webhook_reports_count_towards_node_token_budgets_and_cost() {
+    let mut hook = Webhook::start([Reply::Status(
+        200,
+        json!({"output": {"copyVariants": ["a", "b"]},
+               "usage": {"promptTokens": 90, "completionTokens": 30}}),
+    )])
+    .await;
+    let (_dir, path) = temp_store();
+    let opts = Options {
+        // Any model: 1 cost unit per 1000 tokens either way.
+        pricing: Pricing(
+            [(
+                "*".to_owned(),
+                TokenPrice {
+                    prompt_per_1k: 1.0,
+                    completion_per_1k: 1.0,
+                },
+            )]
+            .into(),
+        ),
+        ..Options::default()
+    };
+    let server = Server::start(path, opts).await;
+    let capability = hook.capability("writer.hook", 10_000, 1);
+    let capability_cost = capability["cost"].as_f64().unwrap_or(0.0);
+    let (status, body) = server.post("/v1/capabilities", capability).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut policies = only_webhook_writer();
+    policies["budgets"] = json!({"nodeTokens": 100});
+    let run = server
+        .submit(copy_envelope(&["copyVariants", "summary"], policies))
+        .await;
+    let mut sse = server.events(run, None).await;
+    let before = sse.until("policy_triggered").await;
+    hook.next_call().await;
+    let done = before
+        .iter()
+        .find(|f| f.label() == "node_complete:writer-hook")
+        .expect("the webhook node completed");
+    let spend = &done.payload()["spend"];
+    assert_eq!(
+        spend["usage"],
+        json!({"promptTokens": 90, "completionTokens": 30})
+    );
+    // The capability's cost plus 120 tokens at 1 per 1000.
+    let cost = spend["cost"].as_f64().unwrap();
+    assert!((cost - (capability_cost + 0.12)).abs() < 1e-9, "{spend}");
+    assert_eq!(
+        before.last().unwrap().payload()["policyId"],
+        "budget-nodetokens"
+    );
+    let (_, detail) = server.get(&format!("/v1/runs/{run}")).await;
+    assert_eq!(detail["budget"]["spent"]["nodeTokens"], 120, "{detail}");
+    assert_eq!(detail["state"], "paused");
+    let (_, _, metrics) = server.get_text("/metrics").await;
+    assert!(
+        metrics.contains("flexrun_node_tokens_total 120"),
+        "{metrics}"
+    );
+    let (status, _) = server
+        .post(
+            &format!("/v1/runs/{run}/resume"),
+            json!({"budgets": {"nodeTokens": 1000}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let rest = server
+        .events(run, Some(before.last().unwrap().seq()))
+        .await
+        .rest()
+        .await;
+    assert_eq!(rest.last().unwrap().payload()["status"], "completed");
     server.stop().await;
 }

@@ -780,6 +780,17 @@ async fn the_llm_executor_produces_a_validated_node_output() {
         })
         .unwrap();
     assert_eq!(out["copyVariants"], json!(["Sourdough, done for you."]));
+    let usage = events.iter().find_map(|e| match &e.body {
+        EventBody::NodeComplete { spend, .. } if e.node_id.as_deref() == Some("write") => {
+            spend.and_then(|s| s.usage)
+        }
+        _ => None,
+    });
+    assert_eq!(
+        usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+        Some((120, 45)),
+        "the model reply's usage is the attempt's spend"
+    );
 
     let got = fake.received();
     assert_eq!(got.len(), 1);

@@ -10,7 +10,9 @@ use super::{Local, RunDriver};
 use crate::engine::executor::ExecError;
 use crate::engine::idempotency::Steer;
 use crate::engine::{EngineError, HitlAnswer};
-use crate::fsm::{FallbackChoice, HitlDecision, RunError, RunInput, RunState, TriggerSource};
+use crate::fsm::{
+    FallbackChoice, HitlDecision, RunError, RunInput, RunState, TokenUsage, TriggerSource,
+};
 use crate::planner::{PlanResponse, PlannerError};
 use crate::policy::{Firing, NodeFacts};
 use crate::store::QueuedFiring;
@@ -123,6 +125,7 @@ impl RunDriver {
         attempt: u32,
         result: Result<Map<String, Value>, ExecError>,
         duration_us: u64,
+        usage: Option<TokenUsage>,
     ) {
         if self.machine.in_flight().get(&node_id) != Some(&attempt) {
             return;
@@ -132,7 +135,7 @@ impl RunDriver {
         let may_retry = in_round < ladder.max_attempts;
         let delay = ladder.delay_ms(in_round);
         let retry_at = (delay > 0).then(|| self.now.millis().saturating_add(delay));
-        let spend = self.attempt_spend(&node_id, None);
+        let spend = self.attempt_spend(&node_id, usage);
         match result {
             Ok(output) => {
                 let value = Value::Object(output);

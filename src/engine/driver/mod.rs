@@ -596,6 +596,7 @@ impl RunDriver {
                 .get(&node_id)
                 .map_or_else(|| Arc::new(Value::Null), |c| c.shared_schema()),
             executor: None,
+            usage: Default::default(),
         };
         if matches!(cap.executor, ExecutorSpec::Human) {
             // Asked in this same round, so `node_start` and its `hitl_request` commit together.

@@ -117,7 +117,7 @@ fn a_run_goes_from_start_to_complete_one_commit_per_round() {
     );
     assert_eq!(executes(&ready), [("brief".to_owned(), 1)]);
 
-    d.on_node_done("brief".into(), 1, Ok(brief()), 2);
+    d.on_node_done("brief".into(), 1, Ok(brief()), 2, None);
     let ready = d.ready();
     assert_eq!(kinds(&ready), ["node_complete:brief", "node_start:write"]);
     let [After::Execute(call, _)] = &ready.after[..] else {
@@ -132,7 +132,7 @@ fn a_run_goes_from_start_to_complete_one_commit_per_round() {
         format!("{}/write", d.machine().run_id())
     );
 
-    d.on_node_done("write".into(), 1, Ok(copy()), 2);
+    d.on_node_done("write".into(), 1, Ok(copy()), 2, None);
     let ready = d.ready();
     assert_eq!(kinds(&ready), ["node_complete:write", "complete"]);
     assert!(d.finished());
@@ -154,7 +154,7 @@ fn a_run_goes_from_start_to_complete_one_commit_per_round() {
 fn stale_results_and_an_empty_round_commit_nothing() {
     let mut d = driver(json!(null));
     executing(&mut d);
-    d.on_node_done("brief".into(), 7, Ok(brief()), 1);
+    d.on_node_done("brief".into(), 7, Ok(brief()), 1, None);
     d.on_planned(99, Ok(PlanResponse::new(PlannerOutput::Draft(draft()))), 1);
     let ready = d.ready();
     assert!(
@@ -173,7 +173,7 @@ fn an_invalid_output_on_the_last_attempt_fails_the_run_with_node_failed() {
         .clone();
     let mut attempt = 1;
     let ready = loop {
-        d.on_node_done("brief".into(), attempt, Ok(wrong.clone()), 1);
+        d.on_node_done("brief".into(), attempt, Ok(wrong.clone()), 1, None);
         let ready = d.ready();
         if kinds(&ready) != ["validation_error:brief", "node_start:brief"] {
             break ready;
@@ -265,7 +265,7 @@ fn an_approved_policy_request_resumes_dispatch_in_the_same_round() {
         "trigger": {"kind": "onNodeComplete", "selector": {"capabilityId": "brief.structurer"}},
         "action": {"type": "hitl", "question": "ok?", "onApprove": "continue", "onReject": "fail"}}]}));
     executing(&mut d);
-    d.on_node_done("brief".into(), 1, Ok(brief()), 1);
+    d.on_node_done("brief".into(), 1, Ok(brief()), 1, None);
     let ready = d.ready();
     assert_eq!(kinds(&ready), ["node_complete:brief", "hitl_request:brief"]);
     assert!(
@@ -327,7 +327,7 @@ fn exhaust_brief(d: &mut RunDriver) -> (Vec<RunEvent>, Plans) {
     events.extend(events_of(&accepted));
     let mut now = T0.millis();
     for (attempt, delay) in [(1, 200), (2, 400)] {
-        d.on_node_done("brief".into(), attempt, busy(), 1);
+        d.on_node_done("brief".into(), attempt, busy(), 1, None);
         let ready = d.ready();
         assert_eq!(
             kinds(&ready),
@@ -356,7 +356,7 @@ fn exhaust_brief(d: &mut RunDriver) -> (Vec<RunEvent>, Plans) {
         assert_eq!(executes(&ready), [("brief".to_owned(), attempt + 1)]);
         events.extend(events_of(&ready));
     }
-    d.on_node_done("brief".into(), 3, busy(), 1);
+    d.on_node_done("brief".into(), 3, busy(), 1, None);
     let ready = d.ready();
     assert_eq!(kinds(&ready), ["node_error:brief", "hitl_request:brief"]);
     let evs = events_of(&ready);
@@ -409,7 +409,7 @@ fn retries_wait_their_backoff_then_a_human_retries_a_fresh_round() {
         (4, format!("{}/brief", d.machine().run_id())),
         "attempts go on, the key stays"
     );
-    d.on_node_done("brief".into(), 4, busy(), 1);
+    d.on_node_done("brief".into(), 4, busy(), 1, None);
     let ready = d.ready();
     assert_eq!(
         kinds(&ready),
