@@ -299,3 +299,56 @@ async fn tokens_a_webhook_reports_count_towards_node_token_budgets_and_cost() {
     assert_eq!(rest.last().unwrap().payload()["status"], "completed");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_time_budget_fires_while_a_node_runs_and_a_node_budget_at_its_dispatch() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let mut hook = Webhook::start([Reply::After(release.clone())]).await;
+    let (_dir, path) = temp_store();
+    let server = Server::start(path, Options::default()).await;
+    let (status, body) = server
+        .post(
+            "/v1/capabilities",
+            hook.capability("writer.hook", 30_000, 1),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut policies = only_webhook_writer();
+    // 150 ms of execution, and three node attempts.
+    policies["budgets"] = json!({"wallTimeMs": 150, "nodes": 3});
+    let run = server
+        .submit(copy_envelope(&["copyVariants", "summary"], policies))
+        .await;
+    let mut sse = server.events(run, None).await;
+    hook.next_call().await;
+    // Nothing else happens while the webhook holds its answer: only the timer can fire.
+    let fired = sse.until("policy_triggered").await;
+    let payload = fired.last().unwrap().payload();
+    assert_eq!(payload["policyId"], "budget-walltimems", "{payload}");
+    let (_, detail) = server.get(&format!("/v1/runs/{run}")).await;
+    assert!(
+        detail["budget"]["spent"]["wallTimeMs"].as_u64().unwrap() >= 150,
+        "{detail}"
+    );
+    assert_eq!(
+        detail["budget"]["spent"]["nodes"], 2,
+        "brief and the writer"
+    );
+    release.notify_one();
+    let (status, _) = server
+        .post(
+            &format!("/v1/runs/{run}/resume"),
+            json!({"budgets": {"wallTimeMs": 600000}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The summarizer is the third attempt: dispatching it spends the nodes budget.
+    let rest = sse.until("policy_triggered").await;
+    assert_eq!(
+        rest.last().unwrap().payload()["policyId"],
+        "budget-nodes",
+        "{:?}",
+        labels(&rest)
+    );
+    server.stop().await;
+}
