@@ -409,21 +409,8 @@ mod tests {
     use std::process::{Command, Stdio};
 
     use super::*;
-    use crate::catalog::CapabilityKind;
     use crate::graph::PlanSnapshot;
-
-    fn node(id: &str) -> PlanNode {
-        PlanNode {
-            id: id.to_owned(),
-            stage: "work".to_owned(),
-            capability_id: format!("cap.{id}"),
-            kind: CapabilityKind::Execution,
-            input_facets: Vec::new(),
-            output_facets: Vec::new(),
-            instructions: Vec::new(),
-            rationale: String::new(),
-        }
-    }
+    use crate::graph::testing::node;
 
     /// A stored plan version (so ids need not follow the identifier grammar).
     fn plan(version: u32, nodes: Vec<PlanNode>, edges: &[(&str, &str)]) -> PlanGraph {

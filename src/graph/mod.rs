@@ -20,4 +20,4 @@ pub use plan::{NodeState, PlanGraph};
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;

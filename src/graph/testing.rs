@@ -7,7 +7,7 @@ use crate::catalog::CapabilityKind;
 use crate::diagnostics::{Diagnostic, DiagnosticCode};
 
 /// A node with a capability named after it.
-pub(super) fn node(id: &str) -> PlanNode {
+pub(crate) fn node(id: &str) -> PlanNode {
     PlanNode {
         id: id.to_owned(),
         stage: "work".to_owned(),

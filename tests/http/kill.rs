@@ -1,9 +1,8 @@
 //! `flexrun serve` as a real process, killed with SIGKILL while a run holds acknowledged but
 //! not yet applied input, then restarted on the same store: the input is applied, once.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 
 use reqwest::StatusCode;
@@ -21,33 +20,11 @@ struct Process {
 
 impl Process {
     fn start(data: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flexrun"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flexrun"));
+        command
             .args(["serve", "--addr", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flexrun starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !sent && let Some(rest) = line.split("serving ").nth(1) {
-                    let base = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(base);
-                    sent = true;
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(GUARD)
-            .expect("the server says where it listens");
+            .arg(data);
+        let (child, base) = spawn_server(command);
         Self {
             child,
             base,

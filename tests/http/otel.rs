@@ -3,9 +3,8 @@
 //! run submitted with a `traceparent`, and the `traceparent` a webhook capability receives.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -188,7 +187,8 @@ impl Process {
 
     /// With these further `serve` arguments.
     fn start_with(data: &Path, otlp: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flexrun"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flexrun"));
+        command
             .args(["serve", "--addr", "127.0.0.1:0", "--data"])
             .arg(data)
             .args([
@@ -198,27 +198,8 @@ impl Process {
                 "flexrun-test",
             ])
             .args(args)
-            .env("FLEXRUN_TEST_OTEL_KEY", "sk-otel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flexrun starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !sent && let Some(rest) = line.split("serving ").nth(1) {
-                    let base = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(base.to_owned());
-                    sent = true;
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(GUARD)
-            .expect("the server says where it listens");
+            .env("FLEXRUN_TEST_OTEL_KEY", "sk-otel");
+        let (child, base) = spawn_server(command);
         Self {
             child,
             base,

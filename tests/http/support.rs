@@ -502,3 +502,31 @@ pub fn temp_store() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("flexrun.redb");
     (dir, path)
 }
+
+/// Spawns `command` (a `flexrun serve` on `127.0.0.1:0`) with its stderr piped, and waits up
+/// to 30 s for the address its "serving" line names: the child and its base URL.
+pub fn spawn_server(mut command: std::process::Command) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("flexrun starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !sent && let Some(rest) = line.split("serving ").nth(1) {
+                let base = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(base.to_owned());
+                sent = true;
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the server says where it listens");
+    (child, base)
+}
