@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: installs the real-model test dependencies, the OpenAPI client
 # generator and the console's browser (idempotent, see scripts/setup-llm.sh,
-# scripts/setup-openapi-client.sh and scripts/setup-browser.sh), then runs every test. Extra
+# scripts/setup-openapi-client.sh and scripts/setup-browser.sh), starts a PostgreSQL server
+# (scripts/postgres.sh), then runs every test. Extra
 # arguments go to `cargo test`.
 # `--features testing` adds the targets that need `flexrun::testing` (the qa_steering
 # example); the default features already include everything else (see docs/TESTING.md).
@@ -14,6 +15,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup-llm.sh
 bash scripts/setup-openapi-client.sh
 bash scripts/setup-browser.sh
+# The PostgreSQL store's tests run against a real server (scripts/postgres.sh), stopped on exit.
+FLEXRUN_TEST_POSTGRES="$(bash scripts/postgres.sh start)"
+export FLEXRUN_TEST_POSTGRES
+trap 'bash scripts/postgres.sh stop' EXIT
 coverage="$PWD/target/transition-coverage"
 rm -rf "$coverage"
 mkdir -p "$coverage"

@@ -48,6 +48,15 @@ pub enum StoreError {
         /// The run.
         run: RunId,
     },
+    /// The run is driven by another instance of a cluster sharing the store (see
+    /// [`Cluster`](super::Cluster)), so this one may not write it; nothing was written.
+    #[error("run {run} is owned by {} and not by this instance", owner.as_deref().unwrap_or("no instance"))]
+    NotOwner {
+        /// The run.
+        run: RunId,
+        /// The instance that owns it, if any.
+        owner: Option<String>,
+    },
     /// A group commit was abandoned (its leader panicked) before this batch's outcome was known.
     #[error("group commit abandoned before batch for run {run} was confirmed")]
     Abandoned {

@@ -24,6 +24,7 @@
 //! gives it back to the file system.
 
 mod backend;
+mod cluster;
 mod codec;
 mod committer;
 #[cfg(test)]
@@ -41,6 +42,7 @@ mod tables;
 mod testkit;
 mod types;
 
+pub use cluster::{Cluster, InstanceInfo, RemoteCommit, RunOwner};
 pub use committer::Committer;
 pub use error::StoreError;
 pub use memory_store::MemoryStore;
@@ -250,4 +252,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counters since the store was opened.
     fn stats(&self) -> StoreStats;
+
+    /// The store's cluster membership, when several engines share it (see [`Cluster`]);
+    /// `None` (the default) for a store one engine owns alone.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
 }
