@@ -104,6 +104,8 @@ pub use envelope::{OutputContract, RunEnvelope, RunEnvelopeBuilder};
 pub use ids::{RunId, Timestamp};
 pub use planner::{CatalogPlanner, Planner, ScriptedPlanner};
 pub use store::{Durability, MemoryStore, RedbStore, Store};
+#[cfg(feature = "postgres")]
+pub use store::{PostgresOptions, PostgresStore};
 
 /// What a service embedding the engine needs, in one import: `use flexrun::prelude::*;`.
 ///

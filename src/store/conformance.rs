@@ -852,6 +852,20 @@ macro_rules! for_each_backend {
                 super::$name(&crate::store::MemoryStore::new());
             })*
         }
+
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                let db = crate::store::postgres::TestDb::new();
+                let store = crate::store::PostgresStore::connect(
+                    &db.url,
+                    crate::store::PostgresOptions::default(),
+                )
+                .unwrap();
+                super::$name(&store);
+            })*
+        }
     };
 }
 

@@ -34,6 +34,8 @@ mod error;
 mod memory_store;
 mod pack;
 mod pack_ser;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod prepare;
 mod query;
 mod redb_store;
@@ -46,6 +48,8 @@ pub use cluster::{Cluster, InstanceInfo, RemoteCommit, RunOwner};
 pub use committer::Committer;
 pub use error::StoreError;
 pub use memory_store::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use query::{RunPage, RunQuery};
 pub use redb_store::{Durability, RedbStore};
 pub use types::{

@@ -1,0 +1,1 @@
+//! Tests of the PostgreSQL store beyond the conformance suite.
