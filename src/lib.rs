@@ -97,8 +97,8 @@ pub mod webhook;
 /// implementors need no dependency of their own.
 pub use async_trait::async_trait;
 pub use engine::{
-    Engine, EngineConfig, EngineError, EventStream, HitlAnswer, IdempotencyKey, RunResult, Steer,
-    Steered, Submission, Submitted,
+    ClusterOptions, Engine, EngineConfig, EngineError, EventStream, HitlAnswer, IdempotencyKey,
+    RunResult, Steer, Steered, Submission, Submitted,
 };
 pub use envelope::{OutputContract, RunEnvelope, RunEnvelopeBuilder};
 pub use ids::{RunId, Timestamp};

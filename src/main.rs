@@ -125,6 +125,8 @@ enum Format {
     Jsonl,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run one envelope with the built-in demo catalog and the catalog planner.
@@ -142,6 +144,16 @@ enum Cmd {
     },
     /// Run the benchmark workload and print its figures as JSON.
     Bench {
+        /// Run on the PostgreSQL store at this URL (`postgres://…`, a database the benchmark
+        /// may fill) instead of redb or memory; `--durability` is then ignored.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// With `--store`: engines (instances) sharing the database in this process.
+        #[arg(long, default_value_t = 1, requires = "store")]
+        instances: usize,
+        /// With `--store`: the instances' lease, which bounds the measured takeover time.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s", requires = "store")]
+        lease: Duration,
         /// linear, replan or fanout.
         #[arg(long, value_enum, default_value = "linear")]
         scenario: ScenarioArg,
@@ -192,7 +204,7 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
         #[command(flatten)]
-        data: DataArg,
+        store: serve::StoreArgs,
         /// The default planner of runs whose envelope names none.
         #[arg(long, value_enum, default_value = "catalog")]
         planner: PlannerArg,
@@ -512,6 +524,9 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
             format,
         } => run(envelope, data, answer, format).await,
         Cmd::Bench {
+            store,
+            instances,
+            lease,
             scenario,
             nodes,
             runs,
@@ -562,6 +577,16 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
                 if count_allocs {
                     args.push("--count-allocs".to_owned());
                 }
+                if let Some(url) = &store {
+                    args.extend([
+                        "--store".to_owned(),
+                        url.clone(),
+                        "--instances".to_owned(),
+                        instances.to_string(),
+                        "--lease".to_owned(),
+                        humantime::format_duration(lease).to_string(),
+                    ]);
+                }
                 let exe = std::env::current_exe().context("cannot find the flexrun binary")?;
                 let report = bench::sweep::run(&exe, sweep, &points, &args)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -595,6 +620,11 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
                     ConsumerArg::Poll => Consumer::Poll,
                 },
                 alloc_counter: count_allocs.then_some(alloc_totals as bench::AllocCounter),
+                postgres: store.map(|url| bench::PostgresBench {
+                    url,
+                    instances,
+                    lease,
+                }),
             };
             let report = bench::run(&opts)
                 .await
@@ -604,7 +634,7 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Serve {
             addr,
-            data,
+            store,
             planner,
             auth_token_env,
             body_limit,
@@ -652,7 +682,7 @@ async fn command(command: Cmd) -> anyhow::Result<()> {
             };
             serve::serve(
                 addr,
-                data,
+                store,
                 planner,
                 model,
                 webhook_secrets,

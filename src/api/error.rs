@@ -161,6 +161,14 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN", message)
             }
+            EngineError::OwnedElsewhere {
+                run_id, instance, ..
+            } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "RUN_MOVED",
+                format!("run {run_id} moved to instance {instance} meanwhile; retry the request"),
+            )
+            .with_details(json!({ "runId": run_id, "instance": instance })),
             EngineError::Stranded { run_id, reason } => {
                 tracing::error!(run_id = %run_id, reason = %reason, "request on a stranded run");
                 Self::new(
@@ -199,7 +207,14 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
+        let moved = self.code == "RUN_MOVED";
         let mut response = (self.status, Json(body)).into_response();
+        if moved {
+            // Tells an instance that forwarded the request to try the run's new driver.
+            response
+                .headers_mut()
+                .insert(super::forward::MOVED, HeaderValue::from_static("1"));
+        }
         if unauthorized {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

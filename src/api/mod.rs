@@ -18,6 +18,7 @@ mod console;
 mod dto;
 mod error;
 mod extract;
+mod forward;
 mod list_query;
 mod metrics;
 mod openapi;

@@ -65,6 +65,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/capabilities/{id}/activate", post(activate_capability))
         .route("/metrics", get(metrics_text))
         .route("/v1/openapi.json", get(openapi))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::forward::forward_steering,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), deadline));
     let protected = timed.layer(middleware::from_fn_with_state(
         state.clone(),

@@ -157,6 +157,7 @@ pub async fn measure(
             dir: None,
             consumer: Consumer::Park,
             alloc_counter: Some(counter),
+            postgres: None,
         };
         out.push(Metrics::from_report(&super::run(&opts).await?));
     }

@@ -28,6 +28,8 @@ use crate::graph::{DeltaOp, PlanDelta, PlanDraft, PlanEdge, PlanNode};
 use crate::planner::{PlanRequest, PlanResponse, Planner, PlannerError, Purpose};
 use crate::store::{Durability, MemoryStore, RedbStore, Store};
 
+#[cfg(feature = "postgres")]
+mod cluster;
 pub mod guard;
 pub mod sweep;
 
@@ -76,6 +78,9 @@ pub enum Level {
     D1,
     /// D2: fsync per commit.
     D2,
+    /// The PostgreSQL store ([`BenchOptions::postgres`]), with the server's own durability
+    /// (synchronous commit unless the server is configured otherwise).
+    Postgres,
 }
 
 /// Benchmark parameters.
@@ -99,6 +104,21 @@ pub struct BenchOptions {
     pub consumer: Consumer,
     /// Counts allocations over the timed region when given (`allocs_per_step`).
     pub alloc_counter: Option<AllocCounter>,
+    /// Runs the workload on the PostgreSQL store at this URL instead, with this many engines
+    /// (instances) sharing it in this process; `level` is then [`Level::Postgres`].
+    pub postgres: Option<PostgresBench>,
+}
+
+/// The PostgreSQL variant of the workload: several engines on one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresBench {
+    /// `postgres://…` of a database the benchmark may fill (runs are left in it).
+    pub url: String,
+    /// Engines sharing the database, each with its own connections and instance id; runs
+    /// are created round-robin on them.
+    pub instances: usize,
+    /// Their lease, which bounds the takeover time measured after the workload.
+    pub lease: Duration,
 }
 
 /// How the benchmark's client waits for events.
@@ -273,6 +293,7 @@ pub fn open_store(
         Level::Memory => Arc::new(MemoryStore::new()),
         Level::D1 => Arc::new(RedbStore::open(dir.join(name), Durability::Os)?),
         Level::D2 => Arc::new(RedbStore::open(dir.join(name), Durability::Fsync)?),
+        Level::Postgres => return Err("the PostgreSQL store is opened from its URL".into()),
     })
 }
 
@@ -340,6 +361,11 @@ pub struct BenchReport {
     pub cpu_util: f64,
     /// 1-minute load average before the run.
     pub loadavg_1m_before: f64,
+    /// Engines sharing the store (1 but for the PostgreSQL variant).
+    pub instances: usize,
+    /// PostgreSQL with 2 or more instances: from the abort of an instance holding a run to
+    /// another instance driving it.
+    pub takeover_ms: Option<f64>,
 }
 
 struct Observed {
@@ -351,13 +377,35 @@ struct Observed {
     end: Instant,
 }
 
+/// Every engine's events on one channel: one engine's own, or those of all of them forwarded.
+fn events_of(engines: &[Engine]) -> tokio::sync::broadcast::Receiver<Arc<crate::fsm::RunEvent>> {
+    if let [engine] = engines {
+        return engine.subscribe();
+    }
+    let (tx, rx) = tokio::sync::broadcast::channel(1 << 18);
+    for engine in engines {
+        let (mut from, tx) = (engine.subscribe(), tx.clone());
+        tokio::spawn(async move {
+            loop {
+                match from.recv().await {
+                    Ok(event) => drop(tx.send(event)),
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    rx
+}
+
 async fn drive(
-    engine: &Engine,
+    engines: &[Engine],
     opts: &BenchOptions,
     n: usize,
     runs: usize,
 ) -> Result<Observed, Box<dyn std::error::Error>> {
-    let mut rx = engine.subscribe();
+    let mut rx = events_of(engines);
+    let mut owner: HashMap<crate::RunId, usize> = HashMap::new();
     let scenario = opts.scenario;
     let concurrent = scenario == Scenario::Fanout;
     let mut pending: Vec<crate::RunId> = Vec::new();
@@ -373,22 +421,27 @@ async fn drive(
     let mut held: HashMap<crate::RunId, Instant> = HashMap::new();
     let mut remaining = runs;
     let mut submitted = 0usize;
-    let submit = |engine: &Engine| {
-        let engine = engine.clone();
+    let submit = |i: usize| {
+        let at = i % engines.len();
+        let engine = engines[at].clone();
         let env = envelope(scenario, opts.variant, n);
-        async move { engine.submit(env).await }
+        async move { engine.submit(env).await.map(|run| (run, at)) }
     };
     if concurrent {
         let mut tasks = Vec::new();
-        for _ in 0..runs {
-            tasks.push(tokio::spawn(submit(engine)));
+        for i in 0..runs {
+            tasks.push(tokio::spawn(submit(i)));
         }
         for t in tasks {
-            pending.push(t.await??);
+            let (run, at) = t.await??;
+            owner.insert(run, at);
+            pending.push(run);
         }
         submitted = runs;
     } else {
-        pending.push(submit(engine).await?);
+        let (run, at) = submit(0).await?;
+        owner.insert(run, at);
+        pending.push(run);
         submitted += 1;
     }
     while remaining > 0 {
@@ -426,7 +479,7 @@ async fn drive(
                 }
             }
             EventBody::HitlRequest { request_id, .. } => {
-                let engine = engine.clone();
+                let engine = engines[owner.get(&ev.run_id).copied().unwrap_or(0)].clone();
                 let (run, req) = (ev.run_id, request_id.clone());
                 held.insert(run, now);
                 tokio::spawn(async move {
@@ -441,7 +494,9 @@ async fn drive(
                 }
                 remaining -= 1;
                 if !concurrent && submitted < runs {
-                    pending.push(submit(engine).await?);
+                    let (run, at) = submit(submitted).await?;
+                    owner.insert(run, at);
+                    pending.push(run);
                     submitted += 1;
                 }
             }
@@ -548,6 +603,13 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
         .ok_or("no directory")?;
     std::fs::create_dir_all(&dir)?;
     let runs = opts.runs.max(1);
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = &opts.postgres {
+        return cluster::run(opts, pg).await;
+    }
+    if opts.postgres.is_some() {
+        return Err("this build has no PostgreSQL store (feature `postgres`)".into());
+    }
     if opts.warmup {
         let warm = open_store(opts.level, &dir, "warmup.redb")?;
         let engine = Engine::open(bench_config(warm, 8)).await?;
@@ -557,7 +619,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
             warmup: false,
             ..opts.clone()
         };
-        drive(&engine, &warm_opts, 8, 1).await?;
+        drive(std::slice::from_ref(&engine), &warm_opts, 8, 1).await?;
         engine.shutdown().await;
     }
     let loadavg_before = loadavg();
@@ -571,7 +633,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
     let cpu_before = cpu_seconds();
     let allocs_before = opts.alloc_counter.map(|totals| totals());
     let start = Instant::now();
-    let obs = drive(&engine, opts, opts.nodes, runs).await?;
+    let obs = drive(std::slice::from_ref(&engine), opts, opts.nodes, runs).await?;
     let wall = obs.end.duration_since(start);
     let allocs = opts
         .alloc_counter
@@ -593,15 +655,67 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
     } else {
         std::fs::metadata(&db_path).map(|m| m.len()).unwrap_or(0)
     };
+    let measured = Measured {
+        obs,
+        wall,
+        allocs,
+        cpu,
+        commits: stats.commits - stats_before.commits,
+        batches: stats.batches - stats_before.batches,
+        bytes: stats.bytes_written - stats_before.bytes_written,
+        db_bytes,
+        fsync_us,
+        rss_before,
+        loadavg_before,
+    };
+    if let Some(tmp) = tmp {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+    Ok(report(opts, runs, measured, 1, None))
+}
+
+/// What one timed region measured.
+struct Measured {
+    obs: Observed,
+    wall: Duration,
+    allocs: Option<AllocTotals>,
+    cpu: f64,
+    commits: u64,
+    batches: u64,
+    bytes: u64,
+    db_bytes: u64,
+    fsync_us: f64,
+    rss_before: u64,
+    loadavg_before: f64,
+}
+
+fn report(
+    opts: &BenchOptions,
+    runs: usize,
+    m: Measured,
+    instances: usize,
+    takeover_ms: Option<f64>,
+) -> BenchReport {
+    let Measured {
+        obs,
+        wall,
+        allocs,
+        cpu,
+        commits,
+        batches,
+        bytes,
+        db_bytes,
+        fsync_us,
+        rss_before,
+        loadavg_before,
+    } = m;
     let mut gaps = obs.gaps;
     gaps.sort_by(f64::total_cmp);
     let steps = obs.steps.max(1);
     let wall_s = wall
         .as_secs_f64()
         .max(Duration::from_nanos(1).as_secs_f64());
-    let commits = stats.commits - stats_before.commits;
-    let bytes = stats.bytes_written - stats_before.bytes_written;
-    let report = BenchReport {
+    BenchReport {
         engine: "flexrun",
         scenario: opts.scenario,
         variant: (opts.scenario == Scenario::Replan).then_some(opts.variant),
@@ -620,7 +734,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
         events_lagged: obs.lagged,
         interrupt_resume_us_mean: (!obs.resume_us.is_empty())
             .then(|| obs.resume_us.iter().sum::<f64>() / obs.resume_us.len() as f64),
-        checkpoints: stats.batches - stats_before.batches,
+        checkpoints: batches,
         checkpoint_bytes: bytes,
         bytes_per_step: bytes as f64 / steps as f64,
         db_bytes,
@@ -633,11 +747,9 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Box<dyn std::error:
         rss_before_kib: rss_before,
         cpu_util: cpu / wall_s,
         loadavg_1m_before: loadavg_before,
-    };
-    if let Some(tmp) = tmp {
-        let _ = std::fs::remove_dir_all(tmp);
+        instances,
+        takeover_ms,
     }
-    Ok(report)
 }
 
 fn tempfile_dir() -> std::io::Result<PathBuf> {

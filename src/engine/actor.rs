@@ -23,6 +23,7 @@ use crate::envelope::RunEnvelope;
 use crate::fsm::{PlanPhase, RunError, RunMachine, RunState, TokenUsage};
 use crate::ids::{RunId, Timestamp};
 use crate::planner::{PlanRequest, PlanResponse, Planner, PlannerError};
+use crate::store::StoreError;
 use crate::telemetry;
 
 /// Everything a run actor receives.
@@ -61,6 +62,9 @@ pub(crate) enum Exit {
     Shutdown,
     /// It stopped without ending the run, for the reason given.
     Stranded(String),
+    /// Another instance of the cluster took the run over (the store refused this one's
+    /// commit); that instance drives it now.
+    Lost(Option<String>),
 }
 
 pub(crate) struct RunActor {
@@ -283,6 +287,10 @@ impl RunActor {
             };
             let committed = self.commit().await;
             let failed = committed.as_ref().err().map(ToString::to_string);
+            let lost = match &committed {
+                Err(EngineError::Store(StoreError::NotOwner { owner, .. })) => Some(owner.clone()),
+                _ => None,
+            };
             if let Some((result, reply)) = reply {
                 let steered = Steered {
                     status: self.driver.status(),
@@ -290,6 +298,9 @@ impl RunActor {
                     replayed: false,
                 };
                 let _ = reply.send(committed.and(result).map(|()| steered));
+            }
+            if let Some(owner) = lost {
+                return Exit::Lost(owner);
             }
             if let Some(e) = failed {
                 // What the machine applied is not stored: this driver cannot go on, and a

@@ -125,6 +125,43 @@ impl Fanout {
         }
     }
 
+    /// Publishes a commit of `run` that another engine made (a cluster peer, see
+    /// [`crate::store::Cluster`]) to the run's followers only: the channel of every run's
+    /// events carries this engine's commits.
+    pub(crate) fn publish_followed(&self, run: RunId, events: Vec<RunEvent>) {
+        let tx = self
+            .runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&run)
+            .cloned();
+        if let Some(tx) = tx {
+            let batch: Batch = events
+                .into_iter()
+                .map(|e| Arc::new(Frame::new(Arc::new(e))))
+                .collect();
+            let _ = tx.send(batch);
+        }
+    }
+
+    /// Whether `run` has followers now.
+    pub(crate) fn is_followed(&self, run: RunId) -> bool {
+        self.runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&run)
+    }
+
+    /// The runs that have followers now.
+    pub(crate) fn followed(&self) -> Vec<RunId> {
+        self.runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// Runs that have a channel (subscribers) now.
     #[cfg(test)]
     fn channels(&self) -> usize {

@@ -10,6 +10,7 @@ mod actor;
 mod budget;
 mod catalog_state;
 mod clock;
+mod cluster;
 pub mod coverage;
 mod driver;
 mod executor;
@@ -44,6 +45,7 @@ use crate::store::{Committer, HitlRecord, HitlStatus, RunHead, RunStatus, Store,
 
 pub use budget::ledger_of;
 pub use catalog_state::CatalogState;
+pub use cluster::{ClusterOptions, Route};
 pub use retention::{Compaction, RetentionOptions, RetentionTotals, SweepReport};
 
 /// A run's events, replayed then live, ending after `complete`: see [`Engine::events`].
@@ -201,6 +203,17 @@ pub enum EngineError {
         /// Why its driver stopped.
         reason: String,
     },
+    /// Another instance sharing the store drives the run (see [`crate::store::Cluster`]):
+    /// a steering request must go to it (the HTTP API forwards it there).
+    #[error("run {run_id} is driven by instance {instance}")]
+    OwnedElsewhere {
+        /// The run.
+        run_id: RunId,
+        /// The instance that drives it.
+        instance: String,
+        /// Where that instance's API answers, if it said.
+        address: Option<String>,
+    },
 }
 
 fn first_message(diagnostics: &[Diagnostic]) -> &str {
@@ -315,6 +328,10 @@ pub struct EngineConfig {
     /// Token prices by model: what model tokens cost in runs' `cost` budgets (planner calls,
     /// and node attempts whose executor reports usage). Empty by default: tokens cost 0.
     pub pricing: Pricing,
+    /// How the engine takes part in a cluster when its store is shared with other engines
+    /// ([`Store::cluster`](crate::store::Store::cluster), the PostgreSQL store); ignored
+    /// otherwise.
+    pub cluster: ClusterOptions,
 }
 
 /// A run to create: its envelope and, optionally, an idempotency key.
@@ -411,6 +428,7 @@ impl EngineConfig {
             retain_terminal_runs: None,
             retention: RetentionOptions::default(),
             pricing: Pricing::default(),
+            cluster: ClusterOptions::default(),
         }
     }
 }
@@ -443,6 +461,8 @@ pub(crate) struct Inner {
     last_expiry: AtomicU64,
     retention: retention::Retention,
     pricing: Arc<Pricing>,
+    /// The engine's part in a cluster, when its store is shared.
+    membership: Option<cluster::Membership>,
 }
 
 impl Inner {
@@ -459,6 +479,18 @@ impl Inner {
         let mut names: Vec<String> = self.planners.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// Whether an actor of this engine drives `run`.
+    pub(crate) fn drives(&self, run: RunId) -> bool {
+        self.runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&run)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     pub(crate) fn pricing(&self) -> Arc<Pricing> {
@@ -572,6 +604,13 @@ impl Engine {
     /// Store errors, and [`EngineError::Catalog`] when a configured facet or capability is invalid.
     pub async fn open(config: EngineConfig) -> Result<Self, EngineError> {
         let store = config.store.clone();
+        let membership = store
+            .cluster()
+            .map(|_| cluster::Membership::new(config.cluster.clone()));
+        if let Some(membership) = &membership {
+            let (address, lease) = (membership.options.address.clone(), membership.options.lease);
+            cluster::cluster_call(&store, move |c| c.join(address.as_deref(), lease)).await?;
+        }
         let mut catalog = CatalogState::default();
         for facet in store.facets()? {
             catalog.facets.restore(facet)?;
@@ -608,6 +647,7 @@ impl Engine {
             last_expiry: AtomicU64::new(0),
             retention: retention::Retention::new(config.retention),
             pricing: Arc::new(config.pricing),
+            membership,
         });
         let engine = Self { inner };
         for run_id in engine.inner.store.non_terminal_runs()? {
@@ -617,6 +657,10 @@ impl Engine {
                     tracing::error!(run_id = %run_id, error = %e, "run could not be recovered")
                 }
             }
+        }
+        if let Some(membership) = &engine.inner.membership {
+            membership.start(&engine.inner);
+            engine.take_over().await?;
         }
         if let Some(age) = config.retain_terminal_runs {
             engine
@@ -842,6 +886,9 @@ impl Engine {
             };
             match exit {
                 Exit::Ended | Exit::Shutdown => {}
+                Exit::Lost(owner) => {
+                    tracing::warn!(run_id = %run_id, owner = owner.as_deref().unwrap_or("no instance"), "run taken over by another instance; this one stops driving it");
+                }
                 Exit::Stranded(reason) => {
                     tracing::error!(run_id = %run_id, reason = %reason, "run stranded until the engine reopens");
                     inner
@@ -891,6 +938,25 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner);
         runs.get(&run_id)
             .map(|slot| (slot.tx.clone(), slot.ended.clone()))
+    }
+
+    /// Whether an actor of this engine drives `run_id` now.
+    pub fn drives(&self, run_id: RunId) -> bool {
+        self.inner.drives(run_id)
+    }
+
+    /// How many runs this engine's actors drive now.
+    pub fn driven_runs(&self) -> usize {
+        self.inner
+            .runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// How this engine takes part in a cluster; `None` when its store is not shared.
+    pub fn cluster_options(&self) -> Option<&ClusterOptions> {
+        self.inner.membership.as_ref().map(|m| &m.options)
     }
 
     /// Live events of every run, published after commit.
@@ -992,7 +1058,12 @@ impl Engine {
         control: Steer,
         request: Option<PendingRequest>,
     ) -> Result<Steered, EngineError> {
-        let Some((tx, mut ended)) = self.slot(run_id) else {
+        let slot = match self.slot(run_id) {
+            Some(slot) => Some(slot),
+            // In a cluster the run may be driven elsewhere, or here after a takeover.
+            None => self.elsewhere(run_id).await.map(|()| self.slot(run_id))?,
+        };
+        let Some((tx, mut ended)) = slot else {
             return self
                 .undriven(run_id)
                 .and(Err(EngineError::RunEnded(run_id)));
@@ -1007,12 +1078,27 @@ impl Engine {
             Ok(()) => rx.await.ok(),
             Err(_) => None,
         };
-        if let Some(result) = answered {
-            return result;
+        match answered {
+            Some(Err(EngineError::Store(StoreError::NotOwner { .. }))) => {}
+            Some(result) => return result,
+            None => {}
         }
         let _ = ended.wait_for(|stopped| *stopped).await;
+        self.elsewhere(run_id).await?;
         self.undriven(run_id)
             .and(Err(EngineError::RunEnded(run_id)))
+    }
+
+    /// [`EngineError::OwnedElsewhere`] when another instance of the cluster drives the run.
+    async fn elsewhere(&self, run_id: RunId) -> Result<(), EngineError> {
+        match self.route(run_id).await? {
+            Route::Here => Ok(()),
+            Route::Instance { instance, address } => Err(EngineError::OwnedElsewhere {
+                run_id,
+                instance,
+                address,
+            }),
+        }
     }
 
     /// Answers a pending HITL request.
@@ -1172,13 +1258,30 @@ impl Engine {
     pub async fn wait(&self, run_id: RunId) -> Result<RunResult, EngineError> {
         let head = self.head(run_id)?;
         let mut events = self.events(run_id, head.last_seq.saturating_sub(1))?;
-        let Some((_, mut ended)) = self.slot(run_id) else {
-            return self.settled(run_id);
+        // In a cluster, a run driven by another instance (now, or after a takeover) is
+        // followed to its end.
+        let shared = self.inner.membership.is_some() && !head.status.is_terminal();
+        let mut ended = match self.slot(run_id) {
+            Some((_, ended)) => Some(ended),
+            None if shared => None,
+            None => return self.settled(run_id),
         };
         loop {
+            let stopped = async {
+                match ended.as_mut() {
+                    Some(ended) => drop(ended.wait_for(|stopped| *stopped).await),
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
                 event = events.next() => event,
-                _ = ended.wait_for(|stopped| *stopped) => return self.settled(run_id),
+                () = stopped => {
+                    if shared && !self.head(run_id)?.status.is_terminal() && self.elsewhere(run_id).await.is_err() {
+                        ended = None;
+                        continue;
+                    }
+                    return self.settled(run_id);
+                }
             };
             let Some(event) = event else {
                 return Err(EngineError::ShuttingDown);
@@ -1231,6 +1334,9 @@ impl Engine {
     pub async fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.retention.stop().await;
+        if let Some(membership) = &self.inner.membership {
+            membership.stop().await;
+        }
         let slots: Vec<RunSlot> = {
             let mut runs = self
                 .inner
@@ -1245,6 +1351,12 @@ impl Engine {
         for slot in slots {
             let _ = slot.task.await;
         }
+        if self.inner.membership.is_some() {
+            // Gives the runs to the other instances at once, instead of after the lease.
+            if let Err(e) = cluster::cluster_call(&self.inner.store, |c| c.leave()).await {
+                tracing::warn!(error = %e, "leaving the cluster failed; other instances take the runs over when the lease expires");
+            }
+        }
     }
 
     /// Aborts every run actor at once, without finishing the current round: what a crash
@@ -1253,6 +1365,9 @@ impl Engine {
     pub async fn abort(&self) {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.retention.stop().await;
+        if let Some(membership) = &self.inner.membership {
+            membership.stop().await;
+        }
         let slots: Vec<RunSlot> = {
             let mut runs = self
                 .inner

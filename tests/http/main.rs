@@ -13,6 +13,7 @@ mod support;
 
 mod budgets;
 mod catalog;
+mod cluster;
 mod console;
 mod corpus_replies;
 mod cors;

@@ -230,6 +230,11 @@ impl SseReader {
         }
     }
 
+    /// The events read so far.
+    pub fn events(&self) -> &[RunEvent] {
+        &self.events
+    }
+
     /// The next frame (events and comments), or `None` when the server closed the stream.
     pub async fn next_frame(&mut self) -> Option<Frame> {
         loop {
@@ -529,4 +534,72 @@ pub fn spawn_server(mut command: std::process::Command) -> (std::process::Child,
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("the server says where it listens");
     (child, base)
+}
+
+/// A fresh database on the test PostgreSQL server (`FLEXRUN_TEST_POSTGRES`, which
+/// scripts/test.sh starts and names), dropped with the guard.
+pub struct TestDatabase {
+    /// The database's URL.
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub fn create() -> Self {
+        let admin = std::env::var("FLEXRUN_TEST_POSTGRES").expect(
+            "FLEXRUN_TEST_POSTGRES names the test PostgreSQL server: run the tests with \
+             scripts/test.sh, or `export FLEXRUN_TEST_POSTGRES=$(scripts/postgres.sh start)`",
+        );
+        let name = format!("flexrun_it_{}", uuid::Uuid::new_v4().simple());
+        let (base, _) = admin.rsplit_once('/').expect("the URL names a database");
+        let db = Self {
+            url: format!("{base}/{name}"),
+            admin,
+            name,
+        };
+        psql(&db.admin, &format!("CREATE DATABASE {}", db.name));
+        db
+    }
+
+    /// The unaligned output of one query (`|` between columns, a line per row).
+    pub fn query(&self, sql: &str) -> String {
+        psql(&self.url, sql)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args(["-X", "-q", "-d", &self.admin, "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql runs (Debian's postgresql-client)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
