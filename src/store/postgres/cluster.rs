@@ -154,13 +154,11 @@ impl Cluster for PostgresStore {
     /// [module docs](self).
     fn heartbeat(&self, ttl: Duration) -> Result<bool, StoreError> {
         let rows = self.rows(
-            "WITH old AS (
-                SELECT lease_until >= now() AS live FROM flexrun_instances
-                WHERE instance_id = $1 FOR UPDATE)
-             UPDATE flexrun_instances
+            "UPDATE flexrun_instances i
              SET lease_until = now() + $2::bigint * interval '1 millisecond'
-             WHERE instance_id = $1
-             RETURNING (SELECT live FROM old)",
+             FROM (SELECT lease_until FROM flexrun_instances WHERE instance_id = $1) old
+             WHERE i.instance_id = $1
+             RETURNING old.lease_until >= now()",
             vec![param(self.inner.instance_id.clone()), param(millis(ttl))],
         )?;
         match rows.first() {
