@@ -59,7 +59,15 @@ pub struct RemoteCommit {
     pub last_seq: u64,
 }
 
-/// Ownership of runs among the instances sharing one store. See the [module docs](self).
+/// Ownership of runs among the instances sharing one store, handed out by
+/// [`Store::cluster`](super::Store::cluster).
+///
+/// The engine joins on open and renews its lease every heartbeat, creates runs owned by
+/// itself and recovers only those, takes over the runs of instances whose lease expired, tells
+/// callers who drives a run it does not, and follows other instances' commits. The store
+/// fences every commit: a batch for a run this instance does not own is refused with
+/// [`StoreError::NotOwner`], so an instance that lost its lease (and its runs) cannot write one
+/// more event of them.
 pub trait Cluster: Send + Sync + 'static {
     /// This instance's id (unique among the live instances; a restarted instance may reuse
     /// its id to get its runs back at once).

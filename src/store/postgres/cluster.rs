@@ -150,8 +150,9 @@ impl Cluster for PostgresStore {
         .map(drop)
     }
 
-    /// Renews the lease even when it had expired (and then returns `false`): see the
-    /// [module docs](self).
+    /// Renews the lease even when it had expired, and then returns `false`: the runs nobody
+    /// took over meanwhile are still this instance's, and it goes on with them (its commits to
+    /// the runs taken are refused).
     fn heartbeat(&self, ttl: Duration) -> Result<bool, StoreError> {
         let rows = self.rows(
             "UPDATE flexrun_instances i

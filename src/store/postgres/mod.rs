@@ -96,7 +96,11 @@ impl Default for PostgresOptions {
 }
 
 /// A [`Store`] in a PostgreSQL database, shared by the engine instances that connect to it
-/// (see the [module docs](self) and [`Cluster`]).
+/// (see [`Cluster`], and `docs/STORAGE.md`, section "PostgreSQL").
+///
+/// The [`Store`] methods are synchronous and may be called from any thread: each hands its
+/// queries to the store's own small tokio runtime (two worker threads named `flexrun-pg`,
+/// driving a pool of connections) and waits for the answer on a channel.
 ///
 /// It enforces the invariants of [`RedbStore`](super::RedbStore) with the same shared checks
 /// and stores the same encoded values, so [`Store::stats`] counts the same bytes. Every
@@ -258,7 +262,11 @@ fn param(value: impl ToSql + Send + Sync + 'static) -> Param {
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user@host:port/database`), brings its
-    /// schema up to date (see [module docs](self)) and returns the store.
+    /// schema up to date and returns the store.
+    ///
+    /// The schema's migrations are applied in order in one transaction that holds an advisory
+    /// lock, so instances connecting at once apply each one once; each is recorded in
+    /// `flexrun_migrations`.
     ///
     /// # Errors
     /// [`StoreError::Backend`] when the URL is invalid, the runtime cannot start or the

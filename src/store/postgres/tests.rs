@@ -482,3 +482,70 @@ fn commits_of_other_instances_are_announced_and_own_ones_are_not() {
     assert_eq!((third.first_seq, third.last_seq), (3, 4));
     assert_eq!(next_commit(&mut heard, Duration::from_millis(200)), None);
 }
+
+/// Commits per second of a simple loop: `n` single-batch transactions of one run, then
+/// `groups` transactions of 32 batches of as many runs.
+fn measure(store: &PostgresStore, n: u32, groups: u32) -> (f64, f64) {
+    let mut run = RunScript::new(RunId::new());
+    commit_all(store, vec![run.create(), run.accept_plan()]);
+    let started = Instant::now();
+    for i in 0..n {
+        store.commit(&[run.node_start(&format!("n{i}"))]).unwrap();
+    }
+    let single = f64::from(n) / started.elapsed().as_secs_f64();
+
+    let mut runs: Vec<RunScript> = (0..32).map(|_| RunScript::new(RunId::new())).collect();
+    let create: Vec<_> = runs.iter_mut().map(RunScript::create).collect();
+    store.commit(&create).unwrap();
+    let started = Instant::now();
+    for i in 0..groups {
+        let batches: Vec<_> = runs
+            .iter_mut()
+            .map(|run| run.node_start(&format!("n{i}")))
+            .collect();
+        for outcome in store.commit_each(&batches).unwrap() {
+            outcome.unwrap();
+        }
+    }
+    let grouped = f64::from(groups * 32) / started.elapsed().as_secs_f64();
+    (single, grouped)
+}
+
+/// Commits per second of [`measure`]'s loops, with the server's durable commits and then with
+/// `synchronous_commit = off` (what the client side and the round trips cost);
+/// `cargo test … -- --ignored --nocapture commit_rate` prints them.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn commit_rate() {
+    let db = TestDb::new();
+    let (single, grouped) = measure(&open(&db, "a"), 1000, 50);
+    println!("durable: {single:.0} single-batch commits/s, {grouped:.0} batches/s in groups of 32");
+    db.sql(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = off', \
+         current_database()); END $$",
+    )
+    .unwrap();
+    let (single, grouped) = measure(&open(&db, "a"), 3000, 100);
+    println!(
+        "synchronous_commit off: {single:.0} single-batch commits/s, {grouped:.0} batches/s in \
+         groups of 32"
+    );
+}
+
+/// Single-row reads per second (`run_head`: one round trip through the store's runtime).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn read_rate() {
+    let db = TestDb::new();
+    let store = open(&db, "a");
+    let mut run = RunScript::new(RunId::new());
+    commit_all(&store, vec![run.create(), run.accept_plan()]);
+    let started = Instant::now();
+    for _ in 0..2000 {
+        store.run_head(run.run).unwrap();
+    }
+    println!(
+        "run_head: {:.0}/s",
+        2000.0 / started.elapsed().as_secs_f64()
+    );
+}
