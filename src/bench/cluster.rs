@@ -1,8 +1,11 @@
 //! The workload on the PostgreSQL store, with one or more engines (instances) sharing the
 //! database in this process, and the time a takeover takes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use super::{
     BenchOptions, BenchReport, Level, Measured, PostgresBench, Variant, bench_config, cpu_seconds,
@@ -67,16 +70,21 @@ pub(super) async fn run(
         level: Level::Postgres,
         ..opts.clone()
     };
-    let (engines, stores) = open_engines(pg, opts.nodes).await?;
     if opts.warmup {
+        // On engines of their own (the planner's plan size is part of the configuration).
+        let (warm_engines, _) = open_engines(pg, 8).await?;
         let warm = BenchOptions {
             nodes: 8,
-            runs: engines.len(),
+            runs: warm_engines.len(),
             warmup: false,
             ..opts.clone()
         };
-        drive(&engines, &warm, opts.nodes.min(8), engines.len()).await?;
+        drive(&warm_engines, &warm, 8, warm_engines.len()).await?;
+        for engine in &warm_engines {
+            engine.shutdown().await;
+        }
     }
+    let (engines, stores) = open_engines(pg, opts.nodes).await?;
     let loadavg_before = loadavg();
     let before = total(&stores);
     let rss_before = proc_kib("VmRSS:");
@@ -97,10 +105,11 @@ pub(super) async fn run(
             }
         });
     let after = total(&stores);
-    let takeover_ms = if engines.len() >= 2 {
-        Some(takeover(&engines, opts.nodes).await?)
+    let (takeover_ms, follow) = if engines.len() >= 2 {
+        let follow = follow_latency(&engines, opts.nodes).await?;
+        (Some(takeover(&engines, opts.nodes).await?), Some(follow))
     } else {
-        None
+        (None, None)
     };
     for engine in &engines {
         engine.shutdown().await;
@@ -118,7 +127,65 @@ pub(super) async fn run(
         rss_before,
         loadavg_before,
     };
-    Ok(report(opts, runs, measured, engines.len(), takeover_ms))
+    let mut report = report(opts, runs, measured, engines.len(), takeover_ms);
+    if let Some((p50, p99)) = follow {
+        report.remote_follow_us_p50 = Some(p50);
+        report.remote_follow_us_p99 = Some(p99);
+    }
+    Ok(report)
+}
+
+/// Runs one linear run on the first engine while the second follows it, and returns the
+/// median and 99th percentile of how much later the follower got each event than the driver
+/// published it, in µs.
+async fn follow_latency(
+    engines: &[Engine],
+    nodes: usize,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let mut local = engines[0].subscribe();
+    let run = engines[0]
+        .submit(envelope(super::Scenario::Linear, Variant::Interrupt, nodes))
+        .await?;
+    let mut remote = engines[1].events(run, 0)?;
+    let follower = tokio::spawn(async move {
+        let mut seen = HashMap::new();
+        while let Some(event) = remote.next().await {
+            seen.insert(event.seq, Instant::now());
+        }
+        seen
+    });
+    let mut published = HashMap::new();
+    loop {
+        let event = local.recv().await?;
+        if event.run_id != run {
+            continue;
+        }
+        published.insert(event.seq, Instant::now());
+        if matches!(event.body, EventBody::Complete { .. }) {
+            break;
+        }
+    }
+    let seen = follower.await?;
+    let mut delays: Vec<f64> = published
+        .iter()
+        .filter_map(|(seq, at)| {
+            let got = seen.get(seq)?;
+            Some(got.saturating_duration_since(*at).as_secs_f64() * 1e6)
+        })
+        .collect();
+    if delays.len() != published.len() {
+        return Err(format!(
+            "the follower on another instance got {} of {} events",
+            delays.len(),
+            published.len()
+        )
+        .into());
+    }
+    delays.sort_by(f64::total_cmp);
+    Ok((
+        super::percentile(&delays, 0.5),
+        super::percentile(&delays, 0.99),
+    ))
 }
 
 /// Starts a run on the first engine that waits for a human, aborts that engine (a crash: no

@@ -366,6 +366,12 @@ pub struct BenchReport {
     /// PostgreSQL with 2 or more instances: from the abort of an instance holding a run to
     /// another instance driving it.
     pub takeover_ms: Option<f64>,
+    /// PostgreSQL with 2 or more instances: how much later a follower on another instance
+    /// gets a run's event than the driving instance publishes it (median over one run of the
+    /// scenario's plan size).
+    pub remote_follow_us_p50: Option<f64>,
+    /// The 99th percentile of the same.
+    pub remote_follow_us_p99: Option<f64>,
 }
 
 struct Observed {
@@ -749,6 +755,8 @@ fn report(
         loadavg_1m_before: loadavg_before,
         instances,
         takeover_ms,
+        remote_follow_us_p50: None,
+        remote_follow_us_p99: None,
     }
 }
 
