@@ -329,7 +329,7 @@ pub struct EngineConfig {
     /// and node attempts whose executor reports usage). Empty by default: tokens cost 0.
     pub pricing: Pricing,
     /// How the engine takes part in a cluster when its store is shared with other engines
-    /// ([`Store::cluster`](crate::store::Store::cluster), the PostgreSQL store); ignored
+    /// ([`Store::cluster`], the PostgreSQL store); ignored
     /// otherwise.
     pub cluster: ClusterOptions,
 }
