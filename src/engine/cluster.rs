@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -101,8 +101,9 @@ impl Membership {
         }
     }
 
-    /// Starts the heartbeat, takeover and remote tasks.
-    pub(crate) fn start(&self, inner: &Arc<Inner>) {
+    /// Starts the heartbeat, takeover and remote tasks; `commits` are the store's
+    /// announcements of other instances' commits.
+    pub(crate) fn start(&self, inner: &Arc<Inner>, commits: broadcast::Receiver<RemoteCommit>) {
         let period = self.options.heartbeat.max(Duration::from_millis(10));
         let heartbeat = ticking(self, Arc::downgrade(inner), period, |engine| async move {
             let lease = engine.membership().options.lease;
@@ -124,6 +125,7 @@ impl Membership {
         });
         let remote = tokio::spawn(remote(
             Arc::downgrade(inner),
+            commits,
             self.stop.subscribe(),
             self.options.poll,
         ));
@@ -191,13 +193,12 @@ pub(crate) async fn cluster_call<T: Send + 'static>(
 }
 
 /// The remote task: publishes other instances' commits to this engine's followers.
-async fn remote(inner: Weak<Inner>, mut stop: watch::Receiver<bool>, poll: Duration) {
-    let Some(mut commits) = inner
-        .upgrade()
-        .and_then(|inner| inner.store.cluster().map(Cluster::commits))
-    else {
-        return;
-    };
+async fn remote(
+    inner: Weak<Inner>,
+    mut commits: broadcast::Receiver<RemoteCommit>,
+    mut stop: watch::Receiver<bool>,
+    poll: Duration,
+) {
     let mut ticks = tokio::time::interval(poll.max(Duration::from_millis(10)));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The last seq published per followed remote run.
@@ -219,9 +220,11 @@ async fn remote(inner: Weak<Inner>, mut stop: watch::Receiver<bool>, poll: Durat
                 }
             }
             Err(RecvError::Closed) => {
-                // The store stopped announcing (it is closing): keep polling.
-                commits = inner.store.cluster().map_or(commits, Cluster::commits);
+                // The store stopped announcing: subscribe again, and poll meanwhile.
                 tokio::time::sleep(poll).await;
+                if let Ok(again) = cluster_call(&inner.store, |c| Ok(c.commits())).await {
+                    commits = again;
+                }
             }
         }
     }

@@ -607,9 +607,17 @@ impl Engine {
         let membership = store
             .cluster()
             .map(|_| cluster::Membership::new(config.cluster.clone()));
+        let mut commits = None;
         if let Some(membership) = &membership {
             let (address, lease) = (membership.options.address.clone(), membership.options.lease);
-            cluster::cluster_call(&store, move |c| c.join(address.as_deref(), lease)).await?;
+            // Listens to the others' commits before any run is driven or followed here.
+            commits = Some(
+                cluster::cluster_call(&store, move |c| {
+                    c.join(address.as_deref(), lease)?;
+                    Ok(c.commits())
+                })
+                .await?,
+            );
         }
         let mut catalog = CatalogState::default();
         for facet in store.facets()? {
@@ -658,8 +666,8 @@ impl Engine {
                 }
             }
         }
-        if let Some(membership) = &engine.inner.membership {
-            membership.start(&engine.inner);
+        if let (Some(membership), Some(commits)) = (&engine.inner.membership, commits) {
+            membership.start(&engine.inner, commits);
             engine.take_over().await?;
         }
         if let Some(age) = config.retain_terminal_runs {
