@@ -110,6 +110,16 @@ impl Fanout {
                 let _ = self.all.send(event.clone());
             }
         }
+        self.send_to_run(run, || {
+            events
+                .iter()
+                .map(|e| Arc::new(Frame::new(e.clone())))
+                .collect()
+        });
+    }
+
+    /// Sends the batch `make` builds to `run`'s followers, building it only when there are.
+    fn send_to_run(&self, run: RunId, make: impl FnOnce() -> Batch) {
         let tx = self
             .runs
             .lock()
@@ -117,11 +127,7 @@ impl Fanout {
             .get(&run)
             .cloned();
         if let Some(tx) = tx {
-            let batch: Batch = events
-                .iter()
-                .map(|e| Arc::new(Frame::new(e.clone())))
-                .collect();
-            let _ = tx.send(batch);
+            let _ = tx.send(make());
         }
     }
 
@@ -129,19 +135,12 @@ impl Fanout {
     /// [`crate::store::Cluster`]) to the run's followers only: the channel of every run's
     /// events carries this engine's commits.
     pub(crate) fn publish_followed(&self, run: RunId, events: Vec<RunEvent>) {
-        let tx = self
-            .runs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&run)
-            .cloned();
-        if let Some(tx) = tx {
-            let batch: Batch = events
+        self.send_to_run(run, || {
+            events
                 .into_iter()
                 .map(|e| Arc::new(Frame::new(Arc::new(e))))
-                .collect();
-            let _ = tx.send(batch);
-        }
+                .collect()
+        });
     }
 
     /// Whether `run` has followers now.

@@ -280,15 +280,14 @@ async fn a_follower_on_one_instance_follows_a_run_through_its_owners_death() {
     let mut b = Instance::start(&db, "b");
     let client = client();
 
+    // Registered on b only: a reads it from the shared catalog when it takes the run over.
     let (status, body) = post(
         &client,
-        a.url("/v1/capabilities"),
+        b.url("/v1/capabilities"),
         hook.capability("writer.hook", 60_000, 1),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    // b learns of a's registration from the shared catalog within a heartbeat.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut policies = only_webhook_writer();
     policies["runtime"] = json!([{"id": "review", "trigger": {"kind": "onNodeComplete",
         "selector": {"capabilityId": "brief.structurer"}},
