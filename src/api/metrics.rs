@@ -186,6 +186,33 @@ pub(crate) fn render(
         "flexrun_store_bytes_written_total {}",
         stats.bytes_written
     );
+    header(
+        &mut out,
+        "flexrun_runs_driven",
+        "gauge",
+        "Runs this instance's actors drive now.",
+    );
+    let _ = writeln!(out, "flexrun_runs_driven {}", engine.driven_runs());
+    for (name, help, value) in [
+        (
+            "flexrun_cluster_runs_taken_over_total",
+            "Runs this instance took over from instances whose lease expired.",
+            &metrics.runs_taken_over,
+        ),
+        (
+            "flexrun_cluster_runs_lost_total",
+            "Runs another instance took from this one.",
+            &metrics.runs_lost,
+        ),
+        (
+            "flexrun_cluster_remote_events_total",
+            "Events of runs other instances drive, streamed to this instance's followers.",
+            &metrics.remote_events,
+        ),
+    ] {
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+    }
     let retention = *engine.retention().borrow();
     header(
         &mut out,

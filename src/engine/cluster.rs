@@ -19,6 +19,7 @@
 //! its lease expired: its actors of runs taken over stop at their next commit.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -267,6 +268,11 @@ async fn catch_up(
         Ok(Ok(events)) => {
             if let Some(last) = events.last() {
                 published.insert(run, last.seq);
+                let count = events.len() as u64;
+                inner
+                    .metrics
+                    .remote_events
+                    .fetch_add(count, Ordering::Relaxed);
                 inner.fanout.publish_followed(run, events);
             }
         }
@@ -320,6 +326,8 @@ impl Engine {
                     Ok(actor) => {
                         tracing::info!(run_id = %run_id, "run taken over");
                         self.spawn(actor);
+                        let metrics = &self.inner.metrics;
+                        metrics.runs_taken_over.fetch_add(1, Ordering::Relaxed);
                         taken += 1;
                     }
                     Err(e) => {

@@ -280,6 +280,12 @@ pub struct EngineMetrics {
     pub node_tokens: AtomicU64,
     /// Cost spent (node attempts and priced planner tokens), in millionths of a cost unit.
     pub cost_micros: AtomicU64,
+    /// Runs this engine took over from instances whose lease expired (in a cluster).
+    pub runs_taken_over: AtomicU64,
+    /// Runs another instance took from this one (a commit refused for want of ownership).
+    pub runs_lost: AtomicU64,
+    /// Events of runs other instances drive, published to this engine's followers.
+    pub remote_events: AtomicU64,
 }
 
 impl EngineMetrics {
@@ -895,6 +901,7 @@ impl Engine {
             match exit {
                 Exit::Ended | Exit::Shutdown => {}
                 Exit::Lost(owner) => {
+                    inner.metrics.runs_lost.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(run_id = %run_id, owner = owner.as_deref().unwrap_or("no instance"), "run taken over by another instance; this one stops driving it");
                 }
                 Exit::Stranded(reason) => {

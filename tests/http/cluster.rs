@@ -346,6 +346,26 @@ async fn a_follower_on_one_instance_follows_a_run_through_its_owners_death() {
         "a"
     );
 
+    let metrics = client
+        .get(a.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert_eq!(metric("flexrun_cluster_runs_taken_over_total"), 1);
+    assert!(
+        metric("flexrun_cluster_remote_events_total") > 0,
+        "{metrics}"
+    );
+
     // What the follower on a saw is the stored log, from the first event to the last.
     let stored = stored_events(&a, &run).await;
     assert_run_is_whole(&run, &stored);
