@@ -716,31 +716,38 @@ impl Engine {
 
     async fn create(&self, submission: Submission) -> Result<Submitted, EngineError> {
         let Submission {
-            mut envelope,
+            envelope,
             idempotency_key,
             traceparent,
         } = submission;
-        let mut claim = None;
-        let mut request = None;
-        if let Some(key) = idempotency_key {
-            let content =
-                serde_json::to_value(&envelope).map_err(|e| EngineError::InvalidEnvelope {
-                    field: "$".to_owned(),
-                    message: e.to_string(),
-                })?;
-            let fingerprint = idempotency::fingerprint("create", None, &content);
-            claim = Some(self.claim(&key)?);
-            if let Some(record) = self.remembered(&key, &fingerprint)? {
-                return Ok(Submitted {
-                    run_id: record.run_id,
-                    replayed: true,
-                });
-            }
-            request = Some(PendingRequest {
-                key: key.as_str().to_owned(),
-                fingerprint,
-            });
+        let Some(key) = idempotency_key else {
+            return self.create_run(envelope, traceparent, None).await;
+        };
+        let content =
+            serde_json::to_value(&envelope).map_err(|e| EngineError::InvalidEnvelope {
+                field: "$".to_owned(),
+                message: e.to_string(),
+            })?;
+        let fingerprint = idempotency::fingerprint("create", None, &content);
+        let _claim = self.claim(&key)?;
+        // In a cluster, the key is held across the instances too until the run is created.
+        let shared = self.claim_shared(&key).await?;
+        let created = self
+            .create_keyed(envelope, traceparent, &key, fingerprint)
+            .await;
+        if shared {
+            self.release_shared(&key).await;
         }
+        created
+    }
+
+    /// Creates the run (committing its first event, and the request's record) and starts it.
+    async fn create_run(
+        &self,
+        mut envelope: RunEnvelope,
+        traceparent: Option<String>,
+        request: Option<PendingRequest>,
+    ) -> Result<Submitted, EngineError> {
         if let Some(parent) = traceparent.filter(|t| crate::telemetry::is_valid_traceparent(t)) {
             envelope.metadata.insert(
                 crate::telemetry::TRACEPARENT_METADATA_KEY.to_owned(),
@@ -750,11 +757,59 @@ impl Engine {
         let actor = RunActor::create(self.inner.clone(), envelope, request).await?;
         let run_id = actor.run_id();
         self.spawn(actor);
-        drop(claim);
         Ok(Submitted {
             run_id,
             replayed: false,
         })
+    }
+
+    /// [`Engine::create`] of a keyed submission whose key this engine holds: the earlier run
+    /// if the key was used for it, else a new run.
+    async fn create_keyed(
+        &self,
+        envelope: RunEnvelope,
+        traceparent: Option<String>,
+        key: &IdempotencyKey,
+        fingerprint: String,
+    ) -> Result<Submitted, EngineError> {
+        if let Some(record) = self.remembered(key, &fingerprint)? {
+            return Ok(Submitted {
+                run_id: record.run_id,
+                replayed: true,
+            });
+        }
+        let request = PendingRequest {
+            key: key.as_str().to_owned(),
+            fingerprint,
+        };
+        self.create_run(envelope, traceparent, Some(request)).await
+    }
+
+    /// In a cluster: claims `key` across the instances ([`Cluster::claim_key`]) for as long
+    /// as a lease; `false` when the engine shares its store with no one.
+    ///
+    /// [`Cluster::claim_key`]: crate::store::Cluster::claim_key
+    async fn claim_shared(&self, key: &IdempotencyKey) -> Result<bool, EngineError> {
+        let Some(membership) = &self.inner.membership else {
+            return Ok(false);
+        };
+        let (ttl, text) = (membership.options.lease, key.as_str().to_owned());
+        if cluster::cluster_call(&self.inner.store, move |c| c.claim_key(&text, ttl)).await? {
+            Ok(true)
+        } else {
+            Err(EngineError::IdempotencyKeyInUse {
+                key: key.as_str().to_owned(),
+            })
+        }
+    }
+
+    async fn release_shared(&self, key: &IdempotencyKey) {
+        let text = key.as_str().to_owned();
+        if let Err(e) =
+            cluster::cluster_call(&self.inner.store, move |c| c.release_key(&text)).await
+        {
+            tracing::warn!(error = %e, "releasing an idempotency key failed; it lapses with the lease");
+        }
     }
 
     fn claim(&self, key: &IdempotencyKey) -> Result<idempotency::Claim, EngineError> {

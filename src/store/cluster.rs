@@ -115,6 +115,21 @@ pub trait Cluster: Send + Sync + 'static {
     /// Storage errors.
     fn instances(&self) -> Result<Vec<InstanceInfo>, StoreError>;
 
+    /// Claims idempotency key `key` for this instance for at most `ttl`, unless another
+    /// instance holds an unexpired claim of it: returns whether this instance holds it now.
+    /// The engine claims a key while it applies the request that came with it, so that two
+    /// instances never apply two requests with the same key at once.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn claim_key(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Gives up this instance's claim of `key` (nothing when it holds none).
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn release_key(&self, key: &str) -> Result<(), StoreError>;
+
     /// Commits of other instances, announced after they are durable, in commit order per run.
     /// Announcements may be lost (a lagging receiver, a reconnect); a follower reads the
     /// store to fill any gap.

@@ -483,3 +483,58 @@ async fn steering_sent_to_any_instance_is_applied_once_by_the_driver() {
         "b drove the run throughout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_sent_to_two_instances_at_once_creates_one_run() {
+    let db = TestDatabase::create();
+    let a = Instance::start(&db, "a");
+    let b = Instance::start(&db, "b");
+    let client = client();
+    let envelope = approval_envelope(0);
+    for round in 0..10 {
+        let key = format!("create-{round}");
+        let send = |at: &Instance| {
+            client
+                .post(at.url("/v1/runs"))
+                .header("Idempotency-Key", key.as_str())
+                .json(&envelope)
+                .send()
+        };
+        let (first, second) = tokio::join!(send(&a), send(&b));
+        let mut runs = Vec::new();
+        for response in [first.unwrap(), second.unwrap()] {
+            let (status, body) = status_json(response).await;
+            match status {
+                StatusCode::CREATED | StatusCode::OK => {
+                    runs.push(body["runId"].as_str().unwrap().to_owned());
+                }
+                StatusCode::CONFLICT => {
+                    assert_eq!(body["error"]["code"], "IDEMPOTENCY_KEY_IN_USE", "{body}");
+                }
+                other => panic!("{other}: {body}"),
+            }
+        }
+        // A client that got 409 retries, on either instance, and gets the one run.
+        for at in [&a, &b] {
+            let response = send(at).await.unwrap();
+            let replayed = response.headers().get("idempotent-replayed").cloned();
+            let (status, body) = status_json(response).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            assert_eq!(
+                replayed.as_ref().and_then(|v| v.to_str().ok()),
+                Some("true"),
+                "a retry is answered from the record: {body}"
+            );
+            runs.push(body["runId"].as_str().unwrap().to_owned());
+        }
+        runs.sort();
+        runs.dedup();
+        assert_eq!(runs.len(), 1, "round {round}: {runs:?}");
+    }
+    assert_eq!(db.query("SELECT count(*) FROM flexrun_runs"), "10");
+    assert_eq!(
+        db.query("SELECT count(*) FROM flexrun_claims"),
+        "0",
+        "every claim is released"
+    );
+}

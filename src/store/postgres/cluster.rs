@@ -233,6 +233,30 @@ impl Cluster for PostgresStore {
         .map(drop)
     }
 
+    fn claim_key(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let claimed = self.execute(
+            "INSERT INTO flexrun_claims (key, instance_id, until)
+             VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond')
+             ON CONFLICT (key) DO UPDATE
+             SET instance_id = excluded.instance_id, until = excluded.until
+             WHERE flexrun_claims.until < now() OR flexrun_claims.instance_id = excluded.instance_id",
+            vec![
+                param(key.to_owned()),
+                param(self.inner.instance_id.clone()),
+                param(millis(ttl)),
+            ],
+        )?;
+        Ok(claimed == 1)
+    }
+
+    fn release_key(&self, key: &str) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM flexrun_claims WHERE key = $1 AND instance_id = $2",
+            vec![param(key.to_owned()), param(self.inner.instance_id.clone())],
+        )
+        .map(drop)
+    }
+
     fn instances(&self) -> Result<Vec<InstanceInfo>, StoreError> {
         self.rows(
             "SELECT i.instance_id, i.address, i.lease_until >= now(),

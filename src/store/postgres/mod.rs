@@ -61,7 +61,10 @@ pub(crate) use testdb::TestDb;
 
 /// The schema migrations, in order: (version, name, SQL). A migration is never edited once
 /// released; a change of the schema is a new file.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/V1__init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/V1__init.sql")),
+    (2, "claims", include_str!("migrations/V2__claims.sql")),
+];
 
 /// The key of the advisory lock that serializes migrations (`"flexrun"` in ASCII).
 const MIGRATION_LOCK: i64 = 0x0066_6c65_7872_756e;

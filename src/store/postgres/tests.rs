@@ -89,8 +89,41 @@ fn migrations_are_recorded_once_and_never_applied_twice() {
             &fresh,
             "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'flexrun%'"
         ),
-        10
+        11
     );
+}
+
+#[test]
+fn a_database_of_an_older_schema_is_upgraded_in_place_keeping_its_runs() {
+    let db = TestDb::new();
+    // What a build of schema version 1 left: its tables, its record, a run.
+    db.sql(
+        "CREATE TABLE flexrun_migrations (version integer PRIMARY KEY, name text NOT NULL,
+         applied_at timestamptz NOT NULL)",
+    )
+    .unwrap();
+    db.sql(MIGRATIONS[0].2).unwrap();
+    db.sql("INSERT INTO flexrun_migrations VALUES (1, 'init', now())")
+        .unwrap();
+    let a = open(&db, "a");
+    let (done, done_events, live, live_events) = commit_two_runs(&a);
+    drop(a);
+    db.sql("DROP TABLE flexrun_claims").unwrap();
+    db.sql("DELETE FROM flexrun_migrations WHERE version > 1")
+        .unwrap();
+
+    let a = open(&db, "a");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM flexrun_migrations"),
+        MIGRATIONS.len() as u64
+    );
+    assert_eq!(
+        db.text("SELECT name FROM flexrun_migrations WHERE version = 2")
+            .as_deref(),
+        Some("claims")
+    );
+    assert!(a.claim_key("k", Duration::from_secs(1)).unwrap());
+    assert_two_runs(&a, &(done, done_events, live, live_events));
 }
 
 #[test]
@@ -418,6 +451,39 @@ fn a_run_of_an_instance_that_left_is_takeable_at_once() {
         Some("b")
     );
     assert_eq!(b.owner(RunId::new()).unwrap(), None);
+}
+
+#[test]
+fn an_idempotency_key_is_claimed_by_one_instance_at_a_time_until_released_or_lapsed() {
+    let db = TestDb::new();
+    let a = open(&db, "a");
+    let b = open(&db, "b");
+    let long = Duration::from_secs(60);
+    assert!(a.claim_key("key-1", long).unwrap());
+    assert!(!b.claim_key("key-1", long).unwrap(), "a holds it");
+    assert!(
+        a.claim_key("key-1", long).unwrap(),
+        "its holder may claim it again"
+    );
+    assert!(b.claim_key("key-2", long).unwrap(), "another key is free");
+    b.release_key("key-1").unwrap();
+    assert!(
+        !b.claim_key("key-1", long).unwrap(),
+        "only the holder releases"
+    );
+    a.release_key("key-1").unwrap();
+    assert!(b.claim_key("key-1", long).unwrap());
+
+    // A claim lapses after its time, on the database clock (an instance that died).
+    assert!(a.claim_key("key-3", Duration::from_millis(300)).unwrap());
+    assert!(!b.claim_key("key-3", long).unwrap());
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        b.claim_key("key-3", long).unwrap(),
+        "the lapsed claim is taken"
+    );
+    assert!(!a.claim_key("key-3", long).unwrap());
+    assert_eq!(count(&db, "SELECT count(*) FROM flexrun_claims"), 3);
 }
 
 /// The next announcement `receiver` hears within `within`.
