@@ -391,10 +391,15 @@ impl Engine {
             return Ok(Route::Here);
         }
         for attempt in 0..2 {
-            let owner = cluster_call(&self.inner.store, move |c| c.owner(run_id))
-                .await?
-                .ok_or(EngineError::RunNotFound(run_id))?;
-            if self.head(run_id)?.status.is_terminal() {
+            let store = self.inner.store.clone();
+            let (owner, head) = cluster_call(&self.inner.store, move |c| {
+                Ok((c.owner(run_id)?, store.run_head(run_id)?))
+            })
+            .await?;
+            let (Some(owner), Some(head)) = (owner, head) else {
+                return Err(EngineError::RunNotFound(run_id));
+            };
+            if head.status.is_terminal() {
                 return Ok(Route::Here);
             }
             let me = self.inner.store.cluster().map(Cluster::instance_id);
