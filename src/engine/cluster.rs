@@ -30,7 +30,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::actor::RunActor;
 use super::follow::bounded_read;
-use super::{Engine, EngineError, Inner};
+use super::{Engine, EngineError, IdempotencyKey, Inner};
 use crate::ids::RunId;
 use crate::store::{Cluster, RemoteCommit, Store, StoreError};
 
@@ -428,5 +428,42 @@ impl Engine {
             }
         }
         Ok(Route::Here)
+    }
+
+    /// [`EngineError::OwnedElsewhere`] when another instance of the cluster drives the run.
+    pub(crate) async fn elsewhere(&self, run_id: RunId) -> Result<(), EngineError> {
+        match self.route(run_id).await? {
+            Route::Here => Ok(()),
+            Route::Instance { instance, address } => Err(EngineError::OwnedElsewhere {
+                run_id,
+                instance,
+                address,
+            }),
+        }
+    }
+
+    /// In a cluster: claims `key` across the instances ([`Cluster::claim_key`]) for as long
+    /// as a lease; `false` when the engine shares its store with no one.
+    ///
+    /// [`Cluster::claim_key`]: crate::store::Cluster::claim_key
+    pub(crate) async fn claim_shared(&self, key: &IdempotencyKey) -> Result<bool, EngineError> {
+        let Some(membership) = &self.inner.membership else {
+            return Ok(false);
+        };
+        let (ttl, text) = (membership.options.lease, key.as_str().to_owned());
+        if cluster_call(&self.inner.store, move |c| c.claim_key(&text, ttl)).await? {
+            Ok(true)
+        } else {
+            Err(EngineError::IdempotencyKeyInUse {
+                key: key.as_str().to_owned(),
+            })
+        }
+    }
+
+    pub(crate) async fn release_shared(&self, key: &IdempotencyKey) {
+        let text = key.as_str().to_owned();
+        if let Err(e) = cluster_call(&self.inner.store, move |c| c.release_key(&text)).await {
+            tracing::warn!(error = %e, "releasing an idempotency key failed; it lapses with the lease");
+        }
     }
 }

@@ -269,6 +269,35 @@ async fn three_instances_drive_300_runs_and_one_killed_mid_way_loses_none() {
     assert_eq!(by_status.values().sum::<usize>(), 300, "{by_status:?}");
 }
 
+/// Registers the webhook writer on `at` (only) and creates a run there that uses it, with
+/// `runtime` policies (if any) beside those choosing the webhook writer; returns its id.
+async fn webhook_run(
+    client: &reqwest::Client,
+    at: &Instance,
+    hook: &Webhook,
+    runtime: Option<Value>,
+) -> String {
+    let (status, body) = post(
+        client,
+        at.url("/v1/capabilities"),
+        hook.capability("writer.hook", 60_000, 1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut policies = only_webhook_writer();
+    if let Some(runtime) = runtime {
+        policies["runtime"] = runtime;
+    }
+    let (status, body) = post(
+        client,
+        at.url("/v1/runs"),
+        copy_envelope(&["copyVariants"], policies),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["runId"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_on_one_instance_follows_a_run_through_its_owners_death() {
     let db = TestDatabase::create();
@@ -281,26 +310,11 @@ async fn a_follower_on_one_instance_follows_a_run_through_its_owners_death() {
     let client = client();
 
     // Registered on b only: a reads it from the shared catalog when it takes the run over.
-    let (status, body) = post(
-        &client,
-        b.url("/v1/capabilities"),
-        hook.capability("writer.hook", 60_000, 1),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let mut policies = only_webhook_writer();
-    policies["runtime"] = json!([{"id": "review", "trigger": {"kind": "onNodeComplete",
+    let review = json!([{"id": "review", "trigger": {"kind": "onNodeComplete",
         "selector": {"capabilityId": "brief.structurer"}},
         "action": {"type": "hitl", "kind": "approval", "question": "Brief fine?",
                    "onApprove": "continue", "onReject": "replan"}}]);
-    let (status, body) = post(
-        &client,
-        b.url("/v1/runs"),
-        copy_envelope(&["copyVariants"], policies),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let run = body["runId"].as_str().unwrap().to_owned();
+    let run = webhook_run(&client, &b, &hook, Some(review)).await;
     assert_eq!(
         db.query(&format!(
             "SELECT owner FROM flexrun_runs WHERE run_id = '{run}'"
@@ -386,21 +400,7 @@ async fn steering_sent_to_any_instance_is_applied_once_by_the_driver() {
     let a = Instance::start(&db, "a");
     let b = Instance::start(&db, "b");
     let client = client();
-    let (status, body) = post(
-        &client,
-        b.url("/v1/capabilities"),
-        hook.capability("writer.hook", 60_000, 1),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = post(
-        &client,
-        b.url("/v1/runs"),
-        copy_envelope(&["copyVariants"], only_webhook_writer()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let run = body["runId"].as_str().unwrap().to_owned();
+    let run = webhook_run(&client, &b, &hook, None).await;
     hook.next_call().await;
 
     // Every request goes to a; b drives the run.

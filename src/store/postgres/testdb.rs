@@ -33,8 +33,11 @@ fn with_database(url: &str, name: &str) -> String {
     }
 }
 
-/// Runs `sql` (simple protocol, several statements allowed) on the database at `url`.
-pub(crate) fn run_sql(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+/// Connects to the database at `url` on a runtime of its own and runs `work` with the client.
+fn with_client<T>(
+    url: &str,
+    work: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
+) -> Result<T, tokio_postgres::Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -42,26 +45,23 @@ pub(crate) fn run_sql(url: &str, sql: &str) -> Result<(), tokio_postgres::Error>
     runtime.block_on(async {
         let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
         let driver = tokio::spawn(connection);
-        let result = client.batch_execute(sql).await;
+        let result = work(&client).await;
         drop(client);
         let _ = driver.await;
         result
     })
 }
 
+/// Runs `sql` (simple protocol, several statements allowed) on the database at `url`.
+pub(crate) fn run_sql(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    with_client(url, async |client| client.batch_execute(sql).await)
+}
+
 /// The first column of the first row of `sql` on the database at `url`, as text.
 pub(crate) fn query_text(url: &str, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime for the test's SQL");
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        let driver = tokio::spawn(connection);
-        let messages = client.simple_query(sql).await;
-        drop(client);
-        let _ = driver.await;
-        Ok(messages?.into_iter().find_map(|message| match message {
+    with_client(url, async |client| {
+        let messages = client.simple_query(sql).await?;
+        Ok(messages.into_iter().find_map(|message| match message {
             tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
             _ => None,
         }))
