@@ -6,7 +6,7 @@
 //! The database is a fresh one per test on the server scripts/postgres.sh starts (its URL
 //! in `FLEXRUN_TEST_POSTGRES`, as scripts/test.sh sets it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -255,7 +255,6 @@ async fn three_instances_drive_300_runs_and_one_killed_mid_way_loses_none() {
         "300",
         "no run twice"
     );
-    let mut by_status = BTreeMap::new();
     for (i, run) in runs.iter().enumerate() {
         let events = stored_events(&instances[if i % 2 == 0 { 0 } else { 2 }], run).await;
         assert_run_is_whole(run, &events);
@@ -264,9 +263,7 @@ async fn three_instances_drive_300_runs_and_one_killed_mid_way_loses_none() {
             .filter(|e| e.kind() == flexrun::fsm::EventKind::HitlResolved)
             .count();
         assert_eq!(resolved, 1, "{run}: the approval is applied once");
-        *by_status.entry(events.len()).or_insert(0) += 1;
     }
-    assert_eq!(by_status.values().sum::<usize>(), 300, "{by_status:?}");
 }
 
 /// Registers the webhook writer on `at` (only) and creates a run there that uses it, with
